@@ -1,0 +1,8 @@
+// Build settings passed by setup.py as -D flags, turned into strings here.
+#pragma once
+
+#ifdef MOBILEFUSE_ISA_AVX2
+#define MOBILEFUSE_VECTOR_ISA "avx2"
+#else
+#define MOBILEFUSE_VECTOR_ISA "default"
+#endif

@@ -1,0 +1,99 @@
+// Channel shuffle on CPU. Contiguous (N, C, *) input moves whole planes with
+// memcpy; channels_last input permutes the C-vector of every pixel. Both are
+// pure data movement, so kernels are chosen by element size, not dtype.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "../layout.h"
+
+namespace mobilefuse {
+namespace {
+
+// out[n, j*g + i, :] = x[n, i*cpg + j, :] for planes of `plane_bytes` bytes.
+void shuffle_planes(const char* src, char* dst, int64_t batch, int64_t channels,
+                    int64_t groups, int64_t plane_bytes) {
+  const int64_t cpg = channels / groups;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(plane_bytes, 1));
+  at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / channels;
+      const int64_t oc = p % channels;
+      const int64_t ic = (oc % groups) * cpg + oc / groups;
+      std::memcpy(dst + p * plane_bytes, src + (n * channels + ic) * plane_bytes,
+                  static_cast<size_t>(plane_bytes));
+    }
+  });
+}
+
+// Per pixel: out[p, j*g + i] = x[p, i*cpg + j], a (g, cpg) -> (cpg, g) transpose.
+template <typename unit_t>
+void shuffle_pixels(const unit_t* src, unit_t* dst, int64_t pixels, int64_t channels,
+                    int64_t groups) {
+  const int64_t cpg = channels / groups;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(channels, 1));
+  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const unit_t* in = src + p * channels;
+      unit_t* out = dst + p * channels;
+      // Writes stay sequential; reads stride by cpg inside one pixel, which is in cache.
+      for (int64_t j = 0; j < cpg; ++j) {
+        for (int64_t i = 0; i < groups; ++i) {
+          out[j * groups + i] = in[i * cpg + j];
+        }
+      }
+    }
+  });
+}
+
+template <typename unit_t>
+void shuffle_pixels_bytes(const at::Tensor& in, at::Tensor& out, int64_t pixels,
+                          int64_t channels, int64_t groups) {
+  shuffle_pixels(static_cast<const unit_t*>(in.const_data_ptr()),
+                 static_cast<unit_t*>(out.mutable_data_ptr()), pixels, channels, groups);
+}
+
+at::Tensor channel_shuffle_cpu(const at::Tensor& x, int64_t groups) {
+  check_channel_shuffle_args(x, groups);
+  TORCH_CHECK(x.device().is_cpu(), "channel_shuffle: expected a CPU tensor, got ", x.device());
+  const bool channels_last = shuffle_uses_channels_last(x);
+  const at::Tensor in =
+      channels_last ? x : x.contiguous();
+  at::Tensor out = at::empty_like(
+      in, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  if (in.numel() == 0) {
+    return out;
+  }
+  const int64_t batch = in.size(0);
+  const int64_t channels = in.size(1);
+  const int64_t spatial = in.numel() / (batch * channels);
+  const int64_t elem = static_cast<int64_t>(in.element_size());
+  if (!channels_last) {
+    shuffle_planes(static_cast<const char*>(in.const_data_ptr()),
+                   static_cast<char*>(out.mutable_data_ptr()), batch, channels, groups,
+                   spatial * elem);
+    return out;
+  }
+  const int64_t pixels = batch * spatial;
+  switch (elem) {
+    case 1: shuffle_pixels_bytes<uint8_t>(in, out, pixels, channels, groups); break;
+    case 2: shuffle_pixels_bytes<uint16_t>(in, out, pixels, channels, groups); break;
+    case 4: shuffle_pixels_bytes<uint32_t>(in, out, pixels, channels, groups); break;
+    case 8: shuffle_pixels_bytes<uint64_t>(in, out, pixels, channels, groups); break;
+    default:
+      TORCH_CHECK(false, "channel_shuffle: unsupported element size ", elem, " bytes (dtype ",
+                  in.scalar_type(), ")");
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
+  m.impl("channel_shuffle", &channel_shuffle_cpu);
+}
+
+}  // namespace mobilefuse

@@ -1,0 +1,49 @@
+// Layout helpers shared by the CPU and CUDA bindings.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace mobilefuse {
+
+// Returns `t` when it already has `like`'s strides (dense), else a copy laid out
+// like `like`: kernels then walk both tensors as one flat array.
+inline at::Tensor dense_like(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) {
+    return t;
+  }
+  at::Tensor copy = at::empty_like(like, t.options());
+  copy.copy_(t);
+  return copy;
+}
+
+// The layout channel_shuffle works in: channels_last for a 4-D tensor that is
+// channels_last-contiguous (and not also plain contiguous), else contiguous.
+inline bool shuffle_uses_channels_last(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline void check_channel_shuffle_args(const at::Tensor& x, int64_t groups) {
+  TORCH_CHECK(x.dim() >= 3, "channel_shuffle: x must have rank >= 3 (N, C, *), got rank ",
+              x.dim());
+  TORCH_CHECK(groups > 0, "channel_shuffle: groups must be positive, got ", groups);
+  TORCH_CHECK(x.size(1) % groups == 0, "channel_shuffle: groups (", groups,
+              ") must divide the channel count C=", x.size(1));
+}
+
+inline void check_activation_input(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
+              ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+}
+
+inline void check_same_device_dtype_shape(const char* op, const at::Tensor& grad,
+                                          const at::Tensor& x) {
+  TORCH_CHECK(grad.device() == x.device(), op, ": grad_out is on ", grad.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), op, ": grad_out has dtype ",
+              grad.scalar_type(), " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(grad.sizes() == x.sizes(), op, ": grad_out has shape ", grad.sizes(),
+              " but x has shape ", x.sizes());
+}
+
+}  // namespace mobilefuse

@@ -1,0 +1,61 @@
+// Op schemas (defined once, here) and the pybind11 module that carries what the
+// dispatcher cannot: build information.
+#include <torch/library.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "build_config.h"
+
+#ifdef MOBILEFUSE_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "cuda/launchers.h"
+#endif
+
+TORCH_LIBRARY(mobilefuse, m) {
+  m.def("hardswish(Tensor x) -> Tensor");
+  m.def("hardswish_backward(Tensor grad_out, Tensor x) -> Tensor");
+  m.def("hardsigmoid(Tensor x) -> Tensor");
+  m.def("hardsigmoid_backward(Tensor grad_out, Tensor x) -> Tensor");
+  // The backward of channel_shuffle(x, g) is channel_shuffle(grad, C // g).
+  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = std::string("unknown");
+#endif
+#ifdef _OPENMP
+  info["openmp"] = static_cast<int>(_OPENMP);
+#else
+  info["openmp"] = pybind11::none();
+#endif
+  info["vector_isa"] = std::string(MOBILEFUSE_VECTOR_ISA);
+#ifdef MOBILEFUSE_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." +
+                         std::to_string((CUDART_VERSION % 1000) / 10);
+  info["cuda_archs"] = std::string(mobilefuse::cuda::compiled_archs());
+#else
+  info["cuda"] = false;
+  info["cuda_version"] = pybind11::none();
+  info["cuda_archs"] = pybind11::none();
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mobilefuse compiled kernels; the ops live under torch.ops.mobilefuse";
+  m.def("build_info", &build_info,
+        "Compiler, OpenMP, CPU vector ISA and CUDA settings this extension was built with.");
+}

@@ -1,0 +1,18 @@
+"""Layout helpers for the Triton launchers (mirrors csrc/layout.h)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def dense_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it has ``like``'s strides, else a copy laid out like ``like``."""
+    if t.stride() == like.stride():
+        return t
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
+def shuffle_uses_channels_last(x: torch.Tensor) -> bool:
+    """Whether channel_shuffle works on ``x`` in channels_last (else contiguous) layout."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last)

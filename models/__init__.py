@@ -1,0 +1,1 @@
+"""Reference model definitions in pure PyTorch (MobileNet, EfficientNet, ShuffleNet)."""

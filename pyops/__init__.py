@@ -1,0 +1,32 @@
+"""mobilefuse: fused CPU, CUDA and Triton kernels for the building blocks of efficient CNNs.
+
+``mobilefuse.ops`` holds the functional ops, ``mobilefuse.nn`` the drop-in modules. Backends
+are chosen with :func:`set_backend`, :func:`use_backend` or ``MOBILEFUSE_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from mobilefuse import nn, ops, reference
+from mobilefuse._extension import EXTENSION_ERROR, build_info, has_extension
+from mobilefuse.backends import (
+    BACKENDS,
+    available_backends,
+    backend_status,
+    get_backend,
+    set_backend,
+    use_backend,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "BACKENDS", "available_backends", "backend_status", "build_info", "get_backend",
+    "has_extension", "nn", "ops", "reference", "set_backend", "use_backend",
+]
+
+if EXTENSION_ERROR is not None:
+    warnings.warn(
+        f"mobilefuse: the compiled extension is missing ({EXTENSION_ERROR}); the 'cpu' and "
+        "'cuda' backends are off and ops run on Triton or the PyTorch reference. Build it with "
+        "`pip install --no-build-isolation -e .`.", RuntimeWarning, stacklevel=2)

@@ -1,0 +1,37 @@
+"""Autograd formulas shared by the C++ and Triton ops. Every backward calls a mobilefuse op."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+def register_activation_autograd(forward_op: Any, backward_op: Callable[..., torch.Tensor]) -> None:
+    """Backward of ``forward_op(x)`` is ``backward_op(grad, x)``; only ``x`` is saved."""
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        (x,) = inputs
+        # Memory-efficient: keep the input, recompute the slope in backward.
+        ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
+
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor | None:
+        (x,) = ctx.saved_tensors
+        return None if x is None else backward_op(grad, x)
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+def register_shuffle_autograd(op: Any, shuffle: Callable[..., torch.Tensor]) -> None:
+    """Backward of ``op(x, g)`` is the inverse shuffle ``shuffle(grad, C // g)``; nothing saved."""
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, groups = inputs
+        ctx.inverse_groups = max(1, x.shape[1] // groups)  # C == 0: any valid count
+
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        return shuffle(grad, ctx.inverse_groups), None
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)

@@ -1,0 +1,62 @@
+"""Argument checks shared by the public ops: each error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import torch
+
+from mobilefuse.backends import FLOAT_DTYPES
+
+
+def check_tensor(op: str, name: str, value: object) -> torch.Tensor:
+    """``value`` if it is a tensor, else TypeError."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"mobilefuse.{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_float_tensor(op: str, name: str, value: object) -> torch.Tensor:
+    """``value`` if it is a float16/bfloat16/float32/float64 tensor, else TypeError."""
+    t = check_tensor(op, name, value)
+    if t.dtype not in FLOAT_DTYPES:
+        expected = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+        raise TypeError(f"mobilefuse.{op}: {name} must have a floating dtype ({expected}), "
+                        f"got {t.dtype}")
+    return t
+
+
+def check_min_rank(op: str, name: str, t: torch.Tensor, rank: int, layout: str) -> None:
+    """ValueError unless ``t`` has at least ``rank`` dimensions."""
+    if t.dim() < rank:
+        raise ValueError(f"mobilefuse.{op}: {name} must have rank >= {rank} {layout}, "
+                         f"got shape {tuple(t.shape)}")
+
+
+def check_groups(op: str, groups: object, channels: int) -> int:
+    """``groups`` as an int if it is a positive integer dividing ``channels``."""
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"mobilefuse.{op}: groups must be an int, got {type(groups).__name__}")
+    if groups <= 0:
+        raise ValueError(f"mobilefuse.{op}: groups must be positive, got {groups}")
+    if channels % groups:
+        raise ValueError(f"mobilefuse.{op}: groups ({groups}) must divide the channel count "
+                         f"C={channels}")
+    return groups
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    """ValueError when the tensors are not all on one device."""
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
+        raise ValueError(f"mobilefuse.{op}: all tensors must be on one device, got {listed}")
+
+
+def check_same_shape_dtype(op: str, name: str, t: torch.Tensor, like_name: str,
+                           like: torch.Tensor) -> None:
+    """ValueError/TypeError when ``t`` differs from ``like`` in shape or dtype."""
+    if t.shape != like.shape:
+        raise ValueError(f"mobilefuse.{op}: {name} must have the shape of {like_name} "
+                         f"{tuple(like.shape)}, got {tuple(t.shape)}")
+    if t.dtype != like.dtype:
+        raise TypeError(f"mobilefuse.{op}: {name} must have the dtype of {like_name} "
+                        f"({like.dtype}), got {t.dtype}")

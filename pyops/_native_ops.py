@@ -1,0 +1,28 @@
+"""Fake kernels and autograd for the ops whose schemas and kernels live in csrc/ (CPU, CUDA)."""
+
+from __future__ import annotations
+
+import torch
+
+from mobilefuse._autograd import register_activation_autograd, register_shuffle_autograd
+from mobilefuse._extension import has_extension
+from mobilefuse._fake import activation_backward_fake, activation_fake, channel_shuffle_fake
+
+NATIVE_OPS: tuple[str, ...] = (
+    "hardswish", "hardswish_backward", "hardsigmoid", "hardsigmoid_backward", "channel_shuffle",
+)
+
+
+def _register() -> None:
+    ops = torch.ops.mobilefuse
+    for name in ("hardswish", "hardsigmoid"):
+        torch.library.register_fake(f"mobilefuse::{name}")(activation_fake)
+        torch.library.register_fake(f"mobilefuse::{name}_backward")(activation_backward_fake)
+    torch.library.register_fake("mobilefuse::channel_shuffle")(channel_shuffle_fake)
+    register_activation_autograd("mobilefuse::hardswish", ops.hardswish_backward)
+    register_activation_autograd("mobilefuse::hardsigmoid", ops.hardsigmoid_backward)
+    register_shuffle_autograd("mobilefuse::channel_shuffle", ops.channel_shuffle)
+
+
+if has_extension():
+    _register()

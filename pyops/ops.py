@@ -1,0 +1,98 @@
+"""The functional API: ``mobilefuse.ops.<op>(...)``.
+
+Each op checks its arguments, asks :mod:`mobilefuse.backends` which implementation takes the
+input, and calls it: ``torch.ops.mobilefuse.<op>`` (C++/CUDA kernels), the Triton custom op
+``torch.ops.mobilefuse.triton_<op>``, or the pure-PyTorch reference. All are differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from mobilefuse import _native_ops, _triton_ops, reference  # noqa: F401  (registers the ops)
+from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
+from mobilefuse.backends import FLOAT_DTYPES, select_backend
+
+__all__ = ["hardswish", "hardsigmoid", "channel_shuffle"]
+
+# channel_shuffle only moves bits, so its kernels take every dtype 1, 2, 4 or 8 bytes wide.
+SHUFFLE_DTYPES: tuple[torch.dtype, ...] = FLOAT_DTYPES + (
+    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+
+_Impl = Callable[..., torch.Tensor]
+
+_HARDSWISH: dict[str, _Impl] = {
+    "cpu": lambda x: torch.ops.mobilefuse.hardswish(x),
+    "cuda": lambda x: torch.ops.mobilefuse.hardswish(x),
+    "triton": lambda x: torch.ops.mobilefuse.triton_hardswish(x),
+    "reference": reference.hardswish,
+}
+_HARDSIGMOID: dict[str, _Impl] = {
+    "cpu": lambda x: torch.ops.mobilefuse.hardsigmoid(x),
+    "cuda": lambda x: torch.ops.mobilefuse.hardsigmoid(x),
+    "triton": lambda x: torch.ops.mobilefuse.triton_hardsigmoid(x),
+    "reference": reference.hardsigmoid,
+}
+_CHANNEL_SHUFFLE: dict[str, _Impl] = {
+    "cpu": lambda x, g: torch.ops.mobilefuse.channel_shuffle(x, g),
+    "cuda": lambda x, g: torch.ops.mobilefuse.channel_shuffle(x, g),
+    "triton": lambda x, g: torch.ops.mobilefuse.triton_channel_shuffle(x, g),
+    "reference": reference.channel_shuffle,
+}
+
+
+def hardswish(x: torch.Tensor) -> torch.Tensor:
+    """Hard-swish, ``x * relu6(x + 3) / 6``, as ``F.hardswish``.
+
+    Args:
+        x: a float16, bfloat16, float32 or float64 tensor of any shape and strides.
+
+    Returns:
+        A new tensor in ``x``'s memory format. Its backward saves only ``x``.
+    """
+    check_float_tensor("hardswish", "x", x)
+    return _HARDSWISH[select_backend("hardswish", x.device, x.dtype)](x)
+
+
+def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Hard-sigmoid, ``relu6(x + 3) / 6``, as ``F.hardsigmoid``.
+
+    Args:
+        x: a float16, bfloat16, float32 or float64 tensor of any shape and strides.
+
+    Returns:
+        A new tensor in ``x``'s memory format. Its backward saves only ``x``.
+    """
+    check_float_tensor("hardsigmoid", "x", x)
+    return _HARDSIGMOID[select_backend("hardsigmoid", x.device, x.dtype)](x)
+
+
+def _shuffle_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` when contiguous or channels_last-contiguous, else a copy in its suggested format."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    # A meta tensor answers which layout empty_like (suggest_memory_format) picks, for free.
+    probe = torch.empty_like(x, device="meta")
+    channels_last = x.dim() == 4 and probe.is_contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle, as ``x.view(N, g, C//g, *).transpose(1, 2).reshape(x.shape)``.
+
+    Args:
+        x: a tensor of shape ``(N, C, *)``, any dtype; contiguous or channels_last
+            (other strides are made contiguous in their suggested format first).
+        groups: a positive int dividing ``C``.
+
+    Returns:
+        A new tensor (never ``x`` or a view of it), channels_last when ``x`` is. The values
+        are moved bit for bit; the backward is the inverse shuffle (``C // groups`` groups).
+    """
+    check_tensor("channel_shuffle", "x", x)
+    check_min_rank("channel_shuffle", "x", x, 3, "(N, C, *)")
+    check_groups("channel_shuffle", groups, x.shape[1])
+    backend = select_backend("channel_shuffle", x.device, x.dtype, SHUFFLE_DTYPES)
+    return _CHANNEL_SHUFFLE[backend](_shuffle_layout(x), groups)

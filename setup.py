@@ -1,0 +1,95 @@
+"""Builds mobilefuse: the Python packages and the `mobilefuse._C` extension.
+
+Environment variables:
+  MOBILEFUSE_SKIP_CUDA=1   build the C++ (CPU) extension only.
+  FORCE_CUDA=1             add the CUDA sources even when no GPU is visible.
+  TORCH_CUDA_ARCH_LIST     CUDA archs to build for; default "9.0" (Hopper) when no GPU
+                           is visible, else the archs of the visible GPUs.
+  MOBILEFUSE_CPU_ISA       "avx2" or "default"; default: avx2 when this CPU has it.
+  MAX_JOBS                 parallel compile jobs (read by torch's BuildExtension).
+"""
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).parent
+CPU_SOURCES = ["csrc/registration.cpp", "csrc/cpu/activations.cpp", "csrc/cpu/channel_shuffle.cpp"]
+CUDA_SOURCES = ["csrc/cuda/bindings.cpp", "csrc/cuda/activations.cu", "csrc/cuda/channel_shuffle.cu"]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _build_cuda() -> bool:
+    if _env_flag("MOBILEFUSE_SKIP_CUDA"):
+        return False
+    if _env_flag("FORCE_CUDA"):
+        return True
+    return CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def _cpu_isa() -> str:
+    requested = os.environ.get("MOBILEFUSE_CPU_ISA", "").lower()
+    if requested in ("avx2", "default"):
+        return requested
+    if requested:
+        raise ValueError(f"MOBILEFUSE_CPU_ISA must be 'avx2' or 'default', got {requested!r}")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "default"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "default"
+    return "avx2" if all(f" {f}" in flags for f in ("avx2", "fma", "f16c")) else "default"
+
+
+def _extension():
+    isa = _cpu_isa()
+    cxx = ["-O3", "-fopenmp"]
+    if isa == "avx2":
+        # Same macros ATen uses, so at::vec::Vectorized picks its AVX2 implementation.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2",
+                "-DMOBILEFUSE_ISA_AVX2"]
+    link = ["-fopenmp"]
+    if not _build_cuda():
+        return CppExtension("mobilefuse._C", CPU_SOURCES, extra_compile_args={"cxx": cxx},
+                            extra_link_args=link)
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    defines = ["-DMOBILEFUSE_WITH_CUDA"]
+    return CUDAExtension(
+        "mobilefuse._C",
+        CPU_SOURCES + CUDA_SOURCES,
+        extra_compile_args={"cxx": cxx + defines, "nvcc": ["-O3"] + defines},
+        extra_link_args=link,
+    )
+
+
+setup(
+    name="mobilefuse",
+    version="0.1.0",
+    description="Fused CPU, CUDA and Triton kernels for efficient-CNN building blocks",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["mobilefuse", "mobilefuse.bench", "mobilefuse.kernels", "mobilefuse.models"],
+    package_dir={
+        "mobilefuse": "pyops",
+        "mobilefuse.bench": "pyops/bench",
+        "mobilefuse.kernels": "kernels",
+        "mobilefuse.models": "models",
+    },
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+    install_requires=["torch>=2.11", "numpy"],
+    extras_require={
+        "triton": ["triton>=3.6"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.6", "ruff"],
+    },
+)
