@@ -19,7 +19,8 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = Path(__file__).parent
 CPU_SOURCES = ["csrc/registration.cpp", "csrc/cpu/activations.cpp", "csrc/cpu/channel_shuffle.cpp"]
-CUDA_SOURCES = ["csrc/cuda/bindings.cpp", "csrc/cuda/activations.cu", "csrc/cuda/channel_shuffle.cu"]
+CUDA_SOURCES = [
+    "csrc/cuda/bindings.cpp", "csrc/cuda/activations.cu", "csrc/cuda/channel_shuffle.cu"]
 
 
 def _env_flag(name: str) -> bool:

@@ -35,8 +35,8 @@ def _activation_backward_kernel(g_ptr, x_ptr, gx_ptr, n, ACT: tl.constexpr,
     x = tl.load(x_ptr + offs, mask=mask).to(COMPUTE)
     g = tl.load(g_ptr + offs, mask=mask).to(COMPUTE)
     if ACT == 0:
-        # torch's branches: 0 below -3, g*(x/3 + 1/2) up to 3, g above.
-        gx = tl.where(x < -3.0, 0.0, tl.where(x <= 3.0, g * (x / 3.0 + 0.5), g))
+        # torch's branches: 0 up to -3, g*(x/3 + 1/2) strictly inside, g from 3 on.
+        gx = tl.where(x <= -3.0, 0.0, tl.where(x >= 3.0, g, g * (x / 3.0 + 0.5)))
     else:
         gx = tl.where((x > -3.0) & (x < 3.0), g / 6.0, 0.0)
     tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)

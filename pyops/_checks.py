@@ -10,7 +10,8 @@ from mobilefuse.backends import FLOAT_DTYPES
 def check_tensor(op: str, name: str, value: object) -> torch.Tensor:
     """``value`` if it is a tensor, else TypeError."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"mobilefuse.{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+        raise TypeError(f"mobilefuse.{op}: {name} must be a torch.Tensor, "
+                        f"got {type(value).__name__}")
     return value
 
 

@@ -24,6 +24,8 @@ def activation_backward_fake(grad_out: torch.Tensor, x: torch.Tensor) -> torch.T
                  lambda: f"grad_out shape {tuple(grad_out.shape)} != x shape {tuple(x.shape)}")
     torch._check(grad_out.dtype == x.dtype,
                  lambda: f"grad_out dtype {grad_out.dtype} != x dtype {x.dtype}")
+    torch._check(grad_out.device == x.device,
+                 lambda: f"grad_out is on {grad_out.device} but x is on {x.device}")
     return torch.empty_like(x)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mobilefuse._autograd import register_activation_autograd, register_shuffle_autograd
 from mobilefuse._checks import (
     check_float_tensor,
     check_groups,
@@ -16,7 +17,6 @@ from mobilefuse._checks import (
     check_same_device,
     check_same_shape_dtype,
 )
-from mobilefuse._autograd import register_activation_autograd, register_shuffle_autograd
 from mobilefuse._fake import activation_backward_fake, activation_fake, channel_shuffle_fake
 
 TRITON_OPS: tuple[str, ...] = (

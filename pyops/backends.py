@@ -22,7 +22,8 @@ from mobilefuse._extension import EXTENSION_ERROR, build_info, has_extension
 BACKENDS: tuple[str, ...] = ("auto", "cuda", "triton", "cpu", "reference")
 # What "auto" tries, fastest first, for tensors on each device type.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
-FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _check_name(name: str, source: str) -> str:

@@ -7,7 +7,7 @@ input, and calls it: ``torch.ops.mobilefuse.<op>`` (C++/CUDA kernels), the Trito
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -76,7 +76,8 @@ def _shuffle_layout(x: torch.Tensor) -> torch.Tensor:
     # A meta tensor answers which layout empty_like (suggest_memory_format) picks, for free.
     probe = torch.empty_like(x, device="meta")
     channels_last = x.dim() == 4 and probe.is_contiguous(memory_format=torch.channels_last)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=fmt)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -16,8 +16,10 @@ def hardswish(x: torch.Tensor) -> torch.Tensor:
 
 
 def hardswish_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Gradient of hard-swish at ``x`` times ``grad_out``, as PyTorch computes it."""
-    return torch.ops.aten.hardswish_backward(grad_out, x)
+    """Gradient of hard-swish at ``x`` times ``grad_out``, with PyTorch's choice at the kinks
+    (0 for ``x <= -3``, ``grad_out`` for ``x >= 3``), exact in ``x``'s dtype."""
+    inside = grad_out * (x / 3 + 0.5)
+    return torch.where(x <= -3, torch.zeros_like(inside), torch.where(x >= 3, grad_out, inside))
 
 
 def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -26,8 +28,10 @@ def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
 
 
 def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Gradient of hard-sigmoid at ``x`` times ``grad_out``, as PyTorch computes it."""
-    return torch.ops.aten.hardsigmoid_backward(grad_out, x)
+    """Gradient of hard-sigmoid at ``x`` times ``grad_out`` (0 outside ``-3 < x < 3``), exact in
+    ``x``'s dtype (``aten.hardsigmoid_backward`` rounds 1/6 to float32 even for float64)."""
+    inside = grad_out / 6
+    return torch.where((x > -3) & (x < 3), inside, torch.zeros_like(inside))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -20,13 +20,13 @@ struct HardSwish {
     const Vec zero(0), three(3), six(6);
     return x * at::vec::minimum(at::vec::maximum(x + three, zero), six) / six;
   }
-  // Same branches as torch's hardswish_backward: 0 below -3, g*(x/3+1/2) inside, g above 3.
+  // Same branches as torch's hardswish_backward: 0 up to -3, g*(x/3+1/2) inside, g from 3.
   template <typename Vec>
   static Vec backward(Vec g, Vec x) {
     const Vec zero(0), half(0.5), three(3), neg_three(-3);
     Vec inside = g * (x / three + half);
-    Vec r = Vec::blendv(inside, g, x > three);
-    return Vec::blendv(r, zero, x < neg_three);
+    Vec r = Vec::blendv(inside, g, x >= three);
+    return Vec::blendv(r, zero, x <= neg_three);
   }
 };
 

@@ -28,9 +28,10 @@ struct HardSwishOp {
     return x * fmin(fmax(x + M(3), M(0)), M(6)) / M(6);
   }
   template <typename M> __device__ __forceinline__ static M backward(M g, M x) {
-    if (x < M(-3)) return M(0);
-    if (x <= M(3)) return g * (x / M(3) + M(0.5));
-    return g;
+    // torch's branches: 0 up to -3, g from 3 on.
+    if (x <= M(-3)) return M(0);
+    if (x >= M(3)) return g;
+    return g * (x / M(3) + M(0.5));
   }
 };
 

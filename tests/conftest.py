@@ -1,0 +1,107 @@
+"""Shared test helpers: tolerances, random odd inputs in every layout, backend cases."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+# Triton kernels run on CPU tensors through the interpreter; it must be on before triton loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import mobilefuse  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+# DESIGN.md: max abs error against the float64 reference, scaled by max |ref|.
+FORWARD_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3,
+               torch.bfloat16: 1e-2}
+BACKWARD_TOL = {torch.float64: 1e-12, torch.float32: 1e-4, torch.float16: 5e-3,
+                torch.bfloat16: 2e-2}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+# (backend, device) pairs; CUDA cases skip cleanly without a GPU.
+BACKEND_CASES = [
+    pytest.param("cpu", "cpu", id="cpu"),
+    pytest.param("triton", "cpu", id="triton-interpreter"),
+    pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.skipif(not HAS_CUDA,
+                                                                       reason="needs a GPU")),
+    pytest.param("triton", "cuda", id="triton-cuda",
+                 marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")),
+]
+
+
+def make_input(shape: tuple[int, ...], dtype: torch.dtype, device: str, layout: str,
+               generator: torch.Generator | None = None, scale: float = 4.0) -> torch.Tensor:
+    """Random values in ``layout``: contiguous, channels_last, or a non-contiguous view."""
+    if layout == "strided":
+        # Every other element of a wider tensor: neither contiguous nor channels_last, not dense.
+        wide = torch.randn((*shape[:-1], 2 * shape[-1]), generator=generator) * scale
+        return wide.to(device=device, dtype=dtype)[..., ::2]
+    x = torch.randn(shape, generator=generator) * scale
+    x = x.to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def scaled_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, tuple[int, ...]]:
+    """Max |out - ref| / max |ref| and the index where the worst error is."""
+    out, ref = out.detach(), ref.detach()
+    diff = (out.double() - ref.double()).abs()
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    if diff.numel() == 0:
+        return 0.0, ()
+    flat = int(diff.argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+    denom = max(float(ref.double().abs().max()), 1e-30)
+    return float(diff.max()) / denom, index
+
+
+def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> None:
+    """Fail with the worst element's position and values when the scaled error exceeds ``tol``."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err, index = scaled_error(out, ref)
+    assert err <= tol, (f"{what}: scaled error {err:.3e} > {tol:.0e} at {index}: "
+                        f"got {out[index].item()!r}, reference {ref[index].item()!r}")
+
+
+# glibc fills every new CPU block with these bytes (mallopt M_PERTURB = 0x80 -> 0x7F fill):
+# float32 3.4e38, float16 NaN, bfloat16 3.4e38, float64 1.4e306, bool "127", so an output
+# element a kernel never writes fails the comparison with the reference.
+POISON_BYTE = 0x7F
+CPU_POISON = False
+try:
+    CPU_POISON = ctypes.CDLL("libc.so.6").mallopt(-6, POISON_BYTE ^ 0xFF) == 1
+except OSError:  # not glibc: no poisoning on CPU
+    pass
+
+
+def poison_cuda(nbytes: int) -> None:
+    """Leave a freed block of poison bytes in the CUDA caching allocator, which hands it to the
+    next request of that size (the CPU is poisoned by glibc for every allocation)."""
+    block = torch.empty(max(nbytes, 1), dtype=torch.uint8, device="cuda")
+    block.fill_(POISON_BYTE)
+    del block
+
+
+def poison_for(x: torch.Tensor) -> None:
+    """Poison the allocator for an output the size of ``x``."""
+    if x.is_cuda:
+        poison_cuda(x.numel() * x.element_size())
+
+
+@contextmanager
+def on_backend(name: str) -> Iterator[None]:
+    """Run on backend ``name`` and fail if the op falls back to the reference instead."""
+    with mobilefuse.use_backend(name), warnings.catch_warnings():
+        warnings.filterwarnings("error", message="mobilefuse", category=RuntimeWarning)
+        yield

@@ -1,0 +1,88 @@
+"""Bad input raises a clear exception that names the argument; nothing crashes or hangs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mobilefuse
+
+ACTIVATIONS = [mobilefuse.ops.hardswish, mobilefuse.ops.hardsigmoid]
+
+
+@pytest.mark.parametrize("op", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool,
+                                   torch.complex64])
+def test_activations_reject_non_float_dtypes(op, dtype):
+    x = torch.ones(2, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=r"x must have a floating dtype .* got torch\."):
+        op(x)
+
+
+@pytest.mark.parametrize("op", ACTIVATIONS)
+def test_activations_reject_non_tensors(op):
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        op([1.0, 2.0])
+
+
+@pytest.mark.parametrize("groups,error,match", [
+    (0, ValueError, "groups must be positive, got 0"),
+    (-2, ValueError, "groups must be positive, got -2"),
+    (4, ValueError, r"groups \(4\) must divide the channel count C=6"),
+    (2.0, TypeError, "groups must be an int, got float"),
+    (True, TypeError, "groups must be an int, got bool"),
+])
+def test_channel_shuffle_rejects_bad_groups(groups, error, match):
+    with pytest.raises(error, match=match):
+        mobilefuse.ops.channel_shuffle(torch.randn(2, 6, 3, 3), groups)
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 6)])
+def test_channel_shuffle_rejects_low_rank(shape):
+    with pytest.raises(ValueError, match=r"x must have rank >= 3 \(N, C, \*\)"):
+        mobilefuse.ops.channel_shuffle(torch.randn(shape), 2)
+
+
+def test_module_rejects_bad_groups():
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        mobilefuse.nn.ChannelShuffle(0)
+
+
+# The registered ops check again in C++/Python, for callers who skip mobilefuse.ops.
+NATIVE_BACKWARD = ["hardswish_backward", "hardsigmoid_backward"]
+
+
+@pytest.mark.parametrize("name", ["hardswish", "hardsigmoid", "triton_hardswish",
+                                  "triton_hardsigmoid"])
+def test_registered_forward_ops_reject_integers(name):
+    with pytest.raises((RuntimeError, TypeError), match="x must"):
+        getattr(torch.ops.mobilefuse, name)(torch.ones(3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("prefix", ["", "triton_"])
+@pytest.mark.parametrize("name", NATIVE_BACKWARD)
+def test_registered_backward_ops_reject_mismatched_grad(prefix, name):
+    op = getattr(torch.ops.mobilefuse, prefix + name)
+    x = torch.randn(2, 3)
+    with pytest.raises((RuntimeError, ValueError), match="grad_out"):
+        op(torch.randn(3, 2), x)
+    with pytest.raises((RuntimeError, TypeError), match="grad_out"):
+        op(torch.randn(2, 3, dtype=torch.float64), x)
+
+
+@pytest.mark.parametrize("name", ["channel_shuffle", "triton_channel_shuffle"])
+def test_registered_shuffle_ops_check_groups(name):
+    op = getattr(torch.ops.mobilefuse, name)
+    with pytest.raises((RuntimeError, ValueError), match="must divide"):
+        op(torch.randn(2, 6, 3, 3), 4)
+    with pytest.raises((RuntimeError, ValueError), match="positive"):
+        op(torch.randn(2, 6, 3, 3), 0)
+    with pytest.raises((RuntimeError, ValueError), match="rank"):
+        op(torch.randn(2, 6), 2)
+
+
+@pytest.mark.parametrize("name", ["hardswish_backward", "triton_hardswish_backward"])
+def test_backward_ops_reject_mixed_devices(name):
+    op = getattr(torch.ops.mobilefuse, name)
+    with pytest.raises(RuntimeError, match="grad_out is on meta but x is on cpu"):
+        op(torch.randn(2, 3, device="meta"), torch.randn(2, 3))

@@ -1,0 +1,53 @@
+"""torch.library.opcheck on every mobilefuse op, forward and backward, in several layouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import HAS_CUDA
+
+import mobilefuse  # noqa: F401  (registers fake kernels and autograd)
+
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+def _inputs(device: str) -> list[torch.Tensor]:
+    x = torch.randn(2, 6, 5, 3, device=device)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    return [x, channels_last, x[..., ::2], torch.randn(7, device=device)]
+
+
+def _activation_samples(device: str, backward: bool) -> list[tuple]:
+    samples = []
+    for x in _inputs(device):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            xd = x.to(dtype)
+            if backward:
+                samples.append((torch.randn_like(xd), xd))
+            else:
+                samples.append((xd.requires_grad_(),))
+    return samples
+
+
+def _op(name: str):
+    return getattr(torch.ops.mobilefuse, name).default
+
+
+ACTIVATION_OPS = ["hardswish", "hardsigmoid", "triton_hardswish", "triton_hardsigmoid"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ACTIVATION_OPS)
+def test_activation_ops(device, name):
+    for args in _activation_samples(device, backward=False):
+        torch.library.opcheck(_op(name), args)
+    for args in _activation_samples(device, backward=True):
+        torch.library.opcheck(_op(f"{name}_backward"), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["channel_shuffle", "triton_channel_shuffle"])
+def test_channel_shuffle_ops(device, name):
+    for x in _inputs(device)[:3]:
+        torch.library.opcheck(_op(name), (x.requires_grad_(), 3))
+        torch.library.opcheck(_op(name), (x.detach().to(torch.bfloat16), 2))
