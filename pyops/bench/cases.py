@@ -1,0 +1,155 @@
+"""What the benchmarks run: ops, shapes, inputs and the implementations compared.
+
+Shared by the runner and the pytest-benchmark suites under ``benchmarks/``, so both time
+the same callables on the same inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mobilefuse import ops, reference, use_backend
+from mobilefuse.backends import AUTO_ORDER, available_backends
+
+OPS: tuple[str, ...] = ("hardswish", "hardsigmoid", "channel_shuffle")
+ACTIVATIONS: tuple[str, ...] = ("hardswish", "hardsigmoid")
+DEFAULT_SHAPE: tuple[int, int, int, int] = (32, 96, 56, 56)
+SHUFFLE_GROUPS = 2  # ShuffleNetV2 splits every stage in two
+SHAPE_ENV = "MOBILEFUSE_BENCH_SHAPE"
+LAYOUTS: dict[str, torch.memory_format] = {
+    "contiguous": torch.contiguous_format,
+    "channels_last": torch.channels_last,
+}
+
+MOBILEFUSE = "mobilefuse"
+EAGER = "eager"
+EAGER_VIEW = "eager_view_transpose"  # the x.view().transpose().reshape() idiom
+COMPILE = "torch_compile"
+
+Impl = Callable[[torch.Tensor], torch.Tensor]
+
+_EAGER: dict[str, Callable[..., torch.Tensor]] = {
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "channel_shuffle": F.channel_shuffle,
+}
+_FUSED: dict[str, Callable[..., torch.Tensor]] = {
+    "hardswish": ops.hardswish,
+    "hardsigmoid": ops.hardsigmoid,
+    "channel_shuffle": ops.channel_shuffle,
+}
+_REFERENCE: dict[str, Callable[..., torch.Tensor]] = {
+    "hardswish": reference.hardswish,
+    "hardsigmoid": reference.hardsigmoid,
+    "channel_shuffle": reference.channel_shuffle,
+}
+
+
+def bench_device() -> torch.device:
+    """The device benchmarks run on: the current CUDA device when one is visible, else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def shape_from_env(default: tuple[int, ...] = DEFAULT_SHAPE) -> tuple[int, ...]:
+    """The shape in ``MOBILEFUSE_BENCH_SHAPE`` ("N,C,H,W"), else ``default``."""
+    text = os.environ.get(SHAPE_ENV, "").strip()
+    if not text:
+        return default
+    shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    if len(shape) != 4 or min(shape) <= 0:
+        raise ValueError(f"{SHAPE_ENV} must be four positive ints N,C,H,W; got {text!r}")
+    return shape
+
+
+def fused_backends(device: torch.device) -> list[str]:
+    """The fused backends that ``"auto"`` can pick for tensors on ``device``, fastest first."""
+    usable = set(available_backends())
+    return [name for name in AUTO_ORDER.get(device.type, ()) if name in usable]
+
+
+def impl_names(op: str, device: torch.device, compile: bool = True) -> list[str]:
+    """The implementations timed for ``op`` on ``device``, in table order."""
+    names = [MOBILEFUSE]
+    backends = fused_backends(device)
+    if len(backends) > 1:  # e.g. CUDA C++ and Triton on a GPU: show each, not only the winner
+        names += [f"{MOBILEFUSE}[{name}]" for name in backends]
+    names.append(EAGER)
+    if op == "channel_shuffle":
+        names.append(EAGER_VIEW)
+    if compile:
+        names.append(COMPILE)
+    return names
+
+
+@functools.cache
+def compiled_reference(op: str) -> Callable[..., torch.Tensor]:
+    """``torch.compile`` (inductor, static shapes) of the reference of ``op``, built once."""
+    return torch.compile(_REFERENCE[op], dynamic=False)
+
+
+def _on_backend(fn: Callable[..., torch.Tensor], backend: str) -> Callable[..., torch.Tensor]:
+    def run(*args: object) -> torch.Tensor:
+        with use_backend(backend):
+            return fn(*args)
+
+    return run
+
+
+def build_impl(op: str, name: str, groups: int = SHUFFLE_GROUPS) -> Impl:
+    """The callable ``x -> out`` that implementation ``name`` of ``op`` runs."""
+    if name == MOBILEFUSE:
+        fn = _FUSED[op]
+    elif name.startswith(f"{MOBILEFUSE}["):
+        fn = _on_backend(_FUSED[op], name[len(MOBILEFUSE) + 1:-1])
+    elif name == EAGER:
+        fn = _EAGER[op]
+    elif name == EAGER_VIEW and op == "channel_shuffle":
+        fn = reference.channel_shuffle
+    elif name == COMPILE:
+        fn = compiled_reference(op)
+    else:
+        raise ValueError(f"unknown implementation {name!r} of {op}")
+    if op == "channel_shuffle":
+        return lambda x: fn(x, groups)
+    return fn
+
+
+def build_impls(op: str, device: torch.device, compile: bool = True,
+                groups: int = SHUFFLE_GROUPS) -> dict[str, Impl]:
+    """Every implementation of ``op`` timed on ``device``, by name."""
+    return {name: build_impl(op, name, groups) for name in impl_names(op, device, compile)}
+
+
+def make_input(shape: tuple[int, ...], dtype: torch.dtype, layout: str,
+               device: torch.device, seed: int = 0) -> torch.Tensor:
+    """A random tensor in ``layout`` (a key of :data:`LAYOUTS`), spread over [-6, 6).
+
+    The spread crosses both hard-swish/hard-sigmoid kinks (x = -3 and x = 3), so every
+    branch of the activations runs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=gen, dtype=torch.float32).mul_(12).sub_(6)
+    return x.to(device=device, dtype=dtype).contiguous(memory_format=LAYOUTS[layout])
+
+
+def moved_bytes(x: torch.Tensor) -> int:
+    """Bytes an elementwise op or a shuffle must move: read ``x`` once, write the output once."""
+    return 2 * x.numel() * x.element_size()
+
+
+def synchronized(fn: Impl, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """``fn(x)`` as a no-argument call that waits for device work to finish."""
+    if x.device.type != "cuda":
+        return lambda: fn(x)
+
+    def run() -> torch.Tensor:
+        out = fn(x)
+        torch.cuda.synchronize(x.device)
+        return out
+
+    return run

@@ -1,0 +1,203 @@
+"""The command line: verify, then time, then print and write the results.
+
+    python -m mobilefuse.bench [--quick] [--shape N C H W] [--reps R] [--out DIR]
+                               [--dtype D ...] [--groups G] [--no-compile] [--verify-only]
+                               [--system-allocator]
+
+Exit status 1 when a verification fails or an implementation errors, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobilefuse.backends import select_backend
+from mobilefuse.bench import cases, report, timing
+from mobilefuse.bench.verify import Check, verify_all
+
+COPY = "copy_"  # the dst.copy_(src) baseline row
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Timed calls per measurement.
+DEFAULT_REPS: dict[tuple[str, bool], int] = {
+    ("cpu", False): 100, ("cpu", True): 20, ("cuda", False): 200, ("cuda", True): 50}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The runner's options (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m mobilefuse.bench",
+                                     description="Verify and benchmark mobilefuse ops.")
+    parser.add_argument("--quick", action="store_true", help="few repetitions")
+    parser.add_argument("--shape", nargs=4, type=int, metavar=("N", "C", "H", "W"),
+                        default=list(cases.DEFAULT_SHAPE))
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed calls per measurement (default depends on device, --quick)")
+    parser.add_argument("--dtype", action="append", choices=sorted(DTYPES), default=None,
+                        help="dtype to time, repeatable (default: float32; on CUDA also bfloat16)")
+    parser.add_argument("--groups", type=int, default=cases.SHUFFLE_GROUPS,
+                        help="channel_shuffle groups")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="folder for the JSON result")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--verify-only", action="store_true", help="verify, time nothing")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="leave glibc malloc at its defaults on CPU")
+    args = parser.parse_args(argv)
+    if min(args.shape) <= 0:
+        parser.error("--shape takes four positive ints")
+    if args.groups <= 0 or args.shape[1] % args.groups:
+        parser.error(f"--groups {args.groups} must divide C={args.shape[1]}")
+    return args
+
+
+def print_verification(checks: list[Check]) -> None:
+    """The PASS/FAIL table of the verification."""
+    rows = [[c.backend, c.device, c.op, c.dtype, c.memory_format,
+             report.fmt(c.forward_error, ".1e"), report.fmt(c.backward_error, ".1e"),
+             c.status, c.detail] for c in checks]
+    if not rows:
+        print("verification: no fused backend can run on this machine", flush=True)
+        return
+    report.print_table("Verification against the float64 reference (error / max|ref|)",
+                       ["backend", "device", "op", "dtype", "layout", "fwd err", "bwd err",
+                        "status", "detail"], rows)
+
+
+def _auto_backend(op: str, x: torch.Tensor) -> str:
+    """The backend ``"auto"`` picks for ``op`` on ``x`` ("reference" means a fallback)."""
+    from mobilefuse.ops import SHUFFLE_DTYPES
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the table flags a fallback; no need to warn here
+        if op == "channel_shuffle":
+            return select_backend(op, x.device, x.dtype, SHUFFLE_DTYPES)
+        return select_backend(op, x.device, x.dtype)
+
+
+def _entry(op: str, impl: str, x: torch.Tensor, layout: str, groups: int) -> dict[str, Any]:
+    return {"op": op, "impl": impl, "shape": list(x.shape),
+            "dtype": str(x.dtype).removeprefix("torch."), "memory_format": layout,
+            "groups": groups if op == "channel_shuffle" else None,
+            "bytes": cases.moved_bytes(x)}
+
+
+def _measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.device,
+             reps: int) -> None:
+    try:
+        t = timing.time_fn(fn, device, reps)
+    except Exception as exc:  # noqa: BLE001  (one broken impl must not stop the run)
+        entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return
+    entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
+                 method=t.method, gbps=timing.gbps(entry["bytes"], t.median_ms))
+
+
+def time_case(op: str, x: torch.Tensor, layout: str, args: argparse.Namespace,
+              reps: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Copy bandwidth, then every implementation of ``op``, on the one input ``x``.
+
+    The copy baseline is taken beside the implementations, on a buffer of ``x``'s size and
+    layout, so drift in a shared machine's clock or memory bandwidth hits both alike.
+    """
+    copy = _entry(op, COPY, x, layout, args.groups)
+    dst = torch.empty_like(x)
+    _measure(copy, lambda: dst.copy_(x), x.device, reps)
+    copy_gbps = copy.get("gbps")
+    entries = []
+    for name, fn in cases.build_impls(op, x.device, not args.no_compile, args.groups).items():
+        entry = _entry(op, name, x, layout, args.groups)
+        if name == cases.MOBILEFUSE:
+            entry["backend"] = _auto_backend(op, x)
+        _measure(entry, lambda fn=fn: fn(x), x.device, reps)
+        if "gbps" in entry:
+            entry["frac_of_copy_bw"] = entry["gbps"] / copy_gbps if copy_gbps else None
+        entries.append(entry)
+    eager = next((e for e in entries if e["impl"] == cases.EAGER and "median_ms" in e), None)
+    for entry in entries:
+        ok = eager is not None and "median_ms" in entry
+        entry["ratio_vs_eager"] = eager["median_ms"] / entry["median_ms"] if ok else None
+    return copy, entries
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def _row(e: dict[str, Any]) -> list[str]:
+    impl = e["impl"] + (" (FALLBACK)" if e.get("backend") == "reference" else "")
+    spread = f"{report.fmt(e.get('q20_ms'), '.4g')}-{report.fmt(e.get('q80_ms'), '.4g')}"
+    ratio = e.get("ratio_vs_eager")
+    return [e["op"], impl, e["memory_format"], e["dtype"], report.fmt(e.get("median_ms"), ".4g"),
+            spread, report.fmt(e.get("gbps"), ".1f"),
+            "100%" if e["impl"] == COPY else _percent(e.get("frac_of_copy_bw")),
+            "" if ratio is None else f"{ratio:.2f}x", e.get("error", "")]
+
+
+def print_timings(copies: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """The timing table, each case's copy baseline first; ratio > 1 is faster than eager."""
+    rows = []
+    for copy in copies:
+        rows.append(_row(copy))
+        rows += [_row(e) for e in entries if all(
+            e[k] == copy[k] for k in ("op", "dtype", "memory_format"))]
+    report.print_table(
+        "Forward timings (GB/s counts read + write; copy BW = dst.copy_(src) of the same bytes; "
+        "vs eager = eager ms / impl ms)",
+        ["op", "impl", "layout", "dtype", "median ms", "q20-q80 ms", "GB/s", "copy BW",
+         "vs eager", "error"], rows)
+
+
+def run_timings(args: argparse.Namespace, device: torch.device,
+                reps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every dtype x op x layout: its copy baseline and its implementations."""
+    default = ["float32", "bfloat16"] if device.type == "cuda" else ["float32"]
+    copies, entries = [], []
+    for dtype_name in args.dtype or default:
+        for op in cases.OPS:
+            for layout in cases.LAYOUTS:
+                x = cases.make_input(tuple(args.shape), DTYPES[dtype_name], layout, device)
+                print(f"timing {op} {layout} {dtype_name} ...", flush=True)
+                copy, timed = time_case(op, x, layout, args, reps)
+                copies.append(copy)
+                entries += timed
+                del x
+    return copies, entries
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status."""
+    args = parse_args(argv)
+    checks = verify_all()
+    print_verification(checks)
+    failed = any(c.status != "PASS" for c in checks)
+    if args.verify_only:
+        return 1 if failed else 0
+    device = cases.bench_device()
+    if device.type == "cpu":
+        allocator = timing.configure_allocator(system=args.system_allocator)
+    else:
+        allocator = timing.ALLOCATOR_CUDA
+    reps = args.reps or DEFAULT_REPS[(device.type, args.quick)]
+    copies, entries = run_timings(args, device, reps)
+    print_timings(copies, entries)
+    payload = {
+        **report.environment(device), "allocator": allocator, "quick": args.quick,
+        "shape": list(args.shape), "groups": args.groups, "reps": reps,
+        "copy_bandwidth": copies, "verification": [c.to_dict() for c in checks],
+        "timings": entries,
+    }
+    path = report.write_json(report.result_path(args.out, device), payload)
+    print(f"wrote {path}", flush=True)
+    errored = any("error" in e for e in entries)
+    return 1 if failed or errored else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Clocks: steady-state timings on CPU and GPU, and the CPU allocator setting.
+
+Every implementation and the ``dst.copy_(src)`` baseline go through the same function here, so their
+numbers compare like with like.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import math
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_HUGE_TRIM = 2**31 - 1  # mallopt takes an int: the largest one means "never trim"
+ALLOCATOR_REUSE = "glibc mallopt: mmap off, trim off (freed blocks reused)"
+ALLOCATOR_SYSTEM = "system default (glibc may return large freed blocks to the OS)"
+ALLOCATOR_CUDA = "PyTorch CUDA caching allocator"
+_L2_FLUSH_BYTES = 256 * 2**20  # larger than the L2 of any current GPU
+_MIN_SAMPLE_S = 1e-3
+
+
+@dataclasses.dataclass
+class Timing:
+    """Milliseconds per call: median and the 20% / 80% quantiles over ``samples`` samples."""
+
+    median_ms: float
+    q20_ms: float
+    q80_ms: float
+    samples: int
+    method: str
+
+
+def configure_allocator(system: bool = False) -> str:
+    """Make glibc keep freed blocks for reuse (unless ``system``); returns what was done.
+
+    By default glibc serves large blocks with mmap and hands them back on free, so each
+    large output page-faults afresh. Disabling mmap and trimming lets every implementation
+    reuse freed memory alike.
+    """
+    if system:
+        return ALLOCATOR_SYSTEM
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return f"{ALLOCATOR_SYSTEM}; mallopt skipped: not glibc"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(
+            _M_TRIM_THRESHOLD, _HUGE_TRIM) == 1
+    except (OSError, AttributeError) as exc:
+        return f"{ALLOCATOR_SYSTEM}; mallopt unavailable: {exc}"
+    return ALLOCATOR_REUSE if ok else f"{ALLOCATOR_SYSTEM}; mallopt refused the settings"
+
+
+def _quantiles(times_s: list[float]) -> tuple[float, float, float]:
+    q = torch.tensor(times_s, dtype=torch.float64).quantile(
+        torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64))
+    return q[0].item() * 1e3, q[1].item() * 1e3, q[2].item() * 1e3
+
+
+def time_cpu(fn: Callable[[], object], reps: int, warmup: int = 3) -> Timing:
+    """``reps`` wall-clock samples of ``fn``, each long enough (>= 1 ms) to time precisely.
+
+    A fixed sample count, unlike ``Timer.blocked_autorange``, whose block size can swallow
+    a short run into one or two samples and leave no quantiles.
+    """
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    fn()
+    estimate = time.perf_counter() - start
+    number = max(1, math.ceil(_MIN_SAMPLE_S / max(estimate, 1e-9)))
+    times = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # as timeit does: a collection inside a sample is noise, not the op
+    try:
+        for _ in range(max(reps, 1)):
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            times.append((time.perf_counter() - start) / number)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    median, q20, q80 = _quantiles(times)
+    return Timing(median, q20, q80, len(times),
+                  f"time.perf_counter, {number} call(s) per sample")
+
+
+def _cuda_estimate_ms(fn: Callable[[], object], calls: int = 5) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+def time_cuda(fn: Callable[[], object], reps: int, warmup: int = 3) -> Timing:
+    """``triton.testing.do_bench`` (flushes L2 between calls) or, without Triton, CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    estimate_ms = _cuda_estimate_ms(fn)
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        return _time_cuda_events(fn, reps)
+    # do_bench repeats for a time budget; size it for about `reps` calls.
+    rep_ms = max(reps * estimate_ms, 1.0)
+    median, q20, q80 = do_bench(fn, warmup=max(5 * estimate_ms, 1.0), rep=rep_ms,
+                                quantiles=[0.5, 0.2, 0.8])
+    samples = max(1, int(rep_ms / max(estimate_ms, 1e-6)))
+    return Timing(median, q20, q80, samples, "triton.testing.do_bench (L2 flushed)")
+
+
+def _time_cuda_events(fn: Callable[[], object], reps: int) -> Timing:
+    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+    for start, end in events:
+        flush.zero_()  # evict the inputs from L2, as do_bench does
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = [start.elapsed_time(end) / 1e3 for start, end in events]
+    median, q20, q80 = _quantiles(times)
+    return Timing(median, q20, q80, reps, "CUDA events (L2 flushed)")
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, reps: int) -> Timing:
+    """Time ``fn`` on ``device``'s clock (CUDA work is timed on the GPU, not the host)."""
+    return time_cuda(fn, reps) if device.type == "cuda" else time_cpu(fn, reps)
+
+
+def gbps(nbytes: int, ms: float) -> float:
+    """Bytes per millisecond as GB/s (10^9 bytes per second)."""
+    return nbytes / (ms * 1e-3) / 1e9 if ms > 0 else float("nan")

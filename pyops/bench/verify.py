@@ -1,0 +1,171 @@
+"""Correctness before speed: every op on every fused backend against the float64 reference.
+
+A backend that silently hands an input to the PyTorch reference would pass on numbers
+alone, so mobilefuse's fallback warnings are turned into errors here and count as FAIL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from mobilefuse import ops, reference, use_backend
+from mobilefuse.backends import available_backends, unsupported_reasons
+from mobilefuse.bench.cases import LAYOUTS, OPS, make_input
+
+# Odd sizes, so no kernel gets away with assuming a multiple of its block or vector width.
+ACTIVATION_SHAPE: tuple[int, ...] = (3, 7, 9, 11)
+SHUFFLE_SHAPE: tuple[int, ...] = (3, 12, 9, 11)
+SHUFFLE_GROUPS = 3
+DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
+
+# Max abs error / max |reference|, as in DESIGN.md.
+FORWARD_TOL: dict[torch.dtype, float] = {
+    torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+BACKWARD_TOL: dict[torch.dtype, float] = {
+    torch.float64: 1e-12, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+_OP: dict[str, Callable[..., torch.Tensor]] = {
+    "hardswish": ops.hardswish, "hardsigmoid": ops.hardsigmoid,
+    "channel_shuffle": ops.channel_shuffle}
+_REF: dict[str, Callable[..., torch.Tensor]] = {
+    "hardswish": reference.hardswish, "hardsigmoid": reference.hardsigmoid}
+
+
+@dataclasses.dataclass
+class Check:
+    """The outcome of one (backend, op, dtype, layout) verification."""
+
+    backend: str
+    device: str
+    op: str
+    dtype: str
+    memory_format: str
+    status: str = "FAIL"
+    forward_error: float | None = None
+    backward_error: float | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of this check."""
+        return dataclasses.asdict(self)
+
+
+def backend_devices() -> dict[str, torch.device]:
+    """Each available fused backend and the device its kernels can be checked on here."""
+    cuda = torch.cuda.is_available()
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    devices: dict[str, torch.device] = {}
+    for name in available_backends():
+        if name == "cpu":
+            devices[name] = torch.device("cpu")
+        elif name == "cuda" and cuda:
+            devices[name] = torch.device("cuda")
+        elif name == "triton" and (cuda or interpret):
+            devices[name] = torch.device("cuda" if cuda else "cpu")
+    return devices
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Max abs error scaled by max |expected|; inf when ``actual`` has a NaN or inf."""
+    actual64 = actual.detach().double().cpu()
+    expected64 = expected.detach().double().cpu()
+    if not torch.isfinite(actual64).all():
+        return float("inf")
+    scale = expected64.abs().max().item() if expected64.numel() else 0.0
+    err = (actual64 - expected64).abs().max().item() if expected64.numel() else 0.0
+    return err / scale if scale > 0 else err
+
+
+def _grad_like(x: torch.Tensor, layout: str, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 1)
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float32)
+    return grad.to(device=x.device, dtype=x.dtype).contiguous(memory_format=LAYOUTS[layout])
+
+
+def _check_activation(check: Check, x: torch.Tensor, seed: int) -> None:
+    grad = _grad_like(x, check.memory_format, seed)
+    x_ref = x.detach().double().requires_grad_(True)
+    expected = _REF[check.op](x_ref)
+    expected.backward(grad.double())
+    x_in = x.detach().clone().requires_grad_(True)
+    out = _OP[check.op](x_in)
+    out.backward(grad)
+    check.forward_error = relative_error(out, expected)
+    check.backward_error = relative_error(x_in.grad, x_ref.grad)
+    problems = []
+    if check.forward_error > FORWARD_TOL[x.dtype]:
+        problems.append(f"forward error {check.forward_error:.2e} > {FORWARD_TOL[x.dtype]:.0e}")
+    if check.backward_error > BACKWARD_TOL[x.dtype]:
+        problems.append(
+            f"backward error {check.backward_error:.2e} > {BACKWARD_TOL[x.dtype]:.0e}")
+    _finish(check, out, x, problems)
+
+
+def _check_shuffle(check: Check, x: torch.Tensor, seed: int) -> None:
+    grad = _grad_like(x, check.memory_format, seed)
+    # A shuffle only moves values, so the reference in x's own dtype is exact.
+    x_ref = x.detach().clone().requires_grad_(True)
+    expected = reference.channel_shuffle(x_ref, SHUFFLE_GROUPS)
+    expected.backward(grad)
+    x_in = x.detach().clone().requires_grad_(True)
+    out = ops.channel_shuffle(x_in, SHUFFLE_GROUPS)
+    out.backward(grad)
+    check.forward_error = relative_error(out, expected)
+    check.backward_error = relative_error(x_in.grad, x_ref.grad)
+    problems = []
+    if not torch.equal(out, expected):
+        problems.append("forward is not bit-exact")
+    if not torch.equal(x_in.grad, x_ref.grad):
+        problems.append("backward is not bit-exact")
+    _finish(check, out, x, problems)
+
+
+def _finish(check: Check, out: torch.Tensor, x: torch.Tensor, problems: list[str]) -> None:
+    # The ops promise an output in the input's memory format.
+    layout = LAYOUTS[check.memory_format]
+    if not out.is_contiguous(memory_format=layout):
+        problems.append(f"output is not {check.memory_format}")
+    check.status = "FAIL" if problems else "PASS"
+    check.detail = "; ".join(problems)
+
+
+def verify_one(backend: str, device: torch.device, op: str, dtype: torch.dtype,
+               layout: str, seed: int = 0) -> Check:
+    """Check ``op``'s forward and backward on ``backend`` for one dtype and memory format."""
+    check = Check(backend, device.type, op, str(dtype).removeprefix("torch."), layout)
+    shuffle = op == "channel_shuffle"
+    shape = SHUFFLE_SHAPE if shuffle else ACTIVATION_SHAPE
+    dtypes = ops.SHUFFLE_DTYPES if shuffle else (dtype,)
+    reasons = unsupported_reasons(backend, device, dtype, dtypes)
+    if reasons:
+        check.detail = "; ".join(reasons)
+        return check
+    x = make_input(shape, dtype, layout, device, seed)
+    with warnings.catch_warnings(), use_backend(backend):
+        # A fallback to the reference is a failure of the backend under test.
+        warnings.filterwarnings("error", message="mobilefuse", category=RuntimeWarning)
+        try:
+            (_check_shuffle if shuffle else _check_activation)(check, x, seed)
+        except Exception as exc:  # noqa: BLE001  (any error is a FAIL with its message)
+            check.status = "FAIL"
+            check.detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return check
+
+
+def verify_all(seed: int = 0) -> list[Check]:
+    """Every op x backend x dtype x memory format this machine can check."""
+    checks = []
+    for backend, device in backend_devices().items():
+        for op in OPS:
+            for dtype in DTYPES:
+                for layout in LAYOUTS:
+                    checks.append(verify_one(backend, device, op, dtype, layout, seed))
+    return checks
+
+
+__all__ = ["Check", "backend_devices", "relative_error", "verify_all", "verify_one"]
