@@ -5,7 +5,7 @@ Environment variables:
   FORCE_CUDA=1             add the CUDA sources even when no GPU is visible.
   TORCH_CUDA_ARCH_LIST     CUDA archs to build for; default "9.0" (Hopper) when no GPU
                            is visible, else the archs of the visible GPUs.
-  MOBILEFUSE_CPU_ISA       "avx2" or "default"; default: avx2 when this CPU has it.
+  MOBILEFUSE_CPU_ISA       "avx512", "avx2" or "default"; default: avx2 when this CPU has it.
   MAX_JOBS                 parallel compile jobs (read by torch's BuildExtension).
 """
 
@@ -37,10 +37,11 @@ def _build_cuda() -> bool:
 
 def _cpu_isa() -> str:
     requested = os.environ.get("MOBILEFUSE_CPU_ISA", "").lower()
-    if requested in ("avx2", "default"):
+    if requested in ("avx512", "avx2", "default"):
         return requested
     if requested:
-        raise ValueError(f"MOBILEFUSE_CPU_ISA must be 'avx2' or 'default', got {requested!r}")
+        raise ValueError(
+            f"MOBILEFUSE_CPU_ISA must be 'avx512', 'avx2' or 'default', got {requested!r}")
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "default"
     try:
@@ -53,7 +54,10 @@ def _cpu_isa() -> str:
 def _extension():
     isa = _cpu_isa()
     cxx = ["-O3", "-fopenmp"]
-    if isa == "avx2":
+    if isa == "avx512":
+        cxx += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-DMOBILEFUSE_ISA_AVX512"]
+    elif isa == "avx2":
         # Same macros ATen uses, so at::vec::Vectorized picks its AVX2 implementation.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2",
                 "-DMOBILEFUSE_ISA_AVX2"]

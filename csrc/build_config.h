@@ -1,7 +1,9 @@
 // Build settings passed by setup.py as -D flags, turned into strings here.
 #pragma once
 
-#ifdef MOBILEFUSE_ISA_AVX2
+#if defined(MOBILEFUSE_ISA_AVX512)
+#define MOBILEFUSE_VECTOR_ISA "avx512"
+#elif defined(MOBILEFUSE_ISA_AVX2)
 #define MOBILEFUSE_VECTOR_ISA "avx2"
 #else
 #define MOBILEFUSE_VECTOR_ISA "default"

@@ -19,7 +19,7 @@ def _activation_forward_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, COMPUTE: tl.c
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask).to(COMPUTE)
-    gate = tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
+    gate = tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) * (1.0 / 6.0)  # multiply: no divide
     if ACT == 0:
         y = x * gate
     else:
@@ -36,9 +36,9 @@ def _activation_backward_kernel(g_ptr, x_ptr, gx_ptr, n, ACT: tl.constexpr,
     g = tl.load(g_ptr + offs, mask=mask).to(COMPUTE)
     if ACT == 0:
         # torch's branches: 0 up to -3, g*(x/3 + 1/2) strictly inside, g from 3 on.
-        gx = tl.where(x <= -3.0, 0.0, tl.where(x >= 3.0, g, g * (x / 3.0 + 0.5)))
+        gx = tl.where(x <= -3.0, 0.0, tl.where(x >= 3.0, g, g * (x * (1.0 / 3.0) + 0.5)))
     else:
-        gx = tl.where((x > -3.0) & (x < 3.0), g / 6.0, 0.0)
+        gx = tl.where((x > -3.0) & (x < 3.0), g * (1.0 / 6.0), 0.0)
     tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
