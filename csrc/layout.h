@@ -31,6 +31,29 @@ inline void check_channel_shuffle_args(const at::Tensor& x, int64_t groups) {
               ") must divide the channel count C=", x.size(1));
 }
 
+// A validated channel_shuffle call: the input in the layout the kernels walk (contiguous
+// (N, C, S) or channels_last (N*S, C)), its output allocated in that same layout.
+struct ShuffleProblem {
+  at::Tensor in;
+  at::Tensor out;
+  bool channels_last;
+  int64_t batch;
+  int64_t channels;
+  int64_t spatial;  // product of the dims after C
+};
+
+inline ShuffleProblem prepare_channel_shuffle(const at::Tensor& x, int64_t groups) {
+  check_channel_shuffle_args(x, groups);
+  const bool channels_last = shuffle_uses_channels_last(x);
+  at::Tensor in = channels_last ? x : x.contiguous();
+  at::Tensor out = at::empty_like(
+      in, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const int64_t batch = in.size(0);
+  const int64_t channels = in.size(1);
+  const int64_t spatial = in.numel() == 0 ? 0 : in.numel() / (batch * channels);
+  return {in, out, channels_last, batch, channels, spatial};
+}
+
 inline void check_activation_input(const char* op, const at::Tensor& x) {
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
               ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());

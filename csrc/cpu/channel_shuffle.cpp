@@ -81,37 +81,29 @@ void shuffle_pixels_bytes(const at::Tensor& in, at::Tensor& out, int64_t pixels,
 }
 
 at::Tensor channel_shuffle_cpu(const at::Tensor& x, int64_t groups) {
-  check_channel_shuffle_args(x, groups);
   TORCH_CHECK(x.device().is_cpu(), "channel_shuffle: expected a CPU tensor, got ", x.device());
-  const bool channels_last = shuffle_uses_channels_last(x);
-  const at::Tensor in =
-      channels_last ? x : x.contiguous();
-  at::Tensor out = at::empty_like(
-      in, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (in.numel() == 0) {
-    return out;
+  ShuffleProblem p = prepare_channel_shuffle(x, groups);
+  if (p.in.numel() == 0) {
+    return p.out;
   }
-  const int64_t batch = in.size(0);
-  const int64_t channels = in.size(1);
-  const int64_t spatial = in.numel() / (batch * channels);
-  const int64_t elem = static_cast<int64_t>(in.element_size());
-  if (!channels_last) {
-    shuffle_planes(static_cast<const char*>(in.const_data_ptr()),
-                   static_cast<char*>(out.mutable_data_ptr()), batch, channels, groups,
-                   spatial * elem);
-    return out;
+  const int64_t elem = static_cast<int64_t>(p.in.element_size());
+  if (!p.channels_last) {
+    shuffle_planes(static_cast<const char*>(p.in.const_data_ptr()),
+                   static_cast<char*>(p.out.mutable_data_ptr()), p.batch, p.channels, groups,
+                   p.spatial * elem);
+    return p.out;
   }
-  const int64_t pixels = batch * spatial;
+  const int64_t pixels = p.batch * p.spatial;
   switch (elem) {
-    case 1: shuffle_pixels_bytes<uint8_t>(in, out, pixels, channels, groups); break;
-    case 2: shuffle_pixels_bytes<uint16_t>(in, out, pixels, channels, groups); break;
-    case 4: shuffle_pixels_bytes<uint32_t>(in, out, pixels, channels, groups); break;
-    case 8: shuffle_pixels_bytes<uint64_t>(in, out, pixels, channels, groups); break;
+    case 1: shuffle_pixels_bytes<uint8_t>(p.in, p.out, pixels, p.channels, groups); break;
+    case 2: shuffle_pixels_bytes<uint16_t>(p.in, p.out, pixels, p.channels, groups); break;
+    case 4: shuffle_pixels_bytes<uint32_t>(p.in, p.out, pixels, p.channels, groups); break;
+    case 8: shuffle_pixels_bytes<uint64_t>(p.in, p.out, pixels, p.channels, groups); break;
     default:
       TORCH_CHECK(false, "channel_shuffle: unsupported element size ", elem, " bytes (dtype ",
-                  in.scalar_type(), ")");
+                  p.in.scalar_type(), ")");
   }
-  return out;
+  return p.out;
 }
 
 }  // namespace

@@ -70,26 +70,20 @@ at::Tensor hardsigmoid_backward_cuda(const at::Tensor& g, const at::Tensor& x) {
 }
 
 at::Tensor channel_shuffle_cuda(const at::Tensor& x, int64_t groups) {
-  check_channel_shuffle_args(x, groups);
   TORCH_CHECK(x.is_cuda(), "channel_shuffle: expected a CUDA tensor, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool channels_last = shuffle_uses_channels_last(x);
-  const at::Tensor in = channels_last ? x : x.contiguous();
-  at::Tensor out = at::empty_like(
-      in, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (in.numel() == 0) {
-    return out;
+  ShuffleProblem p = prepare_channel_shuffle(x, groups);
+  if (p.in.numel() == 0) {
+    return p.out;
   }
-  const int64_t batch = in.size(0);
-  const int64_t channels = in.size(1);
-  const int64_t spatial = in.numel() / (batch * channels);
-  const int64_t outer = channels_last ? batch * spatial : batch;
-  const int64_t inner = channels_last ? 1 : spatial;
-  check_launch(cuda::channel_shuffle(in.const_data_ptr(), out.mutable_data_ptr(), outer, channels,
-                                     inner, groups, static_cast<int64_t>(in.element_size()),
+  const int64_t outer = p.channels_last ? p.batch * p.spatial : p.batch;
+  const int64_t inner = p.channels_last ? 1 : p.spatial;
+  check_launch(cuda::channel_shuffle(p.in.const_data_ptr(), p.out.mutable_data_ptr(), outer,
+                                     p.channels, inner, groups,
+                                     static_cast<int64_t>(p.in.element_size()),
                                      c10::cuda::getCurrentCUDAStream().stream()),
                "channel_shuffle");
-  return out;
+  return p.out;
 }
 
 }  // namespace
