@@ -18,9 +18,11 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent
-CPU_SOURCES = ["csrc/registration.cpp", "csrc/cpu/activations.cpp", "csrc/cpu/channel_shuffle.cpp"]
+CPU_SOURCES = ["csrc/registration.cpp", "csrc/cpu/activations.cpp", "csrc/cpu/channel_shuffle.cpp",
+               "csrc/cpu/depthwise_conv.cpp"]
 CUDA_SOURCES = [
-    "csrc/cuda/bindings.cpp", "csrc/cuda/activations.cu", "csrc/cuda/channel_shuffle.cu"]
+    "csrc/cuda/bindings.cpp", "csrc/cuda/activations.cu", "csrc/cuda/channel_shuffle.cu",
+    "csrc/cuda/depthwise_conv.cu"]
 
 
 def _env_flag(name: str) -> bool:

@@ -16,9 +16,9 @@ inline at::Tensor dense_like(const at::Tensor& t, const at::Tensor& like) {
   return copy;
 }
 
-// The layout channel_shuffle works in: channels_last for a 4-D tensor that is
-// channels_last-contiguous (and not also plain contiguous), else contiguous.
-inline bool shuffle_uses_channels_last(const at::Tensor& x) {
+// The layout the NCHW kernels (channel_shuffle, depthwise_conv2d) work in: channels_last for
+// a 4-D tensor that is channels_last-contiguous (and not also plain contiguous), else contiguous.
+inline bool uses_channels_last(const at::Tensor& x) {
   return x.dim() == 4 && !x.is_contiguous() &&
          x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
@@ -44,7 +44,7 @@ struct ShuffleProblem {
 
 inline ShuffleProblem prepare_channel_shuffle(const at::Tensor& x, int64_t groups) {
   check_channel_shuffle_args(x, groups);
-  const bool channels_last = shuffle_uses_channels_last(x);
+  const bool channels_last = uses_channels_last(x);
   at::Tensor in = channels_last ? x : x.contiguous();
   at::Tensor out = at::empty_like(
       in, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

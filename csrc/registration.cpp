@@ -20,6 +20,15 @@ TORCH_LIBRARY(mobilefuse, m) {
   m.def("hardsigmoid_backward(Tensor grad_out, Tensor x) -> Tensor");
   // The backward of channel_shuffle(x, g) is channel_shuffle(grad, C // g).
   m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  // act(conv2d(x, weight, bias, groups=C)); activation is "none", "relu", "relu6",
+  // "hardswish" or "silu". Padding is symmetric per dimension.
+  m.def("depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, str activation) -> Tensor");
+  // Gradients (input, weight, bias) for the ones output_mask asks for; the others (and the bias
+  // gradient when bias is None) come back empty. Recomputes the pre-activation from x.
+  m.def("depthwise_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, "
+        "int[2] stride, int[2] padding, int[2] dilation, str activation, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

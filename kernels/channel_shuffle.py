@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mobilefuse.kernels.layout import shuffle_uses_channels_last
+from mobilefuse.kernels.layout import uses_channels_last
 
 _BLOCK = 2048
 _BITS_AS_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -33,7 +33,7 @@ def _channel_shuffle_forward_kernel(x_ptr, out_ptr, total, channels, inner, grou
 
 def channel_shuffle_forward(x: torch.Tensor, groups: int) -> torch.Tensor:
     """``x.view(N, g, C//g, *).transpose(1, 2)`` flattened back, keeping channels_last."""
-    channels_last = shuffle_uses_channels_last(x)
+    channels_last = uses_channels_last(x)
     src = x if channels_last else x.contiguous()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty_like(src, memory_format=fmt)

@@ -12,7 +12,8 @@ def dense_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like, dtype=t.dtype).copy_(t)
 
 
-def shuffle_uses_channels_last(x: torch.Tensor) -> bool:
-    """Whether channel_shuffle works on ``x`` in channels_last (else contiguous) layout."""
+def uses_channels_last(x: torch.Tensor) -> bool:
+    """Whether the NCHW kernels (channel_shuffle, depthwise_conv2d) work on ``x`` in channels_last
+    layout (a 4-D channels_last-contiguous tensor that is not also contiguous), else contiguous."""
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last)

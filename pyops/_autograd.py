@@ -36,3 +36,26 @@ def register_shuffle_autograd(op: Any, shuffle: Callable[..., torch.Tensor]) -> 
         return shuffle(grad, ctx.inverse_groups), None
 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+def register_depthwise_autograd(forward_op: Any, backward_op: Callable[..., Any]) -> None:
+    """Backward of ``forward_op(x, w, b, stride, padding, dilation, act)`` is one call of
+    ``backward_op``, which recomputes the pre-activation from ``x`` instead of storing it."""
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, bias, stride, padding, dilation, activation = inputs
+        ctx.settings = (stride, padding, dilation, activation)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, bias)
+
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, bias = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        mask = [need_x, need_w, need_b and ctx.has_bias]
+        if not any(mask):
+            return None, None, None, None, None, None, None
+        gx, gw, gb = backward_op(grad, x, weight, bias, *ctx.settings, mask)
+        return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+                None, None, None, None)
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)

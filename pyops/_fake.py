@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mobilefuse.kernels.layout import shuffle_uses_channels_last
+from mobilefuse.kernels.layout import uses_channels_last
 
 
 def activation_fake(x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +35,47 @@ def channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
     torch._check(groups > 0, lambda: f"groups must be positive, got {groups}")
     torch._check(x.shape[1] % groups == 0,
                  lambda: f"groups ({groups}) must divide C={x.shape[1]}")
-    if shuffle_uses_channels_last(x):
+    if uses_channels_last(x):
         return torch.empty_like(x, memory_format=torch.channels_last)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _conv_out_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                    padding: list[int], dilation: list[int]) -> tuple[int, ...]:
+    sizes = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1)
+             // stride[i] + 1 for i in range(2)]
+    return (x.shape[0], weight.shape[0], *sizes)
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if uses_channels_last(x) else torch.contiguous_format
+
+
+def depthwise_conv2d_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          stride: list[int], padding: list[int], dilation: list[int],
+                          activation: str) -> torch.Tensor:
+    """Output of ``depthwise_conv2d``: channels_last for channels_last x, else contiguous."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    torch._check(weight.shape[0] == x.shape[1] and weight.shape[1] == 1,
+                 lambda: f"weight must be (C, 1, kh, kw) with C={x.shape[1]}, got "
+                         f"{tuple(weight.shape)}")
+    return torch.empty(_conv_out_shape(x, weight, stride, padding, dilation), dtype=x.dtype,
+                       device=x.device, memory_format=_layout_of(x))
+
+
+def depthwise_conv2d_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
+                                   weight: torch.Tensor, bias: torch.Tensor | None,
+                                   stride: list[int], padding: list[int], dilation: list[int],
+                                   activation: str, output_mask: list[bool]
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``depthwise_conv2d``; the ones not asked for are empty."""
+    torch._check(tuple(grad_out.shape) == _conv_out_shape(x, weight, stride, padding, dilation),
+                 lambda: f"grad_out has shape {tuple(grad_out.shape)}, expected the output's")
+    empty = x.new_empty(0)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                         memory_format=_layout_of(x)) if output_mask[0] else empty
+    grad_w = torch.empty(weight.shape, dtype=x.dtype, device=x.device) if output_mask[1] else (
+        x.new_empty(0))
+    grad_b = x.new_empty(weight.shape[0]) if output_mask[2] and bias is not None else (
+        x.new_empty(0))
+    return grad_x, grad_w, grad_b

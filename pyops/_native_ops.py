@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import torch
 
-from mobilefuse._autograd import register_activation_autograd, register_shuffle_autograd
+from mobilefuse._autograd import (
+    register_activation_autograd,
+    register_depthwise_autograd,
+    register_shuffle_autograd,
+)
 from mobilefuse._extension import has_extension
-from mobilefuse._fake import activation_backward_fake, activation_fake, channel_shuffle_fake
+from mobilefuse._fake import (
+    activation_backward_fake,
+    activation_fake,
+    channel_shuffle_fake,
+    depthwise_conv2d_backward_fake,
+    depthwise_conv2d_fake,
+)
 
 NATIVE_OPS: tuple[str, ...] = (
     "hardswish", "hardswish_backward", "hardsigmoid", "hardsigmoid_backward", "channel_shuffle",
+    "depthwise_conv2d", "depthwise_conv2d_backward",
 )
 
 
@@ -22,6 +33,10 @@ def _register() -> None:
     register_activation_autograd("mobilefuse::hardswish", ops.hardswish_backward)
     register_activation_autograd("mobilefuse::hardsigmoid", ops.hardsigmoid_backward)
     register_shuffle_autograd("mobilefuse::channel_shuffle", ops.channel_shuffle)
+    torch.library.register_fake("mobilefuse::depthwise_conv2d")(depthwise_conv2d_fake)
+    torch.library.register_fake("mobilefuse::depthwise_conv2d_backward")(
+        depthwise_conv2d_backward_fake)
+    register_depthwise_autograd("mobilefuse::depthwise_conv2d", ops.depthwise_conv2d_backward)
 
 
 if has_extension():

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from mobilefuse._autograd import register_activation_autograd, register_shuffle_autograd
+from mobilefuse._autograd import (
+    register_activation_autograd,
+    register_depthwise_autograd,
+    register_shuffle_autograd,
+)
 from mobilefuse._checks import (
     check_float_tensor,
     check_groups,
@@ -17,11 +21,18 @@ from mobilefuse._checks import (
     check_same_device,
     check_same_shape_dtype,
 )
-from mobilefuse._fake import activation_backward_fake, activation_fake, channel_shuffle_fake
+from mobilefuse._fake import (
+    activation_backward_fake,
+    activation_fake,
+    channel_shuffle_fake,
+    depthwise_conv2d_backward_fake,
+    depthwise_conv2d_fake,
+)
 
 TRITON_OPS: tuple[str, ...] = (
     "triton_hardswish", "triton_hardswish_backward", "triton_hardsigmoid",
-    "triton_hardsigmoid_backward", "triton_channel_shuffle",
+    "triton_hardsigmoid_backward", "triton_channel_shuffle", "triton_depthwise_conv2d",
+    "triton_depthwise_conv2d_backward",
 )
 
 
@@ -83,3 +94,31 @@ for _fwd, _bwd in ((triton_hardswish, triton_hardswish_backward),
     register_activation_autograd(_fwd, _bwd)
 triton_channel_shuffle.register_fake(channel_shuffle_fake)
 register_shuffle_autograd(triton_channel_shuffle, triton_channel_shuffle)
+
+
+@torch.library.custom_op("mobilefuse::triton_depthwise_conv2d", mutates_args=())
+def triton_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            stride: list[int], padding: list[int], dilation: list[int],
+                            activation: str) -> torch.Tensor:
+    """Depthwise convolution with bias and activation, Triton kernel."""
+    from mobilefuse.kernels.depthwise_conv import depthwise_conv2d_forward
+
+    return depthwise_conv2d_forward(x, weight, bias, stride, padding, dilation, activation)
+
+
+@torch.library.custom_op("mobilefuse::triton_depthwise_conv2d_backward", mutates_args=())
+def triton_depthwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor,
+                                     weight: torch.Tensor, bias: torch.Tensor | None,
+                                     stride: list[int], padding: list[int], dilation: list[int],
+                                     activation: str, output_mask: list[bool]
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Depthwise convolution gradients (input, weight, bias), Triton kernels."""
+    from mobilefuse.kernels.depthwise_conv import depthwise_conv2d_backward
+
+    return depthwise_conv2d_backward(grad_out, x, weight, bias, stride, padding, dilation,
+                                     activation, output_mask)
+
+
+triton_depthwise_conv2d.register_fake(depthwise_conv2d_fake)
+triton_depthwise_conv2d_backward.register_fake(depthwise_conv2d_backward_fake)
+register_depthwise_autograd(triton_depthwise_conv2d, triton_depthwise_conv2d_backward)

@@ -121,14 +121,21 @@ def unsupported_reasons(backend: str, device: torch.device, dtype: torch.dtype,
 
 
 def select_backend(op: str, device: torch.device, dtype: torch.dtype,
-                   dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES) -> str:
-    """The backend that runs ``op`` on these tensors; warns once when it must be the reference."""
+                   dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES,
+                   op_reason: str | None = None) -> str:
+    """The backend that runs ``op`` on these tensors; warns once when it must be the reference.
+
+    ``op_reason`` says why no kernel of ``op`` takes these arguments (a valid input that only
+    the reference computes), or is None.
+    """
     if _current == "reference":
         return "reference"
     candidates = AUTO_ORDER.get(device.type, ()) if _current == "auto" else (_current,)
     why: dict[str, list[str]] = {}
     for name in candidates:
         reasons = unsupported_reasons(name, device, dtype, dtypes)
+        if op_reason is not None:
+            reasons.append(op_reason)
         if not reasons:
             return name
         why[name] = reasons

@@ -7,7 +7,7 @@ from torch import nn
 
 from mobilefuse import ops
 
-__all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle"]
+__all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d"]
 
 
 class HardSwish(nn.Module):
@@ -58,3 +58,52 @@ class ChannelShuffle(nn.Module):
     def extra_repr(self) -> str:
         """The group count, as ``nn.ChannelShuffle`` shows it."""
         return f"groups={self.groups}"
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Drop-in for ``nn.Conv2d(C, C, k, groups=C)``, running
+    :func:`mobilefuse.ops.depthwise_conv2d`.
+
+    It *is* an ``nn.Conv2d`` (same parameters ``weight``/``bias``, initialization, ``state_dict``
+    keys and attributes), with an optional ``activation`` fused into the kernel.
+    """
+
+    def __init__(self, channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                 dilation: int | tuple[int, int] = 1, bias: bool = True,
+                 activation: str | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"mobilefuse.nn.DepthwiseConv2d: channels must be a positive int, "
+                             f"got {channels!r}")
+        super().__init__(channels, channels, kernel_size, stride, padding, dilation,
+                         groups=channels, bias=bias, device=device, dtype=dtype)
+        self.activation = activation
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str | None = None) -> DepthwiseConv2d:
+        """A DepthwiseConv2d sharing ``conv``'s parameters (``conv`` must be depthwise)."""
+        if not (conv.groups == conv.in_channels == conv.out_channels
+                and conv.padding_mode == "zeros"):
+            raise ValueError("mobilefuse.nn.DepthwiseConv2d.from_conv: conv must have "
+                             "groups == in_channels == out_channels and padding_mode='zeros', got "
+                             f"{conv!r}")
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.__dict__.update({k: v for k, v in conv.__dict__.items()
+                                if k not in ("_parameters", "_buffers", "_modules")})
+        module._parameters = dict(conv._parameters)
+        module._buffers = dict(conv._buffers)
+        module._modules = dict(conv._modules)
+        module.activation = activation
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise convolution, bias and activation in one kernel."""
+        return ops.depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                                    self.dilation, self.activation)
+
+    def extra_repr(self) -> str:
+        """nn.Conv2d's description plus the fused activation."""
+        text = super().extra_repr()
+        return text if self.activation is None else f"{text}, activation={self.activation!r}"

@@ -13,9 +13,11 @@ import torch
 
 from mobilefuse import _native_ops, _triton_ops, reference  # noqa: F401  (registers the ops)
 from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
+from mobilefuse._conv_args import OP as DEPTHWISE
+from mobilefuse._conv_args import check_depthwise_args
 from mobilefuse.backends import FLOAT_DTYPES, select_backend
 
-__all__ = ["hardswish", "hardsigmoid", "channel_shuffle"]
+__all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "depthwise_conv2d"]
 
 # channel_shuffle only moves bits, so its kernels take every dtype 1, 2, 4 or 8 bytes wide.
 SHUFFLE_DTYPES: tuple[torch.dtype, ...] = FLOAT_DTYPES + (
@@ -69,7 +71,7 @@ def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
     return _HARDSIGMOID[select_backend("hardsigmoid", x.device, x.dtype)](x)
 
 
-def _shuffle_layout(x: torch.Tensor) -> torch.Tensor:
+def _kernel_layout(x: torch.Tensor) -> torch.Tensor:
     """``x`` when contiguous or channels_last-contiguous, else a copy in its suggested format."""
     if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
         return x
@@ -96,4 +98,36 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     check_min_rank("channel_shuffle", "x", x, 3, "(N, C, *)")
     check_groups("channel_shuffle", groups, x.shape[1])
     backend = select_backend("channel_shuffle", x.device, x.dtype, SHUFFLE_DTYPES)
-    return _CHANNEL_SHUFFLE[backend](_shuffle_layout(x), groups)
+    return _CHANNEL_SHUFFLE[backend](_kernel_layout(x), groups)
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: int | tuple[int, int] = 1,
+                     padding: int | tuple[int, int] | str = 0,
+                     dilation: int | tuple[int, int] = 1,
+                     activation: str | None = None) -> torch.Tensor:
+    """Depthwise convolution with bias and activation fused into one kernel.
+
+    Same result as ``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups=C))``.
+
+    Args:
+        x: ``(N, C, H, W)``, float16/bfloat16/float32/float64, contiguous or channels_last
+            (other strides are made dense first); the output keeps its memory format.
+        weight: ``(C, 1, kh, kw)``. A channel multiplier (``(m*C, 1, kh, kw)``) is computed by
+            the reference, with a one-time warning.
+        bias: ``(C,)`` or None.
+        stride, dilation: an int or a pair, >= 1.
+        padding: an int or a pair (>= 0), ``"valid"``, or ``"same"`` (stride 1 only).
+        activation: None, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``, applied in
+            the kernel; its derivative is fused into the backward, which recomputes the
+            pre-activation rather than storing it.
+    """
+    args = check_depthwise_args(x, weight, bias, stride, padding, dilation, activation)
+    backend = select_backend(DEPTHWISE, x.device, x.dtype, op_reason=args.kernel_gap)
+    if backend == "reference":
+        return reference.depthwise_conv2d(x, weight, bias, args.stride, args.reference_padding,
+                                          args.dilation, args.activation)
+    op = (torch.ops.mobilefuse.triton_depthwise_conv2d if backend == "triton"
+          else torch.ops.mobilefuse.depthwise_conv2d)
+    return op(_kernel_layout(x), weight, bias, list(args.stride), list(args.padding),
+              list(args.dilation), args.activation)

@@ -39,3 +39,29 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     n, c = x.shape[:2]
     rest = x.shape[2:]
     return x.reshape(n, groups, c // groups, *rest).transpose(1, 2).reshape(x.shape)
+
+
+# PyTorch's own functions, so the gradient at a kink (z exactly 0, 6 or +-3, which happens
+# with low-precision inputs) is the one PyTorch gives; all are exact in float64.
+_ACTIVATIONS = {
+    "none": lambda z: z,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "hardswish": F.hardswish,
+    "silu": F.silu,
+}
+
+
+def activation(z: torch.Tensor, name: str | None) -> torch.Tensor:
+    """The activation ``name`` (None, "none", "relu", "relu6", "hardswish", "silu") of ``z``."""
+    return _ACTIVATIONS["none" if name is None else name](z)
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: int | tuple[int, int] = 1,
+                     padding: int | tuple[int, int] | str = 0,
+                     dilation: int | tuple[int, int] = 1,
+                     activation_name: str | None = None) -> torch.Tensor:
+    """``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups=C))``."""
+    z = F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+    return activation(z, activation_name)

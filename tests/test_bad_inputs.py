@@ -86,3 +86,50 @@ def test_backward_ops_reject_mixed_devices(name):
     op = getattr(torch.ops.mobilefuse, name)
     with pytest.raises(RuntimeError, match="grad_out is on meta but x is on cpu"):
         op(torch.randn(2, 3, device="meta"), torch.randn(2, 3))
+
+
+# depthwise_conv2d: every bad argument named, with what was expected.
+def _dw(x=None, w=None, b=None, stride=1, padding=1, dilation=1, activation=None):
+    x = torch.randn(2, 4, 8, 8) if x is None else x
+    w = torch.randn(4, 1, 3, 3) if w is None else w
+    return mobilefuse.ops.depthwise_conv2d(x, w, b, stride, padding, dilation, activation)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"w": torch.randn(4, 3, 3)}, ValueError, r"weight must have shape \(C, 1, kh, kw\) with C=4"),
+    ({"w": torch.randn(4, 2, 3, 3)}, ValueError, r"weight must have shape \(C, 1, kh, kw\)"),
+    ({"w": torch.randn(6, 1, 3, 3)}, ValueError, r"weight must have shape .* got \(6, 1, 3, 3\)"),
+    ({"b": torch.randn(5)}, ValueError, r"bias must have shape \(4,\), got \(5,\)"),
+    ({"x": torch.randn(4, 8, 8)}, ValueError, r"x must have rank 4 \(N, C, H, W\)"),
+    ({"stride": 0}, ValueError, "stride must be >= 1, got 0"),
+    ({"stride": (1, 2, 3)}, TypeError, "stride must be an int or a pair of ints"),
+    ({"dilation": 0}, ValueError, "dilation must be >= 1, got 0"),
+    ({"padding": -1}, ValueError, "padding must be >= 0, got -1"),
+    ({"padding": "full"}, ValueError, "padding must be an int, a pair of ints, 'same' or 'valid'"),
+    ({"padding": "same", "stride": 2}, ValueError, "padding='same' needs stride 1"),
+    ({"activation": "gelu"}, ValueError, "activation must be one of None, 'relu'"),
+    ({"x": torch.ones(2, 4, 8, 8, dtype=torch.int64)}, TypeError,
+     r"x must have a floating dtype .* got torch.int64"),
+    ({"w": torch.randn(4, 1, 3, 3, dtype=torch.float64)}, TypeError,
+     "weight must have x's dtype torch.float32, got torch.float64"),
+    ({"b": torch.randn(4, dtype=torch.float16)}, TypeError, "bias must have x's dtype"),
+    ({"w": torch.randn(4, 1, 3, 3, device="meta")}, ValueError,
+     "all tensors must be on one device, got x on cpu, weight on meta"),
+    ({"w": torch.randn(4, 1, 11, 3), "padding": 1}, ValueError,
+     r"the kernel \(dilated extent 11\) is larger than the padded input height 10"),
+    ({"w": torch.randn(4, 1, 3, 3), "padding": 0, "dilation": 5}, ValueError,
+     "larger than the padded input"),
+])
+def test_depthwise_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _dw(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["depthwise_conv2d", "triton_depthwise_conv2d"])
+def test_registered_depthwise_ops_check_shapes(name):
+    op = getattr(torch.ops.mobilefuse, name)
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises((RuntimeError, ValueError), match="weight"):
+        op(x, torch.randn(3, 1, 3, 3), None, [1, 1], [1, 1], [1, 1], "none")
+    with pytest.raises((RuntimeError, ValueError), match="activation"):
+        op(x, torch.randn(4, 1, 3, 3), None, [1, 1], [1, 1], [1, 1], "gelu")

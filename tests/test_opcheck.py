@@ -51,3 +51,29 @@ def test_channel_shuffle_ops(device, name):
     for x in _inputs(device)[:3]:
         torch.library.opcheck(_op(name), (x.requires_grad_(), 3))
         torch.library.opcheck(_op(name), (x.detach().to(torch.bfloat16), 2))
+
+
+def _depthwise_samples(device: str) -> list[tuple]:
+    x = torch.randn(2, 5, 7, 6, device=device)
+    w = torch.randn(5, 1, 3, 3, device=device)
+    b = torch.randn(5, device=device)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    return [
+        (x, w, b, [1, 1], [1, 1], [1, 1], "relu"),
+        (cl, w, None, [2, 2], [1, 1], [1, 1], "silu"),
+        (x.double(), w.double(), b.double(), [1, 2], [0, 1], [2, 1], "hardswish"),
+        (cl.to(torch.bfloat16), w.to(torch.bfloat16), b.to(torch.bfloat16), [1, 1], [2, 2],
+         [2, 2], "relu6"),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["depthwise_conv2d", "triton_depthwise_conv2d"])
+def test_depthwise_ops(device, name):
+    for x, w, b, *rest in _depthwise_samples(device):
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+        torch.library.opcheck(_op(name), (*leaves, *rest))
+        out = _op(name)(x, w, b, *rest)
+        grad = torch.randn_like(out)
+        for mask in ([True, True, b is not None], [False, True, False], [True, False, False]):
+            torch.library.opcheck(_op(f"{name}_backward"), (grad, x, w, b, *rest, mask))

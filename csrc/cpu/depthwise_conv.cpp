@@ -1,0 +1,623 @@
+// Depthwise convolution on CPU, with bias and activation fused into the forward and the
+// activation's derivative fused into the backward (the pre-activation is recomputed).
+//
+// NCHW works plane by plane: each input plane is copied once into a zero-padded buffer split
+// into `stride_w` column phases, so every tap of every output row reads a contiguous run and
+// the inner loops are plain vector FMAs. NHWC vectorizes over channels. Float16/bfloat16 run
+// through float32 copies (float32 accumulation); float64 is computed in float64.
+//
+// The backward walks each channel (NCHW) or 64-byte channel block (NHWC) on one thread, so
+// the weight and bias gradients are sums in a fixed order: deterministic, no atomics.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../layout.h"
+
+namespace mobilefuse {
+namespace {
+
+enum class Act { kNone, kRelu, kRelu6, kHardSwish, kSilu };
+
+Act parse_activation(c10::string_view name) {
+  if (name == "none") return Act::kNone;
+  if (name == "relu") return Act::kRelu;
+  if (name == "relu6") return Act::kRelu6;
+  if (name == "hardswish") return Act::kHardSwish;
+  if (name == "silu") return Act::kSilu;
+  TORCH_CHECK(false, "depthwise_conv2d: activation must be none, relu, relu6, hardswish or silu, "
+              "got ", name);
+}
+
+// act(z), vectorized.
+template <typename Vec>
+inline Vec act_forward(Act act, Vec z) {
+  const Vec zero(0), three(3), six(6), one(1);
+  switch (act) {
+    case Act::kNone: return z;
+    case Act::kRelu: return at::vec::maximum(z, zero);
+    case Act::kRelu6: return at::vec::minimum(at::vec::maximum(z, zero), six);
+    case Act::kHardSwish:
+      return z * at::vec::minimum(at::vec::maximum(z + three, zero), six) * Vec(1.0 / 6.0);
+    case Act::kSilu: return z / (one + z.neg().exp());
+  }
+  return z;
+}
+
+// g * act'(z), with PyTorch's choices at the kinks.
+template <typename Vec>
+inline Vec act_backward(Act act, Vec g, Vec z) {
+  const Vec zero(0), three(3), neg_three(-3), six(6), one(1), half(0.5);
+  switch (act) {
+    case Act::kNone: return g;
+    case Act::kRelu: return Vec::blendv(zero, g, z > zero);
+    case Act::kRelu6: return Vec::blendv(zero, g, (z > zero) & (z < six));
+    case Act::kHardSwish: {
+      Vec inside = g * (z * Vec(1.0 / 3.0) + half);
+      return Vec::blendv(Vec::blendv(inside, g, z >= three), zero, z <= neg_three);
+    }
+    case Act::kSilu: {
+      Vec s = one / (one + z.neg().exp());
+      return g * s * (one + z * (one - s));
+    }
+  }
+  return g;
+}
+
+struct Geometry {
+  int64_t batch, channels, height, width, out_h, out_w;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  // NCHW padded plane: rows, column phases, and the stride of one phase row, which leaves
+  // room for a full vector load past its last column (those lanes are never stored).
+  int64_t padded_h() const { return height + 2 * ph; }
+  int64_t phase_len() const { return (width + 2 * pw + sw - 1) / sw + 16; }
+  int64_t plane_buffer() const { return padded_h() * sw * phase_len(); }
+  int64_t taps() const { return kh * kw; }
+};
+
+// ---------------------------------------------------------------------------------------
+// NCHW
+
+// Where tap column j reads inside the phased padded row: phase and offset.
+inline int64_t tap_phase(const Geometry& g, int64_t j) { return (j * g.dw) % g.sw; }
+inline int64_t tap_offset(const Geometry& g, int64_t j) { return (j * g.dw) / g.sw; }
+
+// Zero-padded copy of one plane; phase q of padded row r holds padded columns q, q+sw, ...
+template <typename T>
+void load_padded_plane(const T* src, const Geometry& g, T* buf) {
+  const int64_t len = g.phase_len();
+  std::fill(buf, buf + g.plane_buffer(), T(0));
+  for (int64_t r = 0; r < g.height; ++r) {
+    T* row = buf + (r + g.ph) * g.sw * len;
+    const T* in = src + r * g.width;
+    if (g.sw == 1) {
+      std::copy(in, in + g.width, row + g.pw);
+      continue;
+    }
+    for (int64_t c = 0; c < g.width; ++c) {
+      const int64_t pc = c + g.pw;
+      row[(pc % g.sw) * len + pc / g.sw] = in[c];
+    }
+  }
+}
+
+// The lanes of `v` added in double, in lane order.
+template <typename T>
+inline double lane_sum(const at::vec::Vectorized<T>& v) {
+  T lanes[at::vec::Vectorized<T>::size()];
+  v.store(lanes);
+  double total = 0.0;
+  for (T lane : lanes) total += static_cast<double>(lane);
+  return total;
+}
+
+// Output chunks of one plane: Vec::size() consecutive outputs of one row each.
+struct Chunk {
+  int64_t oh, ow, count;
+};
+
+std::vector<Chunk> plane_chunks(const Geometry& g, int64_t width) {
+  std::vector<Chunk> chunks;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ow += width) {
+      chunks.push_back({oh, ow, std::min(width, g.out_w - ow)});
+    }
+  }
+  return chunks;
+}
+
+// Pre-activation of up to kGroup chunks at once: independent accumulators hide the FMA
+// latency, and each broadcast weight serves all of them.
+template <typename T, int kGroup>
+inline void conv_chunks(const T* buf, const at::vec::Vectorized<T>* wv,
+                        at::vec::Vectorized<T> bias, const Geometry& g, const Chunk* chunks,
+                        at::vec::Vectorized<T>* acc) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t len = g.phase_len();
+  const T* base[kGroup];
+  for (int q = 0; q < kGroup; ++q) {
+    acc[q] = bias;
+    base[q] = buf + chunks[q].oh * g.sh * g.sw * len + chunks[q].ow;
+  }
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const Vec w = wv[i * g.kw + j];
+      const int64_t off = (i * g.dh * g.sw + tap_phase(g, j)) * len + tap_offset(g, j);
+      for (int q = 0; q < kGroup; ++q) acc[q] = at::vec::fmadd(Vec::loadu(base[q] + off), w, acc[q]);
+    }
+  }
+}
+
+// Calls f(chunk pointer, group size) over the chunks in groups of 4, then singly.
+template <typename F>
+inline void for_chunk_groups(const std::vector<Chunk>& chunks, F f) {
+  size_t c = 0;
+  for (; c + 4 <= chunks.size(); c += 4) f(chunks.data() + c, std::integral_constant<int, 4>());
+  for (; c < chunks.size(); ++c) f(chunks.data() + c, std::integral_constant<int, 1>());
+}
+
+template <typename T>
+void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g, Act act) {
+  using Vec = at::vec::Vectorized<T>;
+  const std::vector<Chunk> chunks = plane_chunks(g, Vec::size());
+  at::parallel_for(0, g.batch * g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(g.plane_buffer());
+    std::vector<Vec> wv(g.taps());
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % g.channels;
+      load_padded_plane(x + p * g.height * g.width, g, buf.data());
+      for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec(w[c * g.taps() + t]);
+      const Vec bv(bias ? bias[c] : T(0));
+      T* dst = out + p * g.out_h * g.out_w;
+      for_chunk_groups(chunks, [&](const Chunk* group, auto size) {
+        constexpr int kGroup = decltype(size)::value;
+        Vec acc[kGroup];
+        conv_chunks<T, kGroup>(buf.data(), wv.data(), bv, g, group, acc);
+        for (int q = 0; q < kGroup; ++q) {
+          act_forward(act, acc[q]).store(dst + group[q].oh * g.out_w + group[q].ow,
+                                         group[q].count);
+        }
+      });
+    }
+  });
+}
+
+struct GradMask {
+  bool input, weight, bias;
+};
+
+template <typename T>
+void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw, T* gb,
+                   const Geometry& g, Act act, GradMask mask) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t len = g.phase_len();
+  const int64_t out_plane = g.out_h * g.out_w;
+  const bool need_x = act != Act::kNone || mask.weight;
+  const std::vector<Chunk> chunks = plane_chunks(g, Vec::size());
+  // Offset of tap t inside the phased padded plane, relative to a chunk's base.
+  std::vector<int64_t> tap_off(g.taps());
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      tap_off[i * g.kw + j] = (i * g.dh * g.sw + tap_phase(g, j)) * len + tap_offset(g, j);
+    }
+  }
+  auto chunk_base = [&](const Chunk& ch) { return ch.oh * g.sh * g.sw * len + ch.ow; };
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(need_x ? g.plane_buffer() : 0);
+    std::vector<T> dxbuf(mask.input ? g.plane_buffer() : 0);
+    std::vector<T> dz(act != Act::kNone ? out_plane : 0);
+    std::vector<Vec> wv(g.taps()), dw_lanes(g.taps());
+    std::vector<double> dw_sum(g.taps());
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec(w[c * g.taps() + t]);
+      const Vec bv(bias ? bias[c] : T(0));
+      std::fill(dw_sum.begin(), dw_sum.end(), 0.0);
+      double db_sum = 0.0;
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const int64_t p = n * g.channels + c;
+        const T* gp = grad + p * out_plane;
+        if (need_x) load_padded_plane(x + p * g.height * g.width, g, buf.data());
+        // dz = grad * act'(z), z recomputed.
+        const T* dzp = gp;
+        if (act != Act::kNone) {
+          for_chunk_groups(chunks, [&](const Chunk* group, auto size) {
+            constexpr int kGroup = decltype(size)::value;
+            Vec z[kGroup];
+            conv_chunks<T, kGroup>(buf.data(), wv.data(), bv, g, group, z);
+            for (int q = 0; q < kGroup; ++q) {
+              const int64_t at = group[q].oh * g.out_w + group[q].ow;
+              act_backward(act, Vec::loadu(gp + at, group[q].count), z[q])
+                  .store(dz.data() + at, group[q].count);
+            }
+          });
+          dzp = dz.data();
+        }
+        Vec db_lanes(0);
+        std::fill(dw_lanes.begin(), dw_lanes.end(), Vec(0));
+        if (mask.input) std::fill(dxbuf.begin(), dxbuf.end(), T(0));
+        for (const Chunk& ch : chunks) {
+          // Lanes past the row's end load as zero, so they add nothing below.
+          const Vec d = Vec::loadu(dzp + ch.oh * g.out_w + ch.ow, ch.count);
+          db_lanes = db_lanes + d;
+          const int64_t base = chunk_base(ch);
+          if (mask.weight) {
+            for (int64_t t = 0; t < g.taps(); ++t) {
+              dw_lanes[t] = at::vec::fmadd(d, Vec::loadu(buf.data() + base + tap_off[t]),
+                                           dw_lanes[t]);
+            }
+          }
+          if (mask.input) {
+            T* dst = dxbuf.data() + base;
+            for (int64_t t = 0; t < g.taps(); ++t) {
+              at::vec::fmadd(d, wv[t], Vec::loadu(dst + tap_off[t])).store(dst + tap_off[t]);
+            }
+          }
+        }
+        if (mask.bias) db_sum += lane_sum(db_lanes);
+        if (mask.weight) {
+          for (int64_t t = 0; t < g.taps(); ++t) dw_sum[t] += lane_sum(dw_lanes[t]);
+        }
+        if (mask.input) {
+          T* dst = gx + p * g.height * g.width;
+          for (int64_t r = 0; r < g.height; ++r) {
+            const T* row = dxbuf.data() + (r + g.ph) * g.sw * len;
+            if (g.sw == 1) {
+              std::copy(row + g.pw, row + g.pw + g.width, dst + r * g.width);
+              continue;
+            }
+            for (int64_t col = 0; col < g.width; ++col) {
+              const int64_t pc = col + g.pw;
+              dst[r * g.width + col] = row[(pc % g.sw) * len + pc / g.sw];
+            }
+          }
+        }
+      }
+      if (mask.weight) {
+        for (int64_t t = 0; t < g.taps(); ++t) gw[c * g.taps() + t] = static_cast<T>(dw_sum[t]);
+      }
+      if (mask.bias) gb[c] = static_cast<T>(db_sum);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// NHWC
+
+// Taps k in [lo, hi) whose input index start + k*d falls inside [0, size).
+inline void tap_range(int64_t start, int64_t k, int64_t d, int64_t size, int64_t& lo,
+                      int64_t& hi) {
+  lo = start < 0 ? (-start + d - 1) / d : 0;
+  hi = start > size - 1 ? 0 : std::min(k, (size - 1 - start) / d + 1);
+  lo = std::min(lo, hi);
+}
+
+// Output columns whose every tap column lies inside the input: [lo, hi).
+inline void interior_columns(const Geometry& g, int64_t& lo, int64_t& hi) {
+  lo = std::min(g.out_w, (g.pw + g.sw - 1) / g.sw);
+  const int64_t last = g.width - 1 + g.pw - (g.kw - 1) * g.dw;  // largest ow * sw allowed
+  hi = last < 0 ? lo : std::max(lo, std::min(g.out_w, last / g.sw + 1));
+}
+
+// One output pixel, one vector of channels (cnt of them valid), any position: bound checks.
+template <typename T>
+inline at::vec::Vectorized<T> conv_pixel_vec(const T* x, const at::vec::Vectorized<T>* wv,
+                                             at::vec::Vectorized<T> acc, const Geometry& g,
+                                             int64_t n, int64_t oh, int64_t ow, int64_t c0,
+                                             int64_t cnt) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
+  int64_t i_lo, i_hi, j_lo, j_hi;
+  tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
+  tap_range(iw0, g.kw, g.dw, g.width, j_lo, j_hi);
+  for (int64_t i = i_lo; i < i_hi; ++i) {
+    const T* xrow = x + ((n * g.height + ih0 + i * g.dh) * g.width) * g.channels + c0;
+    for (int64_t j = j_lo; j < j_hi; ++j) {
+      acc = at::vec::fmadd(Vec::loadu(xrow + (iw0 + j * g.dw) * g.channels, cnt),
+                           wv[i * g.kw + j], acc);
+    }
+  }
+  return acc;
+}
+
+// w_taps is the weight transposed to (kh*kw, C), so a tap's channels are contiguous. Each
+// task is one output row; per channel vector the weights stay in registers, and interior
+// pixels go 8 at a time with independent accumulators and no bound checks.
+template <typename T>
+void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
+                  Act act) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  constexpr int kGroup = 8;
+  const int64_t C = g.channels;
+  int64_t ow_lo, ow_hi;
+  interior_columns(g, ow_lo, ow_hi);
+  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Vec> wv(g.taps());
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.out_h, oh = r % g.out_h;
+      const int64_t ih0 = oh * g.sh - g.ph;
+      int64_t i_lo, i_hi;
+      tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
+      T* orow = out + r * g.out_w * C;
+      for (int64_t c0 = 0; c0 < C; c0 += V) {
+        const int64_t cnt = std::min(V, C - c0);
+        for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec::loadu(w_taps + t * C + c0, cnt);
+        const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
+        auto single = [&](int64_t ow) {
+          const Vec z = conv_pixel_vec(x, wv.data(), bv, g, n, oh, ow, c0, cnt);
+          act_forward(act, z).store(orow + ow * C + c0, cnt);
+        };
+        int64_t ow = 0;
+        for (; ow < ow_lo; ++ow) single(ow);
+        if (cnt == V) {
+          for (; ow + kGroup <= ow_hi; ow += kGroup) {
+            Vec acc[kGroup];
+            for (int q = 0; q < kGroup; ++q) acc[q] = bv;
+            const int64_t iw0 = ow * g.sw - g.pw;
+            for (int64_t i = i_lo; i < i_hi; ++i) {
+              const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const Vec w = wv[i * g.kw + j];
+                const T* xp = xr + j * g.dw * C;
+                for (int q = 0; q < kGroup; ++q) {
+                  acc[q] = at::vec::fmadd(Vec::loadu(xp + q * g.sw * C), w, acc[q]);
+                }
+              }
+            }
+            for (int q = 0; q < kGroup; ++q) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0);
+          }
+        }
+        for (; ow < g.out_w; ++ow) single(ow);
+      }
+    }
+  });
+}
+
+// Per channel vector (one task each, so weight and bias sums run in a fixed order) and image:
+// pass 1 walks the output pixels: dz = grad * act'(z) into a scratch image, and the weight
+// and bias sums; pass 2 gathers grad_x pixel by pixel from the taps that reach it, so every
+// grad_x element is written once, with no read-modify-write.
+template <typename T>
+void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
+                   T* gb, const Geometry& g, Act act, GradMask mask) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = g.channels;
+  const int64_t blocks = (C + V - 1) / V;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Vec> wv(g.taps()), dw_row(g.taps());
+    std::vector<Vec> dz(g.out_h * g.out_w);
+    std::vector<double> dw_sum(g.taps() * V), db_sum(V);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * V, cnt = std::min(V, C - c0);
+      for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec::loadu(w_taps + t * C + c0, cnt);
+      const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
+      std::fill(dw_sum.begin(), dw_sum.end(), 0.0);
+      std::fill(db_sum.begin(), db_sum.end(), 0.0);
+      for (int64_t n = 0; n < g.batch; ++n) {
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const int64_t ih0 = oh * g.sh - g.ph;
+          int64_t i_lo, i_hi;
+          tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
+          std::fill(dw_row.begin(), dw_row.end(), Vec(0));
+          Vec db_row(0);
+          for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            Vec d = Vec::loadu(grad + ((n * g.out_h + oh) * g.out_w + ow) * C + c0, cnt);
+            if (act != Act::kNone) {
+              d = act_backward(act, d, conv_pixel_vec(x, wv.data(), bv, g, n, oh, ow, c0, cnt));
+            }
+            dz[oh * g.out_w + ow] = d;
+            db_row = db_row + d;
+            if (!mask.weight) continue;
+            const int64_t iw0 = ow * g.sw - g.pw;
+            int64_t j_lo, j_hi;
+            tap_range(iw0, g.kw, g.dw, g.width, j_lo, j_hi);
+            for (int64_t i = i_lo; i < i_hi; ++i) {
+              const T* xrow = x + ((n * g.height + ih0 + i * g.dh) * g.width) * C + c0;
+              for (int64_t j = j_lo; j < j_hi; ++j) {
+                dw_row[i * g.kw + j] = at::vec::fmadd(
+                    d, Vec::loadu(xrow + (iw0 + j * g.dw) * C, cnt), dw_row[i * g.kw + j]);
+              }
+            }
+          }
+          // Row sums go to double, so long reductions keep their precision.
+          if (mask.weight) {
+            for (int64_t t = 0; t < g.taps(); ++t) {
+              T lanes[V];
+              dw_row[t].store(lanes);
+              for (int64_t l = 0; l < V; ++l) dw_sum[t * V + l] += static_cast<double>(lanes[l]);
+            }
+          }
+          T lanes[V];
+          db_row.store(lanes);
+          for (int64_t l = 0; l < V; ++l) db_sum[l] += static_cast<double>(lanes[l]);
+        }
+        if (!mask.input) continue;
+        for (int64_t ih = 0; ih < g.height; ++ih) {
+          for (int64_t iw = 0; iw < g.width; ++iw) {
+            Vec acc(0);
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t oh_s = ih + g.ph - i * g.dh;  // oh * sh when this tap reaches ih
+              if (oh_s < 0 || oh_s % g.sh) continue;
+              const int64_t oh = oh_s / g.sh;
+              if (oh >= g.out_h) continue;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const int64_t ow_s = iw + g.pw - j * g.dw;
+                if (ow_s < 0 || ow_s % g.sw) continue;
+                const int64_t ow = ow_s / g.sw;
+                if (ow >= g.out_w) continue;
+                acc = at::vec::fmadd(wv[i * g.kw + j], dz[oh * g.out_w + ow], acc);
+              }
+            }
+            acc.store(gx + ((n * g.height + ih) * g.width + iw) * C + c0, cnt);
+          }
+        }
+      }
+      for (int64_t l = 0; l < cnt; ++l) {
+        if (mask.weight) {
+          for (int64_t t = 0; t < g.taps(); ++t) {
+            gw[(c0 + l) * g.taps() + t] = static_cast<T>(dw_sum[t * V + l]);
+          }
+        }
+        if (mask.bias) gb[c0 + l] = static_cast<T>(db_sum[l]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Op entry points
+
+void check_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must have rank 4 (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
+              ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == x.size(1) && weight.size(1) == 1, op,
+              ": weight must have shape (C, 1, kh, kw) with C=", x.size(1), ", got ",
+              weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
+              weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(weight.device() == x.device(), op, ": weight is on ", weight.device(),
+              " but x is on ", x.device());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), op,
+                ": bias must have shape (C,), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(), op,
+                ": bias must match x's dtype and device");
+  }
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+              ": stride, padding and dilation must have 2 entries");
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
+  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1, op, ": dilation must be >= 1, got ",
+              dilation);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0, got ", padding);
+  for (int d = 0; d < 2; ++d) {
+    TORCH_CHECK(dilation[d] * (weight.size(2 + d) - 1) + 1 <= x.size(2 + d) + 2 * padding[d], op,
+                ": the kernel is larger than the padded input");
+  }
+}
+
+Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+  Geometry g{};
+  g.batch = x.size(0);
+  g.channels = x.size(1);
+  g.height = x.size(2);
+  g.width = x.size(3);
+  g.kh = weight.size(2);
+  g.kw = weight.size(3);
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.ph = padding[0];
+  g.pw = padding[1];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  g.out_h = (g.height + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.out_w = (g.width + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  return g;
+}
+
+// Float16/bfloat16 compute in float32; float32/float64 as they are.
+at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::MemoryFormat kernel_format(const at::Tensor& x) {
+  return uses_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// The weight as (kh*kw, C): each tap's channels contiguous, for the NHWC kernels.
+at::Tensor weight_by_tap(const at::Tensor& w) {
+  return w.reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
+}
+
+at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation,
+                                c10::string_view activation) {
+  check_args("depthwise_conv2d", x, weight, bias, stride, padding, dilation);
+  TORCH_CHECK(x.device().is_cpu(), "depthwise_conv2d: expected CPU tensors, got ", x.device());
+  const Act act = parse_activation(activation);
+  const Geometry g = make_geometry(x, weight, stride, padding, dilation);
+  const at::MemoryFormat fmt = kernel_format(x);
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  const at::ScalarType ct = compute_type(x);
+  const at::Tensor xc = x.to(ct).contiguous(fmt);
+  const at::Tensor w = nhwc ? weight_by_tap(weight.to(ct)) : weight.to(ct).contiguous();
+  const at::Tensor b = bias.has_value() ? bias->to(ct).contiguous() : at::Tensor();
+  at::Tensor out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, xc.options(), fmt);
+  if (out.numel() == 0) return out.to(x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_depthwise_conv2d", [&] {
+    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    if (nhwc) {
+      forward_nhwc(xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
+                   out.mutable_data_ptr<scalar_t>(), g, act);
+    } else {
+      forward_nchw(xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
+                   out.mutable_data_ptr<scalar_t>(), g, act);
+    }
+  });
+  return out.to(x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, c10::string_view activation, std::array<bool, 3> output_mask) {
+  const char* op = "depthwise_conv2d_backward";
+  check_args(op, x, weight, bias, stride, padding, dilation);
+  TORCH_CHECK(x.device().is_cpu() && grad_out.device().is_cpu(), op, ": expected CPU tensors");
+  const Act act = parse_activation(activation);
+  const Geometry g = make_geometry(x, weight, stride, padding, dilation);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({g.batch, g.channels, g.out_h, g.out_w}), op,
+              ": grad_out has shape ", grad_out.sizes(), ", expected the output's");
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out dtype ",
+              grad_out.scalar_type(), " differs from x dtype ", x.scalar_type());
+  const GradMask mask{output_mask[0], output_mask[1], output_mask[2] && bias.has_value()};
+  const at::MemoryFormat fmt = kernel_format(x);
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  const at::ScalarType ct = compute_type(x);
+  const at::TensorOptions opts = x.options().dtype(ct);
+  const at::Tensor xc = x.to(ct).contiguous(fmt);
+  const at::Tensor gc = grad_out.to(ct).contiguous(fmt);
+  const at::Tensor w = nhwc ? weight_by_tap(weight.to(ct)) : weight.to(ct).contiguous();
+  const at::Tensor b = bias.has_value() ? bias->to(ct).contiguous() : at::Tensor();
+  at::Tensor gx = mask.input ? at::empty(x.sizes(), opts.memory_format(fmt)) : at::empty({0}, opts);
+  at::Tensor gw = mask.weight ? at::zeros(weight.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor gb = mask.bias ? at::zeros({g.channels}, opts) : at::empty({0}, opts);
+  const bool work = mask.input || mask.weight || mask.bias;
+  if (work && g.batch * g.channels * g.out_h * g.out_w > 0) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_depthwise_conv2d_backward", [&] {
+      const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* gxp = mask.input ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* gwp = mask.weight ? gw.mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* gbp = mask.bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
+      if (nhwc) {
+        backward_nhwc(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                      w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
+      } else {
+        backward_nchw(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                      w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
+      }
+    });
+  } else if (mask.input) {
+    gx.zero_();  // an empty output: no pixel receives gradient
+  }
+  const at::ScalarType out_type = x.scalar_type();
+  return {gx.to(out_type), gw.to(out_type), gb.to(out_type)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
+  m.impl("depthwise_conv2d", &depthwise_conv2d_cpu);
+  m.impl("depthwise_conv2d_backward", &depthwise_conv2d_backward_cpu);
+}
+
+}  // namespace mobilefuse

@@ -1,0 +1,108 @@
+"""Argument checks and normalization for depthwise_conv2d.
+
+Every error names the argument and what was expected. A valid input that no kernel takes
+(a channel multiplier, asymmetric ``"same"`` padding) is not an error: ``kernel_gap`` says why,
+and the op runs the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mobilefuse._checks import check_float_tensor, check_same_device, check_tensor
+
+ACTIVATIONS: tuple[str, ...] = ("none", "relu", "relu6", "hardswish", "silu")
+OP = "depthwise_conv2d"
+
+
+@dataclass(frozen=True)
+class DepthwiseArgs:
+    """Normalized convolution settings (each a (height, width) pair) and the activation name."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    activation: str
+    # Why no kernel takes this call (the reference computes it), or None.
+    kernel_gap: str | None = None
+    # F.conv2d's own padding argument, kept for the reference ("same" may be asymmetric).
+    reference_padding: tuple[int, int] | str = (0, 0)
+
+
+def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
+    items = (value, value) if isinstance(value, int) else value
+    if (not isinstance(items, (tuple, list)) or len(items) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in items)):
+        raise TypeError(f"mobilefuse.{OP}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"mobilefuse.{OP}: {name} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def _activation(value: object) -> str:
+    name = "none" if value is None else value
+    if name not in ACTIVATIONS:
+        allowed = ", ".join(repr(a) for a in (None,) + ACTIVATIONS[1:])
+        raise ValueError(f"mobilefuse.{OP}: activation must be one of {allowed}, got {value!r}")
+    return str(name)
+
+
+def check_depthwise_args(x: object, weight: object, bias: object, stride: object,
+                         padding: object, dilation: object, activation: object) -> DepthwiseArgs:
+    """Validate a depthwise_conv2d call; return its normalized settings."""
+    x = check_float_tensor(OP, "x", x)
+    weight = check_tensor(OP, "weight", weight)
+    if x.dim() != 4:
+        raise ValueError(f"mobilefuse.{OP}: x must have rank 4 (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+    channels = x.shape[1]
+    if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] == 0 or (
+            channels and weight.shape[0] % channels):
+        raise ValueError(f"mobilefuse.{OP}: weight must have shape (C, 1, kh, kw) with C={channels}"
+                         f" (or a multiple of C), got {tuple(weight.shape)}")
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        bias = check_tensor(OP, "bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"mobilefuse.{OP}: bias must have shape ({weight.shape[0]},), got "
+                             f"{tuple(bias.shape)}")
+        tensors["bias"] = bias
+    for name, t in tensors.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"mobilefuse.{OP}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    check_same_device(OP, **tensors)
+    stride_hw = _pair("stride", stride, 1)
+    dilation_hw = _pair("dilation", dilation, 1)
+    kernel = (weight.shape[2], weight.shape[3])
+    span = tuple(d * (k - 1) for d, k in zip(dilation_hw, kernel, strict=True))
+    gap = None
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad_hw, reference_padding = (0, 0), (0, 0)
+        elif padding == "same":
+            if stride_hw != (1, 1):
+                raise ValueError(f"mobilefuse.{OP}: padding='same' needs stride 1, got stride "
+                                 f"{stride!r}")
+            pad_hw, reference_padding = (span[0] // 2, span[1] // 2), "same"
+            if span[0] % 2 or span[1] % 2:
+                gap = "padding='same' with an even kernel span pads one side more"
+        else:
+            raise ValueError(f"mobilefuse.{OP}: padding must be an int, a pair of ints, 'same' or "
+                             f"'valid', got {padding!r}")
+    else:
+        pad_hw = _pair("padding", padding, 0)
+        reference_padding = pad_hw
+    for dim, size, pad, extent in zip(("height", "width"), x.shape[2:], pad_hw, span, strict=True):
+        if extent + 1 > size + 2 * pad:
+            raise ValueError(f"mobilefuse.{OP}: the kernel (dilated extent {extent + 1}) is larger "
+                             f"than the padded input {dim} {size + 2 * pad}")
+    if weight.shape[0] != channels:
+        gap = f"channel multiplier {weight.shape[0] // max(channels, 1)} (weight has " \
+              f"{weight.shape[0]} filters for C={channels})"
+    return DepthwiseArgs(stride_hw, pad_hw, dilation_hw, _activation(activation), gap,
+                         reference_padding)
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one dimension."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

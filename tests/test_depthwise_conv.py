@@ -1,0 +1,202 @@
+"""depthwise_conv2d on every backend: values and all three gradients against the float64
+reference over random configurations, layouts, fusion, saved tensors, determinism."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import (
+    BACKEND_CASES,
+    BACKWARD_TOL,
+    DTYPES,
+    FORWARD_TOL,
+    HAS_CUDA,
+    assert_close_to_reference,
+    make_input,
+    on_backend,
+    poison_for,
+)
+
+import mobilefuse
+from mobilefuse import reference
+
+ACTIVATIONS = (None, "relu", "relu6", "hardswish", "silu")
+KERNELS = ((3, 3), (5, 5), (7, 7), (1, 1), (1, 3), (3, 1))
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def _random_config(rng: random.Random, small: bool) -> dict:
+    """One random layer: odd sizes, every kernel/stride/padding/dilation/activation/dtype."""
+    kh, kw = rng.choice(KERNELS)
+    dilation = rng.choice((1, 1, 2))
+    stride = rng.choice((1, 2))
+    padding = rng.choice((0, 1, 2, 3, "same" if stride == 1 else 1))
+    channels = rng.choice((1, 3, 8, 17) if small else (1, 3, 8, 17, 32, 40))
+    limit = 9 if small else 15
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
+    pad = 0 if padding == "same" else padding
+    height = rng.randint(max(1, span_h - 2 * pad), max(span_h, limit))
+    width = rng.randint(max(1, span_w - 2 * pad), max(span_w, limit))
+    if padding == "same":
+        height, width = max(height, span_h), max(width, span_w)
+    return {
+        "shape": (rng.choice((1, 2, 3)), channels, height, width), "kernel": (kh, kw),
+        "stride": stride, "padding": padding, "dilation": dilation,
+        "activation": rng.choice(ACTIVATIONS), "bias": rng.random() < 0.7,
+        "dtype": rng.choice(DTYPES), "layout": rng.choice(LAYOUTS),
+    }
+
+
+def _configs(count: int, seed: int, small: bool) -> list[dict]:
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        cfg = _random_config(rng, small)
+        if cfg["padding"] == "same" and any(
+                cfg["dilation"] * (k - 1) % 2 for k in cfg["kernel"]):
+            continue  # asymmetric "same": the reference runs it (tested separately)
+        configs.append(cfg)
+    return configs
+
+
+def _check(cfg: dict, backend: str, device: str, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    dtype = cfg["dtype"]
+    x = make_input(cfg["shape"], dtype, device, cfg["layout"], gen, scale=2.0).requires_grad_()
+    channels = cfg["shape"][1]
+    weight = (torch.randn(channels, 1, *cfg["kernel"], generator=gen) * 0.5).to(device, dtype)
+    weight.requires_grad_()
+    bias = torch.randn(channels, generator=gen).to(device, dtype).requires_grad_() if cfg[
+        "bias"] else None
+    args = (cfg["stride"], cfg["padding"], cfg["dilation"])
+    poison_for(x)
+    with on_backend(backend):
+        out = mobilefuse.ops.depthwise_conv2d(x, weight, bias, *args, activation=cfg["activation"])
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, weight, bias) if t is not None]
+    ref = reference.depthwise_conv2d(leaves64[0], leaves64[1],
+                                     leaves64[2] if bias is not None else None, *args,
+                                     cfg["activation"])
+    what = f"{cfg}"
+    assert_close_to_reference(out, ref, FORWARD_TOL[dtype], f"forward {what}")
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if cfg["layout"] == "channels_last" and channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last), out.stride()
+    grad = torch.randn(ref.shape, generator=gen).to(device)
+    leaves = [t for t in (x, weight, bias) if t is not None]
+    grads = torch.autograd.grad(out, leaves, grad.to(dtype))
+    refs = torch.autograd.grad(ref, leaves64, grad.double())
+    for name, got, expected in zip(("grad x", "grad weight", "grad bias"), grads, refs,
+                                    strict=False):
+        assert got.dtype == dtype
+        assert_close_to_reference(got, expected, BACKWARD_TOL[dtype], f"{name} {what}")
+
+
+CPU_CONFIGS = _configs(120, seed=1, small=False)
+INTERPRETER_CONFIGS = _configs(24, seed=2, small=True)
+
+
+@pytest.mark.parametrize("index", range(len(CPU_CONFIGS)))
+def test_cpu_matches_reference(index):
+    _check(CPU_CONFIGS[index], "cpu", "cpu", index)
+
+
+@pytest.mark.parametrize("index", range(len(INTERPRETER_CONFIGS)))
+def test_triton_interpreter_matches_reference(index):
+    _check(INTERPRETER_CONFIGS[index], "triton", "cpu", index)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("index", range(len(CPU_CONFIGS)))
+def test_gpu_matches_reference(backend, index):
+    _check(CPU_CONFIGS[index], backend, "cuda", index)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gradcheck_float64(backend, device, activation, stride):
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(2, 1, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
+
+    def fn(x, w, b):
+        return mobilefuse.ops.depthwise_conv2d(x, w, b, stride, 1, 1, activation)
+
+    with on_backend(backend):
+        assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_backward_saves_inputs_only(backend, device, activation):
+    # The pre-activation is recomputed in backward, never stored.
+    x = torch.randn(2, 4, 7, 7, device=device, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with on_backend(backend), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t) or t, lambda t: t):
+        out = mobilefuse.ops.depthwise_conv2d(x, w, b, 1, 1, activation=activation)
+    assert len(saved) == 3 and saved[0] is x and saved[1] is w and saved[2] is b
+    out.sum().backward()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+def test_only_requested_gradients(backend, device):
+    x = torch.randn(2, 4, 6, 6, device=device)
+    w = torch.randn(4, 1, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device)
+    with on_backend(backend):
+        out = mobilefuse.ops.depthwise_conv2d(x, w, b, 1, 1, activation="relu")
+    (gw,) = torch.autograd.grad(out.sum(), [w])
+    assert gw.shape == w.shape
+    op = (torch.ops.mobilefuse.triton_depthwise_conv2d_backward if backend == "triton"
+          else torch.ops.mobilefuse.depthwise_conv2d_backward)
+    g = torch.randn_like(out)
+    gx, gw, gb = op(g, x, w.detach(), b, [1, 1], [1, 1], [1, 1], "relu", [False, True, False])
+    assert gx.numel() == 0 and gb.numel() == 0 and gw.shape == w.shape
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_weight_gradient_is_deterministic(backend, device, layout):
+    x = make_input((4, 16, 21, 19), torch.float32, device, layout)
+    w = torch.randn(16, 1, 3, 3, device=device, requires_grad=True)
+    grad = torch.randn(4, 16, 21, 19, device=device)
+    results = []
+    for _ in range(2):
+        with on_backend(backend):
+            out = mobilefuse.ops.depthwise_conv2d(x, w, None, 1, 1)
+        results.append(torch.autograd.grad(out, [w], grad)[0])
+    assert torch.equal(results[0], results[1])
+
+
+def test_channel_multiplier_and_asymmetric_same_fall_back_to_reference():
+    x = torch.randn(2, 3, 8, 8)
+    w = torch.randn(6, 1, 3, 3)  # multiplier 2: valid for F.conv2d, no kernel
+    with pytest.warns(RuntimeWarning, match="channel multiplier 2"):
+        out = mobilefuse.ops.depthwise_conv2d(x, w, None, 1, 1)
+    torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, groups=3))
+    w_even = torch.randn(3, 1, 4, 4)
+    with pytest.warns(RuntimeWarning, match="even kernel span"):
+        out = mobilefuse.ops.depthwise_conv2d(x, w_even, None, 1, "same")
+    torch.testing.assert_close(out, F.conv2d(x, w_even, None, 1, "same", groups=3))
+
+
+def test_module_is_a_drop_in_conv2d():
+    conv = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8)
+    ours = mobilefuse.nn.DepthwiseConv2d(8, 3, stride=2, padding=1)
+    ours.load_state_dict(conv.state_dict())
+    assert list(ours.state_dict()) == list(conv.state_dict())
+    x = torch.randn(2, 8, 11, 9)
+    torch.testing.assert_close(ours(x), conv(x), rtol=1e-5, atol=1e-5)
+    shared = mobilefuse.nn.DepthwiseConv2d.from_conv(conv, activation="relu6")
+    assert shared.weight is conv.weight and shared.bias is conv.bias
+    torch.testing.assert_close(shared(x), F.relu6(conv(x)), rtol=1e-5, atol=1e-5)
+    assert "activation='relu6'" in repr(shared)
+    with pytest.raises(ValueError, match="groups == in_channels"):
+        mobilefuse.nn.DepthwiseConv2d.from_conv(torch.nn.Conv2d(8, 8, 3))
