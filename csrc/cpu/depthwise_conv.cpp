@@ -86,6 +86,11 @@ struct Geometry {
 inline int64_t tap_phase(const Geometry& g, int64_t j) { return (j * g.dw) % g.sw; }
 inline int64_t tap_offset(const Geometry& g, int64_t j) { return (j * g.dw) / g.sw; }
 
+// First index t of phase q whose padded column t*sw + q is an input column (>= pw).
+inline int64_t first_phase_index(const Geometry& g, int64_t q) {
+  return q >= g.pw ? 0 : (g.pw - q + g.sw - 1) / g.sw;
+}
+
 // Zero-padded copy of one plane; phase q of padded row r holds padded columns q, q+sw, ...
 template <typename T>
 void load_padded_plane(const T* src, const Geometry& g, T* buf) {
@@ -98,9 +103,33 @@ void load_padded_plane(const T* src, const Geometry& g, T* buf) {
       std::copy(in, in + g.width, row + g.pw);
       continue;
     }
-    for (int64_t c = 0; c < g.width; ++c) {
-      const int64_t pc = c + g.pw;
-      row[(pc % g.sw) * len + pc / g.sw] = in[c];
+    for (int64_t q = 0; q < g.sw; ++q) {
+      T* phase = row + q * len;
+      for (int64_t t = first_phase_index(g, q), c = t * g.sw + q - g.pw; c < g.width;
+           ++t, c += g.sw) {
+        phase[t] = in[c];
+      }
+    }
+  }
+}
+
+// The inverse: the unpadded plane back out of a phased padded buffer.
+template <typename T>
+void store_padded_plane(const T* buf, const Geometry& g, T* dst) {
+  const int64_t len = g.phase_len();
+  for (int64_t r = 0; r < g.height; ++r) {
+    const T* row = buf + (r + g.ph) * g.sw * len;
+    T* out = dst + r * g.width;
+    if (g.sw == 1) {
+      std::copy(row + g.pw, row + g.pw + g.width, out);
+      continue;
+    }
+    for (int64_t q = 0; q < g.sw; ++q) {
+      const T* phase = row + q * len;
+      for (int64_t t = first_phase_index(g, q), c = t * g.sw + q - g.pw; c < g.width;
+           ++t, c += g.sw) {
+        out[c] = phase[t];
+      }
     }
   }
 }
@@ -115,40 +144,66 @@ inline double lane_sum(const at::vec::Vectorized<T>& v) {
   return total;
 }
 
-// Output chunks of one plane: Vec::size() consecutive outputs of one row each.
+// Output chunks of one plane: Vec::size() consecutive outputs of one row each, with where
+// they sit in the output plane and where their first tap reads in the padded plane.
 struct Chunk {
-  int64_t oh, ow, count;
+  int64_t out_at, in_at, count;
 };
 
 std::vector<Chunk> plane_chunks(const Geometry& g, int64_t width) {
   std::vector<Chunk> chunks;
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     for (int64_t ow = 0; ow < g.out_w; ow += width) {
-      chunks.push_back({oh, ow, std::min(width, g.out_w - ow)});
+      chunks.push_back({oh * g.out_w + ow, oh * g.sh * g.sw * g.phase_len() + ow,
+                        std::min(width, g.out_w - ow)});
     }
   }
   return chunks;
 }
 
+// Where each tap reads in the phased padded plane, relative to a chunk's in_at. Computed
+// once: the divisions stay out of the inner loops.
+std::vector<int64_t> plane_tap_offsets(const Geometry& g) {
+  std::vector<int64_t> off(g.taps());
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      off[i * g.kw + j] = (i * g.dh * g.sw + tap_phase(g, j)) * g.phase_len() + tap_offset(g, j);
+    }
+  }
+  return off;
+}
+
 // Pre-activation of up to kGroup chunks at once: independent accumulators hide the FMA
 // latency, and each broadcast weight serves all of them.
-template <typename T, int kGroup>
-inline void conv_chunks(const T* buf, const at::vec::Vectorized<T>* wv,
-                        at::vec::Vectorized<T> bias, const Geometry& g, const Chunk* chunks,
-                        at::vec::Vectorized<T>* acc) {
+template <typename T, int kGroup, int kTaps>
+inline void conv_chunks_fixed(const T* buf, const at::vec::Vectorized<T>* wv,
+                              const int64_t* tap_off, int64_t runtime_taps,
+                              at::vec::Vectorized<T> bias, const Chunk* chunks,
+                              at::vec::Vectorized<T>* acc) {
   using Vec = at::vec::Vectorized<T>;
-  const int64_t len = g.phase_len();
+  // kTaps > 0: the tap count is known at compile time, so the loop unrolls.
+  const int64_t taps = kTaps > 0 ? kTaps : runtime_taps;
   const T* base[kGroup];
   for (int q = 0; q < kGroup; ++q) {
     acc[q] = bias;
-    base[q] = buf + chunks[q].oh * g.sh * g.sw * len + chunks[q].ow;
+    base[q] = buf + chunks[q].in_at;
   }
-  for (int64_t i = 0; i < g.kh; ++i) {
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const Vec w = wv[i * g.kw + j];
-      const int64_t off = (i * g.dh * g.sw + tap_phase(g, j)) * len + tap_offset(g, j);
-      for (int q = 0; q < kGroup; ++q) acc[q] = at::vec::fmadd(Vec::loadu(base[q] + off), w, acc[q]);
-    }
+  for (int64_t t = 0; t < taps; ++t) {
+    const Vec w = wv[t];
+    const int64_t off = tap_off[t];
+    for (int q = 0; q < kGroup; ++q) acc[q] = at::vec::fmadd(Vec::loadu(base[q] + off), w, acc[q]);
+  }
+}
+
+template <typename T, int kGroup>
+inline void conv_chunks(const T* buf, const at::vec::Vectorized<T>* wv, const int64_t* tap_off,
+                        int64_t taps, at::vec::Vectorized<T> bias, const Chunk* chunks,
+                        at::vec::Vectorized<T>* acc) {
+  switch (taps) {  // 3x3, 5x5, 7x7
+    case 9: return conv_chunks_fixed<T, kGroup, 9>(buf, wv, tap_off, taps, bias, chunks, acc);
+    case 25: return conv_chunks_fixed<T, kGroup, 25>(buf, wv, tap_off, taps, bias, chunks, acc);
+    case 49: return conv_chunks_fixed<T, kGroup, 49>(buf, wv, tap_off, taps, bias, chunks, acc);
+    default: return conv_chunks_fixed<T, kGroup, 0>(buf, wv, tap_off, taps, bias, chunks, acc);
   }
 }
 
@@ -164,6 +219,7 @@ template <typename T>
 void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g, Act act) {
   using Vec = at::vec::Vectorized<T>;
   const std::vector<Chunk> chunks = plane_chunks(g, Vec::size());
+  const std::vector<int64_t> tap_off = plane_tap_offsets(g);
   at::parallel_for(0, g.batch * g.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf(g.plane_buffer());
     std::vector<Vec> wv(g.taps());
@@ -176,10 +232,9 @@ void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry&
       for_chunk_groups(chunks, [&](const Chunk* group, auto size) {
         constexpr int kGroup = decltype(size)::value;
         Vec acc[kGroup];
-        conv_chunks<T, kGroup>(buf.data(), wv.data(), bv, g, group, acc);
+        conv_chunks<T, kGroup>(buf.data(), wv.data(), tap_off.data(), g.taps(), bv, group, acc);
         for (int q = 0; q < kGroup; ++q) {
-          act_forward(act, acc[q]).store(dst + group[q].oh * g.out_w + group[q].ow,
-                                         group[q].count);
+          act_forward(act, acc[q]).store(dst + group[q].out_at, group[q].count);
         }
       });
     }
@@ -194,18 +249,10 @@ template <typename T>
 void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw, T* gb,
                    const Geometry& g, Act act, GradMask mask) {
   using Vec = at::vec::Vectorized<T>;
-  const int64_t len = g.phase_len();
   const int64_t out_plane = g.out_h * g.out_w;
   const bool need_x = act != Act::kNone || mask.weight;
   const std::vector<Chunk> chunks = plane_chunks(g, Vec::size());
-  // Offset of tap t inside the phased padded plane, relative to a chunk's base.
-  std::vector<int64_t> tap_off(g.taps());
-  for (int64_t i = 0; i < g.kh; ++i) {
-    for (int64_t j = 0; j < g.kw; ++j) {
-      tap_off[i * g.kw + j] = (i * g.dh * g.sw + tap_phase(g, j)) * len + tap_offset(g, j);
-    }
-  }
-  auto chunk_base = [&](const Chunk& ch) { return ch.oh * g.sh * g.sw * len + ch.ow; };
+  const std::vector<int64_t> tap_off = plane_tap_offsets(g);
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf(need_x ? g.plane_buffer() : 0);
     std::vector<T> dxbuf(mask.input ? g.plane_buffer() : 0);
@@ -227,9 +274,9 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
           for_chunk_groups(chunks, [&](const Chunk* group, auto size) {
             constexpr int kGroup = decltype(size)::value;
             Vec z[kGroup];
-            conv_chunks<T, kGroup>(buf.data(), wv.data(), bv, g, group, z);
+            conv_chunks<T, kGroup>(buf.data(), wv.data(), tap_off.data(), g.taps(), bv, group, z);
             for (int q = 0; q < kGroup; ++q) {
-              const int64_t at = group[q].oh * g.out_w + group[q].ow;
+              const int64_t at = group[q].out_at;
               act_backward(act, Vec::loadu(gp + at, group[q].count), z[q])
                   .store(dz.data() + at, group[q].count);
             }
@@ -241,9 +288,9 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
         if (mask.input) std::fill(dxbuf.begin(), dxbuf.end(), T(0));
         for (const Chunk& ch : chunks) {
           // Lanes past the row's end load as zero, so they add nothing below.
-          const Vec d = Vec::loadu(dzp + ch.oh * g.out_w + ch.ow, ch.count);
+          const Vec d = Vec::loadu(dzp + ch.out_at, ch.count);
           db_lanes = db_lanes + d;
-          const int64_t base = chunk_base(ch);
+          const int64_t base = ch.in_at;
           if (mask.weight) {
             for (int64_t t = 0; t < g.taps(); ++t) {
               dw_lanes[t] = at::vec::fmadd(d, Vec::loadu(buf.data() + base + tap_off[t]),
@@ -261,20 +308,7 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
         if (mask.weight) {
           for (int64_t t = 0; t < g.taps(); ++t) dw_sum[t] += lane_sum(dw_lanes[t]);
         }
-        if (mask.input) {
-          T* dst = gx + p * g.height * g.width;
-          for (int64_t r = 0; r < g.height; ++r) {
-            const T* row = dxbuf.data() + (r + g.ph) * g.sw * len;
-            if (g.sw == 1) {
-              std::copy(row + g.pw, row + g.pw + g.width, dst + r * g.width);
-              continue;
-            }
-            for (int64_t col = 0; col < g.width; ++col) {
-              const int64_t pc = col + g.pw;
-              dst[r * g.width + col] = row[(pc % g.sw) * len + pc / g.sw];
-            }
-          }
-        }
+        if (mask.input) store_padded_plane(dxbuf.data(), g, gx + p * g.height * g.width);
       }
       if (mask.weight) {
         for (int64_t t = 0; t < g.taps(); ++t) gw[c * g.taps() + t] = static_cast<T>(dw_sum[t]);
@@ -302,168 +336,200 @@ inline void interior_columns(const Geometry& g, int64_t& lo, int64_t& hi) {
   hi = last < 0 ? lo : std::max(lo, std::min(g.out_w, last / g.sw + 1));
 }
 
-// One output pixel, one vector of channels (cnt of them valid), any position: bound checks.
+// Pre-activation of one output pixel for one vector of channels at c0 (cnt of them valid),
+// any position: taps outside the input are skipped. w_taps is (kh*kw, C).
 template <typename T>
-inline at::vec::Vectorized<T> conv_pixel_vec(const T* x, const at::vec::Vectorized<T>* wv,
-                                             at::vec::Vectorized<T> acc, const Geometry& g,
-                                             int64_t n, int64_t oh, int64_t ow, int64_t c0,
-                                             int64_t cnt) {
+inline at::vec::Vectorized<T> conv_pixel(const T* x, const T* w_taps, at::vec::Vectorized<T> acc,
+                                         const Geometry& g, int64_t n, int64_t oh, int64_t ow,
+                                         int64_t c0, int64_t cnt) {
   using Vec = at::vec::Vectorized<T>;
+  const int64_t C = g.channels;
   const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
   int64_t i_lo, i_hi, j_lo, j_hi;
   tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
   tap_range(iw0, g.kw, g.dw, g.width, j_lo, j_hi);
   for (int64_t i = i_lo; i < i_hi; ++i) {
-    const T* xrow = x + ((n * g.height + ih0 + i * g.dh) * g.width) * g.channels + c0;
+    const T* xrow = x + ((n * g.height + ih0 + i * g.dh) * g.width) * C + c0;
     for (int64_t j = j_lo; j < j_hi; ++j) {
-      acc = at::vec::fmadd(Vec::loadu(xrow + (iw0 + j * g.dw) * g.channels, cnt),
-                           wv[i * g.kw + j], acc);
+      acc = at::vec::fmadd(Vec::loadu(xrow + (iw0 + j * g.dw) * C, cnt),
+                           Vec::loadu(w_taps + (i * g.kw + j) * C + c0, cnt), acc);
     }
   }
   return acc;
 }
 
+// kGroup horizontally adjacent interior output pixels (every tap inside the input), all
+// channels. Pixel-outer, channel-inner order keeps the few input pixels they read in L1;
+// independent accumulators hide the FMA latency and share each weight load.
+template <typename T, int kGroup, int kKW>
+inline void forward_pixels(const T* x, const T* w_taps, const T* bias, T* orow, const Geometry& g,
+                           Act act, int64_t n, int64_t oh, int64_t ow) {
+  // kKW > 0: the kernel width is known at compile time, so the tap loop unrolls.
+  const int64_t kw = kKW > 0 ? kKW : g.kw;
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = g.channels;
+  const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
+  int64_t i_lo, i_hi;
+  tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
+  for (int64_t c0 = 0; c0 < C; c0 += V) {
+    const int64_t cnt = std::min(V, C - c0);
+    const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
+    Vec acc[kGroup];
+    for (int q = 0; q < kGroup; ++q) acc[q] = bv;
+    for (int64_t i = i_lo; i < i_hi; ++i) {
+      const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
+      const T* wr = w_taps + i * kw * C + c0;
+      for (int64_t j = 0; j < kw; ++j) {
+        const Vec w = Vec::loadu(wr + j * C, cnt);
+        const T* xp = xr + j * g.dw * C;
+        for (int q = 0; q < kGroup; ++q) {
+          acc[q] = at::vec::fmadd(Vec::loadu(xp + q * g.sw * C, cnt), w, acc[q]);
+        }
+      }
+    }
+    for (int q = 0; q < kGroup; ++q) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0, cnt);
+  }
+}
+
 // w_taps is the weight transposed to (kh*kw, C), so a tap's channels are contiguous. Each
-// task is one output row; per channel vector the weights stay in registers, and interior
-// pixels go 8 at a time with independent accumulators and no bound checks.
+// task is one output row.
 template <typename T>
 void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
                   Act act) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  constexpr int kGroup = 8;
+  constexpr int kGroup = 4;
   const int64_t C = g.channels;
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Vec> wv(g.taps());
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
-      const int64_t ih0 = oh * g.sh - g.ph;
-      int64_t i_lo, i_hi;
-      tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
       T* orow = out + r * g.out_w * C;
-      for (int64_t c0 = 0; c0 < C; c0 += V) {
-        const int64_t cnt = std::min(V, C - c0);
-        for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec::loadu(w_taps + t * C + c0, cnt);
-        const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
-        auto single = [&](int64_t ow) {
-          const Vec z = conv_pixel_vec(x, wv.data(), bv, g, n, oh, ow, c0, cnt);
-          act_forward(act, z).store(orow + ow * C + c0, cnt);
-        };
-        int64_t ow = 0;
-        for (; ow < ow_lo; ++ow) single(ow);
-        if (cnt == V) {
-          for (; ow + kGroup <= ow_hi; ow += kGroup) {
-            Vec acc[kGroup];
-            for (int q = 0; q < kGroup; ++q) acc[q] = bv;
-            const int64_t iw0 = ow * g.sw - g.pw;
-            for (int64_t i = i_lo; i < i_hi; ++i) {
-              const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
-              for (int64_t j = 0; j < g.kw; ++j) {
-                const Vec w = wv[i * g.kw + j];
-                const T* xp = xr + j * g.dw * C;
-                for (int q = 0; q < kGroup; ++q) {
-                  acc[q] = at::vec::fmadd(Vec::loadu(xp + q * g.sw * C), w, acc[q]);
-                }
-              }
-            }
-            for (int q = 0; q < kGroup; ++q) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0);
-          }
+      auto border = [&](int64_t ow) {
+        for (int64_t c0 = 0; c0 < C; c0 += V) {
+          const int64_t cnt = std::min(V, C - c0);
+          const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
+          act_forward(act, conv_pixel(x, w_taps, bv, g, n, oh, ow, c0, cnt))
+              .store(orow + ow * C + c0, cnt);
         }
-        for (; ow < g.out_w; ++ow) single(ow);
+      };
+      int64_t ow = 0;
+      for (; ow < ow_lo; ++ow) border(ow);
+      for (; ow + kGroup <= ow_hi; ow += kGroup) {
+        switch (g.kw) {
+          case 3: forward_pixels<T, kGroup, 3>(x, w_taps, bias, orow, g, act, n, oh, ow); break;
+          case 5: forward_pixels<T, kGroup, 5>(x, w_taps, bias, orow, g, act, n, oh, ow); break;
+          case 7: forward_pixels<T, kGroup, 7>(x, w_taps, bias, orow, g, act, n, oh, ow); break;
+          default: forward_pixels<T, kGroup, 0>(x, w_taps, bias, orow, g, act, n, oh, ow);
+        }
       }
+      for (; ow < ow_hi; ++ow) forward_pixels<T, 1, 0>(x, w_taps, bias, orow, g, act, n, oh, ow);
+      for (; ow < g.out_w; ++ow) border(ow);
     }
   });
 }
 
-// Per channel vector (one task each, so weight and bias sums run in a fixed order) and image:
-// pass 1 walks the output pixels: dz = grad * act'(z) into a scratch image, and the weight
-// and bias sums; pass 2 gathers grad_x pixel by pixel from the taps that reach it, so every
-// grad_x element is written once, with no read-modify-write.
+// Rows of output per block of the NHWC weight-gradient sums: fixed by the shape alone, so the
+// blocked partial sums and their final fixed-order reduction give the same bits every run.
+inline int64_t rows_per_block(const Geometry& g) {
+  const int64_t rows = g.batch * g.out_h;
+  return std::max<int64_t>(1, (rows + 63) / 64);
+}
+
+// Pass 1 over row blocks: dz = grad * act'(z) (into dz_out when there is an activation) and
+// per-block partial sums of the weight and bias gradients. Pass 2 over input rows: grad_x
+// gathered from the taps that reach each input pixel, every element written once.
 template <typename T>
-void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
-                   T* gb, const Geometry& g, Act act, GradMask mask) {
+void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* dz_out, T* gx,
+                   T* gw, T* gb, const Geometry& g, Act act, GradMask mask) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const int64_t C = g.channels;
-  const int64_t blocks = (C + V - 1) / V;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Vec> wv(g.taps()), dw_row(g.taps());
-    std::vector<Vec> dz(g.out_h * g.out_w);
-    std::vector<double> dw_sum(g.taps() * V), db_sum(V);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t c0 = blk * V, cnt = std::min(V, C - c0);
-      for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec::loadu(w_taps + t * C + c0, cnt);
-      const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
-      std::fill(dw_sum.begin(), dw_sum.end(), 0.0);
-      std::fill(db_sum.begin(), db_sum.end(), 0.0);
-      for (int64_t n = 0; n < g.batch; ++n) {
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+  const int64_t C = g.channels, taps = g.taps();
+  const int64_t rows = g.batch * g.out_h, per_block = rows_per_block(g);
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  const bool sums = mask.weight || mask.bias;
+  std::vector<T> dw_part(sums ? blocks * (taps + 1) * C : 0);  // [block][taps + bias][C]
+  if (act != Act::kNone || sums) {
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        T* part = sums ? dw_part.data() + b * (taps + 1) * C : nullptr;
+        if (sums) std::fill(part, part + (taps + 1) * C, T(0));
+        for (int64_t r = b * per_block; r < std::min(rows, (b + 1) * per_block); ++r) {
+          const int64_t n = r / g.out_h, oh = r % g.out_h;
           const int64_t ih0 = oh * g.sh - g.ph;
           int64_t i_lo, i_hi;
           tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
-          std::fill(dw_row.begin(), dw_row.end(), Vec(0));
-          Vec db_row(0);
           for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            Vec d = Vec::loadu(grad + ((n * g.out_h + oh) * g.out_w + ow) * C + c0, cnt);
-            if (act != Act::kNone) {
-              d = act_backward(act, d, conv_pixel_vec(x, wv.data(), bv, g, n, oh, ow, c0, cnt));
-            }
-            dz[oh * g.out_w + ow] = d;
-            db_row = db_row + d;
-            if (!mask.weight) continue;
             const int64_t iw0 = ow * g.sw - g.pw;
             int64_t j_lo, j_hi;
             tap_range(iw0, g.kw, g.dw, g.width, j_lo, j_hi);
-            for (int64_t i = i_lo; i < i_hi; ++i) {
-              const T* xrow = x + ((n * g.height + ih0 + i * g.dh) * g.width) * C + c0;
-              for (int64_t j = j_lo; j < j_hi; ++j) {
-                dw_row[i * g.kw + j] = at::vec::fmadd(
-                    d, Vec::loadu(xrow + (iw0 + j * g.dw) * C, cnt), dw_row[i * g.kw + j]);
+            const int64_t at = (r * g.out_w + ow) * C;
+            for (int64_t c0 = 0; c0 < C; c0 += V) {
+              const int64_t cnt = std::min(V, C - c0);
+              Vec d = Vec::loadu(grad + at + c0, cnt);
+              if (act != Act::kNone) {
+                const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
+                d = act_backward(act, d, conv_pixel(x, w_taps, bv, g, n, oh, ow, c0, cnt));
+                d.store(dz_out + at + c0, cnt);
+              }
+              if (!sums) continue;
+              T* pb = part + taps * C + c0;
+              (Vec::loadu(pb, cnt) + d).store(pb, cnt);
+              if (!mask.weight) continue;
+              for (int64_t i = i_lo; i < i_hi; ++i) {
+                const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width) * C + c0;
+                for (int64_t j = j_lo; j < j_hi; ++j) {
+                  T* pw = part + (i * g.kw + j) * C + c0;
+                  at::vec::fmadd(d, Vec::loadu(xr + (iw0 + j * g.dw) * C, cnt), Vec::loadu(pw, cnt))
+                      .store(pw, cnt);
+                }
               }
             }
-          }
-          // Row sums go to double, so long reductions keep their precision.
-          if (mask.weight) {
-            for (int64_t t = 0; t < g.taps(); ++t) {
-              T lanes[V];
-              dw_row[t].store(lanes);
-              for (int64_t l = 0; l < V; ++l) dw_sum[t * V + l] += static_cast<double>(lanes[l]);
-            }
-          }
-          T lanes[V];
-          db_row.store(lanes);
-          for (int64_t l = 0; l < V; ++l) db_sum[l] += static_cast<double>(lanes[l]);
-        }
-        if (!mask.input) continue;
-        for (int64_t ih = 0; ih < g.height; ++ih) {
-          for (int64_t iw = 0; iw < g.width; ++iw) {
-            Vec acc(0);
-            for (int64_t i = 0; i < g.kh; ++i) {
-              const int64_t oh_s = ih + g.ph - i * g.dh;  // oh * sh when this tap reaches ih
-              if (oh_s < 0 || oh_s % g.sh) continue;
-              const int64_t oh = oh_s / g.sh;
-              if (oh >= g.out_h) continue;
-              for (int64_t j = 0; j < g.kw; ++j) {
-                const int64_t ow_s = iw + g.pw - j * g.dw;
-                if (ow_s < 0 || ow_s % g.sw) continue;
-                const int64_t ow = ow_s / g.sw;
-                if (ow >= g.out_w) continue;
-                acc = at::vec::fmadd(wv[i * g.kw + j], dz[oh * g.out_w + ow], acc);
-              }
-            }
-            acc.store(gx + ((n * g.height + ih) * g.width + iw) * C + c0, cnt);
           }
         }
       }
-      for (int64_t l = 0; l < cnt; ++l) {
-        if (mask.weight) {
-          for (int64_t t = 0; t < g.taps(); ++t) {
-            gw[(c0 + l) * g.taps() + t] = static_cast<T>(dw_sum[t * V + l]);
+    });
+  }
+  // Fixed-order reduction of the block partials, in double.
+  if (sums) {
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t t = 0; t <= taps; ++t) {
+        double total = 0.0;
+        for (int64_t b = 0; b < blocks; ++b) total += static_cast<double>(dw_part[(b * (taps + 1) + t) * C + c]);
+        if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
+        if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
+      }
+    }
+  }
+  if (!mask.input) return;
+  const T* dz = act != Act::kNone ? dz_out : grad;
+  at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.height, ih = r % g.height;
+      for (int64_t iw = 0; iw < g.width; ++iw) {
+        T* dst = gx + (r * g.width + iw) * C;
+        for (int64_t c0 = 0; c0 < C; c0 += V) {
+          const int64_t cnt = std::min(V, C - c0);
+          Vec acc(0);
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t oh_s = ih + g.ph - i * g.dh;  // oh * sh when tap row i reaches ih
+            if (oh_s < 0 || oh_s % g.sh) continue;
+            const int64_t oh = oh_s / g.sh;
+            if (oh >= g.out_h) continue;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t ow_s = iw + g.pw - j * g.dw;
+              if (ow_s < 0 || ow_s % g.sw) continue;
+              const int64_t ow = ow_s / g.sw;
+              if (ow >= g.out_w) continue;
+              acc = at::vec::fmadd(Vec::loadu(w_taps + (i * g.kw + j) * C + c0, cnt),
+                                   Vec::loadu(dz + ((n * g.out_h + oh) * g.out_w + ow) * C + c0, cnt),
+                                   acc);
+            }
           }
+          acc.store(dst + c0, cnt);
         }
-        if (mask.bias) gb[c0 + l] = static_cast<T>(db_sum[l]);
       }
     }
   });
@@ -599,8 +665,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
       scalar_t* gwp = mask.weight ? gw.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gbp = mask.bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
       if (nhwc) {
+        // With an activation dz differs from grad: pass 1 writes it for the grad_x pass.
+        at::Tensor dz = act != Act::kNone ? at::empty_like(gc) : at::Tensor();
+        scalar_t* dzp = dz.defined() ? dz.mutable_data_ptr<scalar_t>() : nullptr;
         backward_nhwc(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                      w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
+                      w.const_data_ptr<scalar_t>(), bp, dzp, gxp, gwp, gbp, g, act, mask);
       } else {
         backward_nchw(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                       w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
