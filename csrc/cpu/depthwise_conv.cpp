@@ -392,6 +392,62 @@ inline void forward_pixels(const T* x, const T* w_taps, const T* bias, T* orow, 
   }
 }
 
+// The same for dilation 1 with kernel width and stride known at compile time: each input
+// column of the window is loaded once per kernel row and reused by every pixel and tap.
+template <typename T, int kGroup, int kKW, int kSW>
+inline void forward_pixels_window(const T* x, const T* w_taps, const T* bias, T* orow,
+                                  const Geometry& g, Act act, int64_t n, int64_t oh, int64_t ow) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  constexpr int kWindow = (kGroup - 1) * kSW + kKW;
+  const int64_t C = g.channels;
+  const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * kSW - g.pw;
+  int64_t i_lo, i_hi;
+  tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
+  for (int64_t c0 = 0; c0 < C; c0 += V) {
+    const int64_t cnt = std::min(V, C - c0);
+    const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
+    Vec acc[kGroup];
+    for (int q = 0; q < kGroup; ++q) acc[q] = bv;
+    for (int64_t i = i_lo; i < i_hi; ++i) {
+      const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
+      const T* wr = w_taps + i * kKW * C + c0;
+      Vec column[kWindow];
+      for (int k = 0; k < kWindow; ++k) column[k] = Vec::loadu(xr + k * C, cnt);
+      for (int j = 0; j < kKW; ++j) {
+        const Vec w = Vec::loadu(wr + j * C, cnt);
+        for (int q = 0; q < kGroup; ++q) acc[q] = at::vec::fmadd(column[q * kSW + j], w, acc[q]);
+      }
+    }
+    for (int q = 0; q < kGroup; ++q) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0, cnt);
+  }
+}
+
+// kGroup interior pixels at ow through the fastest variant that fits the geometry.
+template <typename T, int kGroup>
+inline void forward_group(const T* x, const T* w_taps, const T* bias, T* orow, const Geometry& g,
+                          Act act, int64_t n, int64_t oh, int64_t ow) {
+#define MOBILEFUSE_WINDOW(KW, SW)                                                          \
+  if (g.kw == KW && g.sw == SW) {                                                          \
+    return forward_pixels_window<T, kGroup, KW, SW>(x, w_taps, bias, orow, g, act, n, oh, ow); \
+  }
+  if (g.dw == 1) {
+    MOBILEFUSE_WINDOW(3, 1)
+    MOBILEFUSE_WINDOW(3, 2)
+    MOBILEFUSE_WINDOW(5, 1)
+    MOBILEFUSE_WINDOW(5, 2)
+    MOBILEFUSE_WINDOW(7, 1)
+    MOBILEFUSE_WINDOW(7, 2)
+  }
+#undef MOBILEFUSE_WINDOW
+  switch (g.kw) {
+    case 3: return forward_pixels<T, kGroup, 3>(x, w_taps, bias, orow, g, act, n, oh, ow);
+    case 5: return forward_pixels<T, kGroup, 5>(x, w_taps, bias, orow, g, act, n, oh, ow);
+    case 7: return forward_pixels<T, kGroup, 7>(x, w_taps, bias, orow, g, act, n, oh, ow);
+    default: return forward_pixels<T, kGroup, 0>(x, w_taps, bias, orow, g, act, n, oh, ow);
+  }
+}
+
 // w_taps is the weight transposed to (kh*kw, C), so a tap's channels are contiguous. Each
 // task is one output row.
 template <typename T>
@@ -418,12 +474,7 @@ void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geom
       int64_t ow = 0;
       for (; ow < ow_lo; ++ow) border(ow);
       for (; ow + kGroup <= ow_hi; ow += kGroup) {
-        switch (g.kw) {
-          case 3: forward_pixels<T, kGroup, 3>(x, w_taps, bias, orow, g, act, n, oh, ow); break;
-          case 5: forward_pixels<T, kGroup, 5>(x, w_taps, bias, orow, g, act, n, oh, ow); break;
-          case 7: forward_pixels<T, kGroup, 7>(x, w_taps, bias, orow, g, act, n, oh, ow); break;
-          default: forward_pixels<T, kGroup, 0>(x, w_taps, bias, orow, g, act, n, oh, ow);
-        }
+        forward_group<T, kGroup>(x, w_taps, bias, orow, g, act, n, oh, ow);
       }
       for (; ow < ow_hi; ++ow) forward_pixels<T, 1, 0>(x, w_taps, bias, orow, g, act, n, oh, ow);
       for (; ow < g.out_w; ++ow) border(ow);
@@ -438,6 +489,35 @@ inline int64_t rows_per_block(const Geometry& g) {
   return std::max<int64_t>(1, (rows + 63) / 64);
 }
 
+// Adds kGroup pixels' contribution to every weight-gradient tap: part[t][c] += sum_q d_q * x.
+// The kGroup dz vectors stay in registers, so each tap costs one read-modify-write per group.
+template <typename T, int kGroup>
+inline void weight_grad_pixels(const T* x, const T* drow, T* part, const Geometry& g, int64_t n,
+                               int64_t ih0, int64_t i_lo, int64_t i_hi, int64_t ow, int64_t j_lo,
+                               int64_t j_hi) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = g.channels;
+  const int64_t iw0 = ow * g.sw - g.pw;
+  for (int64_t c0 = 0; c0 < C; c0 += V) {
+    const int64_t cnt = std::min(V, C - c0);
+    Vec d[kGroup];
+    for (int q = 0; q < kGroup; ++q) d[q] = Vec::loadu(drow + (ow + q) * C + c0, cnt);
+    for (int64_t i = i_lo; i < i_hi; ++i) {
+      const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
+      for (int64_t j = j_lo; j < j_hi; ++j) {
+        T* pw = part + (i * g.kw + j) * C + c0;
+        Vec acc = Vec::loadu(pw, cnt);
+        const T* xp = xr + j * g.dw * C;
+        for (int q = 0; q < kGroup; ++q) {
+          acc = at::vec::fmadd(d[q], Vec::loadu(xp + q * g.sw * C, cnt), acc);
+        }
+        acc.store(pw, cnt);
+      }
+    }
+  }
+}
+
 // Pass 1 over row blocks: dz = grad * act'(z) (into dz_out when there is an activation) and
 // per-block partial sums of the weight and bias gradients. Pass 2 over input rows: grad_x
 // gathered from the taps that reach each input pixel, every element written once.
@@ -446,11 +526,14 @@ void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T*
                    T* gw, T* gb, const Geometry& g, Act act, GradMask mask) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
+  constexpr int kGroup = 4;
   const int64_t C = g.channels, taps = g.taps();
   const int64_t rows = g.batch * g.out_h, per_block = rows_per_block(g);
   const int64_t blocks = (rows + per_block - 1) / per_block;
   const bool sums = mask.weight || mask.bias;
   std::vector<T> dw_part(sums ? blocks * (taps + 1) * C : 0);  // [block][taps + bias][C]
+  int64_t ow_lo, ow_hi;
+  interior_columns(g, ow_lo, ow_hi);
   if (act != Act::kNone || sums) {
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -461,33 +544,41 @@ void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T*
           const int64_t ih0 = oh * g.sh - g.ph;
           int64_t i_lo, i_hi;
           tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
-          for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            const int64_t iw0 = ow * g.sw - g.pw;
-            int64_t j_lo, j_hi;
-            tap_range(iw0, g.kw, g.dw, g.width, j_lo, j_hi);
-            const int64_t at = (r * g.out_w + ow) * C;
-            for (int64_t c0 = 0; c0 < C; c0 += V) {
-              const int64_t cnt = std::min(V, C - c0);
-              Vec d = Vec::loadu(grad + at + c0, cnt);
-              if (act != Act::kNone) {
+          const T* grow = grad + r * g.out_w * C;
+          const T* drow = grow;
+          if (act != Act::kNone) {
+            T* dst = dz_out + r * g.out_w * C;
+            for (int64_t ow = 0; ow < g.out_w; ++ow) {
+              for (int64_t c0 = 0; c0 < C; c0 += V) {
+                const int64_t cnt = std::min(V, C - c0);
                 const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
-                d = act_backward(act, d, conv_pixel(x, w_taps, bv, g, n, oh, ow, c0, cnt));
-                d.store(dz_out + at + c0, cnt);
-              }
-              if (!sums) continue;
-              T* pb = part + taps * C + c0;
-              (Vec::loadu(pb, cnt) + d).store(pb, cnt);
-              if (!mask.weight) continue;
-              for (int64_t i = i_lo; i < i_hi; ++i) {
-                const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width) * C + c0;
-                for (int64_t j = j_lo; j < j_hi; ++j) {
-                  T* pw = part + (i * g.kw + j) * C + c0;
-                  at::vec::fmadd(d, Vec::loadu(xr + (iw0 + j * g.dw) * C, cnt), Vec::loadu(pw, cnt))
-                      .store(pw, cnt);
-                }
+                const Vec z = conv_pixel(x, w_taps, bv, g, n, oh, ow, c0, cnt);
+                act_backward(act, Vec::loadu(grow + ow * C + c0, cnt), z)
+                    .store(dst + ow * C + c0, cnt);
               }
             }
+            drow = dst;
           }
+          if (mask.bias) {
+            for (int64_t c0 = 0; c0 < C; c0 += V) {
+              const int64_t cnt = std::min(V, C - c0);
+              Vec acc = Vec::loadu(part + taps * C + c0, cnt);
+              for (int64_t ow = 0; ow < g.out_w; ++ow) acc = acc + Vec::loadu(drow + ow * C + c0, cnt);
+              acc.store(part + taps * C + c0, cnt);
+            }
+          }
+          if (!mask.weight) continue;
+          auto border = [&](int64_t ow) {
+            int64_t j_lo, j_hi;
+            tap_range(ow * g.sw - g.pw, g.kw, g.dw, g.width, j_lo, j_hi);
+            weight_grad_pixels<T, 1>(x, drow, part, g, n, ih0, i_lo, i_hi, ow, j_lo, j_hi);
+          };
+          int64_t ow = 0;
+          for (; ow < ow_lo; ++ow) border(ow);
+          for (; ow + kGroup <= ow_hi; ow += kGroup) {
+            weight_grad_pixels<T, kGroup>(x, drow, part, g, n, ih0, i_lo, i_hi, ow, 0, g.kw);
+          }
+          for (; ow < g.out_w; ++ow) border(ow);
         }
       }
     });
@@ -497,7 +588,9 @@ void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T*
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t t = 0; t <= taps; ++t) {
         double total = 0.0;
-        for (int64_t b = 0; b < blocks; ++b) total += static_cast<double>(dw_part[(b * (taps + 1) + t) * C + c]);
+        for (int64_t b = 0; b < blocks; ++b) {
+          total += static_cast<double>(dw_part[(b * (taps + 1) + t) * C + c]);
+        }
         if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
         if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
       }
@@ -506,27 +599,30 @@ void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T*
   if (!mask.input) return;
   const T* dz = act != Act::kNone ? dz_out : grad;
   at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap_of(taps), dz_at(taps);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.height, ih = r % g.height;
       for (int64_t iw = 0; iw < g.width; ++iw) {
+        // The taps that reach (ih, iw), found once per pixel rather than per channel vector.
+        int64_t count = 0;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t oh_s = ih + g.ph - i * g.dh;  // oh * sh when tap row i reaches ih
+          if (oh_s < 0 || oh_s % g.sh || oh_s / g.sh >= g.out_h) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t ow_s = iw + g.pw - j * g.dw;
+            if (ow_s < 0 || ow_s % g.sw || ow_s / g.sw >= g.out_w) continue;
+            tap_of[count] = (i * g.kw + j) * C;
+            dz_at[count] = ((n * g.out_h + oh_s / g.sh) * g.out_w + ow_s / g.sw) * C;
+            ++count;
+          }
+        }
         T* dst = gx + (r * g.width + iw) * C;
         for (int64_t c0 = 0; c0 < C; c0 += V) {
           const int64_t cnt = std::min(V, C - c0);
           Vec acc(0);
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t oh_s = ih + g.ph - i * g.dh;  // oh * sh when tap row i reaches ih
-            if (oh_s < 0 || oh_s % g.sh) continue;
-            const int64_t oh = oh_s / g.sh;
-            if (oh >= g.out_h) continue;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t ow_s = iw + g.pw - j * g.dw;
-              if (ow_s < 0 || ow_s % g.sw) continue;
-              const int64_t ow = ow_s / g.sw;
-              if (ow >= g.out_w) continue;
-              acc = at::vec::fmadd(Vec::loadu(w_taps + (i * g.kw + j) * C + c0, cnt),
-                                   Vec::loadu(dz + ((n * g.out_h + oh) * g.out_w + ow) * C + c0, cnt),
-                                   acc);
-            }
+          for (int64_t k = 0; k < count; ++k) {
+            acc = at::vec::fmadd(Vec::loadu(w_taps + tap_of[k] + c0, cnt),
+                                 Vec::loadu(dz + dz_at[k] + c0, cnt), acc);
           }
           acc.store(dst + c0, cnt);
         }
