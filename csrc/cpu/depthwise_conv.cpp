@@ -113,27 +113,6 @@ void load_padded_plane(const T* src, const Geometry& g, T* buf) {
   }
 }
 
-// The inverse: the unpadded plane back out of a phased padded buffer.
-template <typename T>
-void store_padded_plane(const T* buf, const Geometry& g, T* dst) {
-  const int64_t len = g.phase_len();
-  for (int64_t r = 0; r < g.height; ++r) {
-    const T* row = buf + (r + g.ph) * g.sw * len;
-    T* out = dst + r * g.width;
-    if (g.sw == 1) {
-      std::copy(row + g.pw, row + g.pw + g.width, out);
-      continue;
-    }
-    for (int64_t q = 0; q < g.sw; ++q) {
-      const T* phase = row + q * len;
-      for (int64_t t = first_phase_index(g, q), c = t * g.sw + q - g.pw; c < g.width;
-           ++t, c += g.sw) {
-        out[c] = phase[t];
-      }
-    }
-  }
-}
-
 // The lanes of `v` added in double, in lane order.
 template <typename T>
 inline double lane_sum(const at::vec::Vectorized<T>& v) {
@@ -245,6 +224,46 @@ struct GradMask {
   bool input, weight, bias;
 };
 
+// grad_x of one NCHW plane as a stride-1 correlation: dz is spread into a zero plane Z at
+// rows oh*sh + (kh-1)*dh - ph (columns alike), and grad_x[ih, iw] = sum over taps of the
+// flipped weight times Z[ih + i*dh, iw + j*dw]. Every grad_x element is written once, and the
+// chunk loop of the forward computes it (no overlapping read-modify-write).
+struct InputGradPlan {
+  int64_t rows, stride, row_shift, col_shift;  // Z's shape, and where dz lands in it
+  std::vector<Chunk> chunks;                   // over grad_x's plane
+  std::vector<int64_t> tap_off;                // flipped tap t -> offset in Z
+
+  explicit InputGradPlan(const Geometry& g, int64_t width) {
+    rows = g.height + (g.kh - 1) * g.dh;
+    stride = g.width + (g.kw - 1) * g.dw + 16;  // room for full vector loads past the end
+    row_shift = (g.kh - 1) * g.dh - g.ph;
+    col_shift = (g.kw - 1) * g.dw - g.pw;
+    for (int64_t ih = 0; ih < g.height; ++ih) {
+      for (int64_t iw = 0; iw < g.width; iw += width) {
+        chunks.push_back({ih * g.width + iw, ih * stride + iw, std::min(width, g.width - iw)});
+      }
+    }
+    tap_off.resize(g.taps());
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) tap_off[i * g.kw + j] = i * g.dh * stride + j * g.dw;
+    }
+  }
+  int64_t size() const { return rows * stride; }
+
+  template <typename T>
+  void spread(const T* dz, const Geometry& g, T* z) const {
+    std::fill(z, z + size(), T(0));
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t r = oh * g.sh + row_shift;
+      if (r < 0 || r >= rows) continue;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t col = ow * g.sw + col_shift;
+        if (col >= 0 && col < stride - 16) z[r * stride + col] = dz[oh * g.out_w + ow];
+      }
+    }
+  }
+};
+
 template <typename T>
 void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw, T* gb,
                    const Geometry& g, Act act, GradMask mask) {
@@ -253,14 +272,18 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
   const bool need_x = act != Act::kNone || mask.weight;
   const std::vector<Chunk> chunks = plane_chunks(g, Vec::size());
   const std::vector<int64_t> tap_off = plane_tap_offsets(g);
+  const InputGradPlan plan(g, Vec::size());
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf(need_x ? g.plane_buffer() : 0);
-    std::vector<T> dxbuf(mask.input ? g.plane_buffer() : 0);
+    std::vector<T> zbuf(mask.input ? plan.size() : 0);
     std::vector<T> dz(act != Act::kNone ? out_plane : 0);
-    std::vector<Vec> wv(g.taps()), dw_lanes(g.taps());
+    std::vector<Vec> wv(g.taps()), wflip(g.taps()), dw_lanes(g.taps());
     std::vector<double> dw_sum(g.taps());
     for (int64_t c = begin; c < end; ++c) {
-      for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec(w[c * g.taps() + t]);
+      for (int64_t t = 0; t < g.taps(); ++t) {
+        wv[t] = Vec(w[c * g.taps() + t]);
+        wflip[g.taps() - 1 - t] = wv[t];
+      }
       const Vec bv(bias ? bias[c] : T(0));
       std::fill(dw_sum.begin(), dw_sum.end(), 0.0);
       double db_sum = 0.0;
@@ -283,32 +306,35 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
           });
           dzp = dz.data();
         }
-        Vec db_lanes(0);
-        std::fill(dw_lanes.begin(), dw_lanes.end(), Vec(0));
-        if (mask.input) std::fill(dxbuf.begin(), dxbuf.end(), T(0));
-        for (const Chunk& ch : chunks) {
-          // Lanes past the row's end load as zero, so they add nothing below.
-          const Vec d = Vec::loadu(dzp + ch.out_at, ch.count);
-          db_lanes = db_lanes + d;
-          const int64_t base = ch.in_at;
-          if (mask.weight) {
+        if (mask.weight || mask.bias) {
+          Vec db_lanes(0);
+          std::fill(dw_lanes.begin(), dw_lanes.end(), Vec(0));
+          for (const Chunk& ch : chunks) {
+            // Lanes past the row's end load as zero, so they add nothing.
+            const Vec d = Vec::loadu(dzp + ch.out_at, ch.count);
+            db_lanes = db_lanes + d;
+            if (!mask.weight) continue;
             for (int64_t t = 0; t < g.taps(); ++t) {
-              dw_lanes[t] = at::vec::fmadd(d, Vec::loadu(buf.data() + base + tap_off[t]),
+              dw_lanes[t] = at::vec::fmadd(d, Vec::loadu(buf.data() + ch.in_at + tap_off[t]),
                                            dw_lanes[t]);
             }
           }
-          if (mask.input) {
-            T* dst = dxbuf.data() + base;
-            for (int64_t t = 0; t < g.taps(); ++t) {
-              at::vec::fmadd(d, wv[t], Vec::loadu(dst + tap_off[t])).store(dst + tap_off[t]);
-            }
+          if (mask.bias) db_sum += lane_sum(db_lanes);
+          if (mask.weight) {
+            for (int64_t t = 0; t < g.taps(); ++t) dw_sum[t] += lane_sum(dw_lanes[t]);
           }
         }
-        if (mask.bias) db_sum += lane_sum(db_lanes);
-        if (mask.weight) {
-          for (int64_t t = 0; t < g.taps(); ++t) dw_sum[t] += lane_sum(dw_lanes[t]);
+        if (mask.input) {
+          plan.spread(dzp, g, zbuf.data());
+          T* dst = gx + p * g.height * g.width;
+          for_chunk_groups(plan.chunks, [&](const Chunk* group, auto size) {
+            constexpr int kGroup = decltype(size)::value;
+            Vec acc[kGroup];
+            conv_chunks<T, kGroup>(zbuf.data(), wflip.data(), plan.tap_off.data(), g.taps(),
+                                   Vec(0), group, acc);
+            for (int q = 0; q < kGroup; ++q) acc[q].store(dst + group[q].out_at, group[q].count);
+          });
         }
-        if (mask.input) store_padded_plane(dxbuf.data(), g, gx + p * g.height * g.width);
       }
       if (mask.weight) {
         for (int64_t t = 0; t < g.taps(); ++t) gw[c * g.taps() + t] = static_cast<T>(dw_sum[t]);
