@@ -54,7 +54,11 @@ def run_benchmark(benchmark: Any) -> Callable[[str, str, torch.Tensor, str], Non
 
     def run(op: str, impl: str, x: torch.Tensor, layout: str) -> None:
         call = cases.synchronized(cases.build_impl(op, impl), x)
-        call()  # warm-up outside the timing: torch.compile compiles here, kernels load here
+        if benchmark.disabled:
+            call()  # a smoke run: one call is enough
+        else:
+            # Outside the timing: torch.compile compiles, kernels load, the allocator settles.
+            timing.warm_up(call)
         # One group per (op, layout, dtype), so the implementations sit side by side.
         benchmark.group = f"{op} {layout} {str(x.dtype).removeprefix('torch.')}"
         benchmark.extra_info.update(bytes=cases.moved_bytes(x), shape=list(x.shape),

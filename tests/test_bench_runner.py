@@ -1,4 +1,4 @@
-"""The benchmark runner (``python -m mobilefuse.bench``), run in-process on a tiny shape."""
+"""The benchmark runner (``python -m mobilefuse.bench``), run in-process on tiny shapes."""
 
 from __future__ import annotations
 
@@ -10,16 +10,27 @@ import torch
 
 import mobilefuse
 from mobilefuse.bench import cases, main, report, timing
+from mobilefuse.bench import depthwise_cases as dw
+from mobilefuse.models.specs import unique_depthwise_layers
 
 # --system-allocator: leave the test process's malloc settings (and its poisoning) alone.
-TINY = ["--shape", "2", "8", "5", "7", "--reps", "3", "--no-compile", "--system-allocator"]
+# A short warm-up keeps the run fast; its 10-call minimum still holds.
+TINY = ["--shape", "2", "8", "5", "7", "--reps", "3", "--no-compile", "--system-allocator",
+        "--warmup", "0.01"]
+DW_LIMIT = 2
+DW_TINY = [*TINY, "--dw-models", "mobilenet_v2", "--dw-batch", "1", "--dw-limit", str(DW_LIMIT)]
 TOP_KEYS = {
     "device", "torch_version", "triton_version", "cuda_version", "build_info", "git_commit",
     "git_dirty", "threads", "allocator", "copy_bandwidth", "verification", "timings", "shape",
 }
 TIMING_KEYS = {
     "op", "impl", "shape", "dtype", "memory_format", "median_ms", "q20_ms", "q80_ms", "bytes",
-    "gbps", "frac_of_copy_bw", "ratio_vs_eager",
+    "gbps", "frac_of_copy_bw", "ratio_vs_eager", "warmup_calls", "warmup_s",
+}
+DEPTHWISE_KEYS = {
+    "op", "impl", "pass", "model", "layer", "shared_by", "channels", "input_size", "kernel",
+    "stride", "padding", "activation", "batch", "shape", "dtype", "memory_format", "bytes",
+    "median_ms", "q20_ms", "q80_ms", "gbps", "ratio_vs_eager", "ratio_vs_compile",
 }
 
 
@@ -27,15 +38,24 @@ def _fused_backends() -> set[str]:
     return {name for name in mobilefuse.available_backends() if name != "reference"}
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The JSON written by one tiny run (and the run's exit status under ``"_rc"``)."""
-    out = tmp_path_factory.mktemp("bench")
-    rc = main([*TINY, "--out", str(out)])
+def _run(out: Path, argv: list[str]) -> dict:
+    rc = main([*argv, "--out", str(out)])
     files = list(out.glob("*.json"))
     assert len(files) == 1, files
     assert files[0].name == report.result_path(out, cases.bench_device()).name
     return {**json.loads(files[0].read_text()), "_rc": rc}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The JSON written by one tiny run without depthwise layers (exit status under ``"_rc"``)."""
+    return _run(tmp_path_factory.mktemp("bench"), [*TINY, "--skip-depthwise"])
+
+
+@pytest.fixture(scope="module")
+def dw_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The JSON of a tiny run with MobileNetV2's first distinct depthwise layers at batch 1."""
+    return _run(tmp_path_factory.mktemp("bench_dw"), DW_TINY)
 
 
 def test_runner_exits_zero(result: dict) -> None:
@@ -67,6 +87,7 @@ def test_every_op_and_impl_is_timed(result: dict) -> None:
                 assert entry["median_ms"] > 0 and entry["q20_ms"] <= entry["q80_ms"]
                 assert entry["bytes"] == 2 * 2 * 8 * 5 * 7 * 4
                 assert entry["ratio_vs_eager"] > 0
+                assert entry["warmup_calls"] >= timing.WARMUP_CALLS
     assert not any(t["impl"] == cases.COMPILE for t in result["timings"])  # --no-compile
     assert all(t.get("backend") != "reference" for t in result["timings"])
 
@@ -75,9 +96,99 @@ def test_every_fused_backend_is_verified(result: dict) -> None:
     """Each available backend but the reference is checked on every op, and passes."""
     checks = result["verification"]
     assert {c["backend"] for c in checks} == _fused_backends()
-    assert {c["op"] for c in checks} == set(cases.OPS)
+    assert {c["op"] for c in checks} == {*cases.OPS, "depthwise_conv2d"}
+    depthwise = [c for c in checks if c["op"] == "depthwise_conv2d"]
+    assert {c["dtype"] for c in depthwise} == {"float32", "bfloat16"}
+    assert {c["memory_format"] for c in depthwise} == set(cases.LAYOUTS)
+    assert len({c["case"] for c in depthwise}) >= 2
+    assert all(set(c["grad_errors"]) == {"x", "weight", "bias"} for c in depthwise)
     failed = [c for c in checks if c["status"] != "PASS"]
     assert not failed, failed
+
+
+def test_skip_depthwise(result: dict) -> None:
+    """``--skip-depthwise`` times no depthwise layer."""
+    assert result["depthwise"] == [] and result["depthwise_geomeans"] == []
+    assert result["depthwise_settings"] is None
+
+
+def test_depthwise_entries(dw_result: dict) -> None:
+    """Each selected layer x layout x pass x implementation is timed, with its bytes and ratios."""
+    assert dw_result["_rc"] == 0
+    device = cases.bench_device()
+    layers = unique_depthwise_layers(["mobilenet_v2"])[:DW_LIMIT]
+    impls = dw.impl_names(device, compile=False)
+    entries = dw_result["depthwise"]
+    assert len(entries) == len(layers) * len(cases.LAYOUTS) * len(dw.PASSES) * len(impls)
+    timed = {(e["layer"], e["memory_format"], e["pass"], e["impl"]): e for e in entries}
+    for layer in layers:
+        for layout in cases.LAYOUTS:
+            for pass_ in dw.PASSES:
+                for impl in impls:
+                    entry = timed[(layer.name, layout, pass_, impl)]
+                    assert DEPTHWISE_KEYS <= entry.keys(), entry
+                    assert "error" not in entry, entry
+                    assert entry["model"] == "mobilenet_v2" and entry["batch"] == 1
+                    assert entry["shape"] == [1, layer.channels, layer.input_size,
+                                              layer.input_size]
+                    assert entry["bytes"] == dw.moved_bytes(layer, 1, torch.float32, pass_)
+                    assert entry["median_ms"] > 0 and entry["ratio_vs_eager"] > 0
+                    assert entry["ratio_vs_compile"] is None  # --no-compile
+    assert dw_result["depthwise_settings"]["limit"] == DW_LIMIT
+    assert dw_result["depthwise_settings"]["layers"] == [dw.label(layer) for layer in layers]
+
+
+def test_depthwise_geomeans(dw_result: dict) -> None:
+    """One geometric mean per implementation but eager, layout and pass, over every layer."""
+    device = cases.bench_device()
+    fused = [i for i in dw.impl_names(device, compile=False) if i != cases.EAGER]
+    means = {(g["impl"], g["memory_format"], g["pass"]): g for g in dw_result["depthwise_geomeans"]}
+    assert set(means) == {(i, layout, p) for i in fused for layout in cases.LAYOUTS
+                          for p in dw.PASSES}
+    for mean in means.values():
+        assert mean["layers"] == DW_LIMIT and mean["geomean_vs_eager"] > 0
+        assert mean["geomean_vs_compile"] is None
+
+
+def test_depthwise_bytes() -> None:
+    """Forward moves x, out and the parameters; the backward adds grad_out, x, grad_x and
+    the parameter gradients."""
+    layer = unique_depthwise_layers(["mobilenet_v2"])[1]  # 96 channels, 112 -> 56, k3
+    x, out, params = 2 * 96 * 112 * 112, 2 * 96 * 56 * 56, 96 * 10
+    assert dw.moved_bytes(layer, 2, torch.float32, dw.FORWARD) == 4 * (x + out + params)
+    assert dw.moved_bytes(layer, 2, torch.bfloat16, dw.FORWARD_BACKWARD) == 2 * (
+        3 * x + 2 * out + 2 * params)
+
+
+def test_quick_subset() -> None:
+    """``--quick`` takes a subset still spanning every map size, kernel, stride and activation;
+    ``--dw-limit`` then the first K."""
+    everything = dw.select_layers()
+    quick = dw.select_layers(quick=True)
+    assert len(quick) < len(everything) / 3
+    for attribute in ("input_size", "kernel", "stride", "activation"):
+        assert {getattr(layer, attribute) for layer in quick} == {
+            getattr(layer, attribute) for layer in everything}, attribute
+    assert dw.select_layers(quick=True, limit=2) == quick[:2]
+
+
+def test_bad_depthwise_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown networks and non-positive sizes are usage errors."""
+    for argv in (["--dw-models", "resnet50"], ["--dw-batch", "0"], ["--dw-limit", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    assert "resnet50" in capsys.readouterr().err
+
+
+def test_warm_up_takes_the_longer_of_time_and_calls() -> None:
+    """The warm-up runs at least ``min_calls`` calls and at least ``min_s`` seconds, after a
+    first call (compilation) that counts toward neither."""
+    calls: list[int] = []
+    made, spent, _ = timing.warm_up(lambda: calls.append(1), min_s=0.0, min_calls=10)
+    assert made == 10 and len(calls) == 11
+    made, spent, estimate = timing.warm_up(lambda: None, min_s=0.05, min_calls=10)
+    assert made > 10 and spent >= 0.05 and estimate >= 0
 
 
 def test_verify_only(tmp_path: Path) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from mobilefuse import ops, reference, use_backend
-from mobilefuse.backends import AUTO_ORDER, available_backends
+from mobilefuse.backends import AUTO_ORDER, FLOAT_DTYPES, available_backends, select_backend
 
 OPS: tuple[str, ...] = ("hardswish", "hardsigmoid", "channel_shuffle")
 ACTIVATIONS: tuple[str, ...] = ("hardswish", "hardsigmoid")
@@ -25,6 +26,9 @@ LAYOUTS: dict[str, torch.memory_format] = {
     "contiguous": torch.contiguous_format,
     "channels_last": torch.channels_last,
 }
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 MOBILEFUSE = "mobilefuse"
 EAGER = "eager"
@@ -66,6 +70,21 @@ def shape_from_env(default: tuple[int, ...] = DEFAULT_SHAPE) -> tuple[int, ...]:
     return shape
 
 
+def timed_dtypes(requested: Sequence[str] | None, device: torch.device) -> list[str]:
+    """``requested`` dtype names, else float32, and on CUDA also bfloat16."""
+    if requested:
+        return list(requested)
+    return ["float32", "bfloat16"] if device.type == "cuda" else ["float32"]
+
+
+def auto_backend(op: str, x: torch.Tensor) -> str:
+    """The backend ``"auto"`` picks for ``op`` on ``x`` ("reference" means a fallback)."""
+    dtypes = ops.SHUFFLE_DTYPES if op == "channel_shuffle" else FLOAT_DTYPES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tables flag a fallback; no need to warn here
+        return select_backend(op, x.device, x.dtype, dtypes)
+
+
 def fused_backends(device: torch.device) -> list[str]:
     """The fused backends that ``"auto"`` can pick for tensors on ``device``, fastest first."""
     usable = set(available_backends())
@@ -92,7 +111,9 @@ def compiled_reference(op: str) -> Callable[..., torch.Tensor]:
     return torch.compile(_REFERENCE[op], dynamic=False)
 
 
-def _on_backend(fn: Callable[..., torch.Tensor], backend: str) -> Callable[..., torch.Tensor]:
+def on_backend(fn: Callable[..., torch.Tensor], backend: str) -> Callable[..., torch.Tensor]:
+    """``fn`` run with mobilefuse's backend set to ``backend``."""
+
     def run(*args: object) -> torch.Tensor:
         with use_backend(backend):
             return fn(*args)
@@ -105,7 +126,7 @@ def build_impl(op: str, name: str, groups: int = SHUFFLE_GROUPS) -> Impl:
     if name == MOBILEFUSE:
         fn = _FUSED[op]
     elif name.startswith(f"{MOBILEFUSE}["):
-        fn = _on_backend(_FUSED[op], name[len(MOBILEFUSE) + 1:-1])
+        fn = on_backend(_FUSED[op], name[len(MOBILEFUSE) + 1:-1])
     elif name == EAGER:
         fn = _EAGER[op]
     elif name == EAGER_VIEW and op == "channel_shuffle":

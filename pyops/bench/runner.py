@@ -1,9 +1,12 @@
 """The command line: verify, then time, then print and write the results.
 
-    python -m mobilefuse.bench [--quick] [--shape N C H W] [--reps R] [--out DIR]
+    python -m mobilefuse.bench [--quick] [--shape N C H W] [--reps R] [--warmup S] [--out DIR]
                                [--dtype D ...] [--groups G] [--no-compile] [--verify-only]
-                               [--system-allocator]
+                               [--system-allocator] [--skip-depthwise] [--dw-batch N]
+                               [--dw-models M,M] [--dw-limit K]
 
+The elementwise ops and channel_shuffle are timed on ``--shape``; depthwise_conv2d on the
+depthwise layers of real networks (see :mod:`mobilefuse.bench.depthwise_section`).
 Exit status 1 when a verification fails or an implementation errors, else 0.
 """
 
@@ -11,20 +14,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mobilefuse.backends import select_backend
 from mobilefuse.bench import cases, report, timing
+from mobilefuse.bench import depthwise_cases as dw
+from mobilefuse.bench.depthwise_section import geomeans, print_depthwise, run_depthwise
 from mobilefuse.bench.verify import Check, verify_all
 
 COPY = "copy_"  # the dst.copy_(src) baseline row
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = cases.DTYPES
 # Timed calls per measurement.
 DEFAULT_REPS: dict[tuple[str, bool], int] = {
     ("cpu", False): 100, ("cpu", True): 20, ("cuda", False): 200, ("cuda", True): 50}
@@ -34,7 +36,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The runner's options (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m mobilefuse.bench",
                                      description="Verify and benchmark mobilefuse ops.")
-    parser.add_argument("--quick", action="store_true", help="few repetitions")
+    parser.add_argument("--quick", action="store_true",
+                        help="few repetitions; a quarter of the depthwise layers")
     parser.add_argument("--shape", nargs=4, type=int, metavar=("N", "C", "H", "W"),
                         default=list(cases.DEFAULT_SHAPE))
     parser.add_argument("--reps", type=int, default=None,
@@ -49,7 +52,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verify-only", action="store_true", help="verify, time nothing")
     parser.add_argument("--system-allocator", action="store_true",
                         help="leave glibc malloc at its defaults on CPU")
+    parser.add_argument("--warmup", type=float, default=timing.WARMUP_S, metavar="S",
+                        help=f"warm-up seconds before each measurement (at least "
+                             f"{timing.WARMUP_CALLS} calls; default {timing.WARMUP_S})")
+    depthwise = parser.add_argument_group("depthwise_conv2d on the layers of real networks")
+    depthwise.add_argument("--skip-depthwise", action="store_true",
+                           help="time no depthwise layer")
+    depthwise.add_argument("--dw-batch", type=int, default=dw.DEFAULT_BATCH, metavar="N",
+                           help=f"batch size (default {dw.DEFAULT_BATCH})")
+    depthwise.add_argument("--dw-models", type=_model_list, default=list(dw.MODELS),
+                           metavar="M,M", help=f"networks (default {','.join(dw.MODELS)})")
+    depthwise.add_argument("--dw-limit", type=int, default=None, metavar="K",
+                           help="time only the first K distinct layers (after --quick's subset)")
     args = parser.parse_args(argv)
+    if args.dw_batch <= 0 or (args.dw_limit is not None and args.dw_limit <= 0):
+        parser.error("--dw-batch and --dw-limit take positive ints")
+    if args.warmup < 0:
+        parser.error("--warmup takes seconds >= 0")
     if min(args.shape) <= 0:
         parser.error("--shape takes four positive ints")
     if args.groups <= 0 or args.shape[1] % args.groups:
@@ -57,9 +76,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _model_list(text: str) -> list[str]:
+    models = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in models if name not in dw.MODELS]
+    if not models or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {', '.join(unknown) or text!r}; choose from {', '.join(dw.MODELS)}")
+    return models
+
+
 def print_verification(checks: list[Check]) -> None:
     """The PASS/FAIL table of the verification."""
-    rows = [[c.backend, c.device, c.op, c.dtype, c.memory_format,
+    rows = [[c.backend, c.device, f"{c.op} {c.case}".strip(), c.dtype, c.memory_format,
              report.fmt(c.forward_error, ".1e"), report.fmt(c.backward_error, ".1e"),
              c.status, c.detail] for c in checks]
     if not rows:
@@ -70,33 +98,11 @@ def print_verification(checks: list[Check]) -> None:
                         "status", "detail"], rows)
 
 
-def _auto_backend(op: str, x: torch.Tensor) -> str:
-    """The backend ``"auto"`` picks for ``op`` on ``x`` ("reference" means a fallback)."""
-    from mobilefuse.ops import SHUFFLE_DTYPES
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the table flags a fallback; no need to warn here
-        if op == "channel_shuffle":
-            return select_backend(op, x.device, x.dtype, SHUFFLE_DTYPES)
-        return select_backend(op, x.device, x.dtype)
-
-
 def _entry(op: str, impl: str, x: torch.Tensor, layout: str, groups: int) -> dict[str, Any]:
     return {"op": op, "impl": impl, "shape": list(x.shape),
             "dtype": str(x.dtype).removeprefix("torch."), "memory_format": layout,
             "groups": groups if op == "channel_shuffle" else None,
             "bytes": cases.moved_bytes(x)}
-
-
-def _measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.device,
-             reps: int) -> None:
-    try:
-        t = timing.time_fn(fn, device, reps)
-    except Exception as exc:  # noqa: BLE001  (one broken impl must not stop the run)
-        entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return
-    entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
-                 method=t.method, gbps=timing.gbps(entry["bytes"], t.median_ms))
 
 
 def time_case(op: str, x: torch.Tensor, layout: str, args: argparse.Namespace,
@@ -108,14 +114,14 @@ def time_case(op: str, x: torch.Tensor, layout: str, args: argparse.Namespace,
     """
     copy = _entry(op, COPY, x, layout, args.groups)
     dst = torch.empty_like(x)
-    _measure(copy, lambda: dst.copy_(x), x.device, reps)
+    timing.measure(copy, lambda: dst.copy_(x), x.device, reps, args.warmup)
     copy_gbps = copy.get("gbps")
     entries = []
     for name, fn in cases.build_impls(op, x.device, not args.no_compile, args.groups).items():
         entry = _entry(op, name, x, layout, args.groups)
         if name == cases.MOBILEFUSE:
-            entry["backend"] = _auto_backend(op, x)
-        _measure(entry, lambda fn=fn: fn(x), x.device, reps)
+            entry["backend"] = cases.auto_backend(op, x)
+        timing.measure(entry, lambda fn=fn: fn(x), x.device, reps, args.warmup)
         if "gbps" in entry:
             entry["frac_of_copy_bw"] = entry["gbps"] / copy_gbps if copy_gbps else None
         entries.append(entry)
@@ -157,9 +163,8 @@ def print_timings(copies: list[dict[str, Any]], entries: list[dict[str, Any]]) -
 def run_timings(args: argparse.Namespace, device: torch.device,
                 reps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every dtype x op x layout: its copy baseline and its implementations."""
-    default = ["float32", "bfloat16"] if device.type == "cuda" else ["float32"]
     copies, entries = [], []
-    for dtype_name in args.dtype or default:
+    for dtype_name in cases.timed_dtypes(args.dtype, device):
         for op in cases.OPS:
             for layout in cases.LAYOUTS:
                 x = cases.make_input(tuple(args.shape), DTYPES[dtype_name], layout, device)
@@ -187,15 +192,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     reps = args.reps or DEFAULT_REPS[(device.type, args.quick)]
     copies, entries = run_timings(args, device, reps)
     print_timings(copies, entries)
+    depthwise = [] if args.skip_depthwise else run_depthwise(args, device, reps)
+    summary = geomeans(depthwise)
+    if depthwise:
+        print_depthwise(depthwise, summary)
     payload = {
         **report.environment(device), "allocator": allocator, "quick": args.quick,
         "shape": list(args.shape), "groups": args.groups, "reps": reps,
+        "warmup": {"min_s": args.warmup, "min_calls": timing.WARMUP_CALLS},
         "copy_bandwidth": copies, "verification": [c.to_dict() for c in checks],
         "timings": entries,
+        "depthwise_settings": None if args.skip_depthwise else {
+            "models": args.dw_models, "batch": args.dw_batch, "resolution": dw.RESOLUTION,
+            "limit": args.dw_limit,
+            "layers": [dw.label(layer) for layer in dw.select_layers(
+                args.dw_models, args.quick, args.dw_limit)]},
+        "depthwise": depthwise, "depthwise_geomeans": summary,
     }
     path = report.write_json(report.result_path(args.out, device), payload)
     print(f"wrote {path}", flush=True)
-    errored = any("error" in e for e in entries)
+    errored = any("error" in e for e in entries + depthwise)
     return 1 if failed or errored else 0
 
 

@@ -1,7 +1,8 @@
 """Clocks: steady-state timings on CPU and GPU, and the CPU allocator setting.
 
 Every implementation and the ``dst.copy_(src)`` baseline go through the same function here, so their
-numbers compare like with like.
+numbers compare like with like: each is warmed up for a minimum time and call count (compilation
+and the allocator's first calls stay out of the samples), then sampled.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -26,17 +28,25 @@ ALLOCATOR_SYSTEM = "system default (glibc may return large freed blocks to the O
 ALLOCATOR_CUDA = "PyTorch CUDA caching allocator"
 _L2_FLUSH_BYTES = 256 * 2**20  # larger than the L2 of any current GPU
 _MIN_SAMPLE_S = 1e-3
+# With freed blocks kept (mallopt above), the first calls of an op with large outputs still
+# run several times slower while the heap grows and its pages fault in; about 10 calls settle
+# it. Warm up for whichever is longer, this many seconds or this many calls.
+WARMUP_S = 0.3
+WARMUP_CALLS = 10
 
 
 @dataclasses.dataclass
 class Timing:
-    """Milliseconds per call: median and the 20% / 80% quantiles over ``samples`` samples."""
+    """Milliseconds per call: median and the 20% / 80% quantiles over ``samples`` samples,
+    taken after ``warmup_calls`` untimed calls that lasted ``warmup_s`` seconds."""
 
     median_ms: float
     q20_ms: float
     q80_ms: float
     samples: int
     method: str
+    warmup_calls: int = 0
+    warmup_s: float = 0.0
 
 
 def configure_allocator(system: bool = False) -> str:
@@ -65,17 +75,37 @@ def _quantiles(times_s: list[float]) -> tuple[float, float, float]:
     return q[0].item() * 1e3, q[1].item() * 1e3, q[2].item() * 1e3
 
 
-def time_cpu(fn: Callable[[], object], reps: int, warmup: int = 3) -> Timing:
+def warm_up(fn: Callable[[], object], min_s: float = WARMUP_S,
+            min_calls: int = WARMUP_CALLS,
+            sync: Callable[[], None] | None = None) -> tuple[int, float, float]:
+    """Call ``fn`` until both ``min_calls`` calls and ``min_s`` seconds have passed.
+
+    The first call (compilation, lazy initialization) is made before the clock starts.
+    Returns the calls made after it, the seconds they took, and the median seconds per call
+    of their second half (the settled ones), an estimate for sizing samples.
+    """
+    fn()
+    if sync is not None:
+        sync()
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - begin < min_s:
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - start)
+    settled = sorted(times[len(times) // 2:])
+    return len(times), time.perf_counter() - begin, settled[len(settled) // 2]
+
+
+def time_cpu(fn: Callable[[], object], reps: int, warmup_s: float = WARMUP_S) -> Timing:
     """``reps`` wall-clock samples of ``fn``, each long enough (>= 1 ms) to time precisely.
 
     A fixed sample count, unlike ``Timer.blocked_autorange``, whose block size can swallow
     a short run into one or two samples and leave no quantiles.
     """
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    fn()
-    estimate = time.perf_counter() - start
+    calls, spent, estimate = warm_up(fn, warmup_s)
     number = max(1, math.ceil(_MIN_SAMPLE_S / max(estimate, 1e-9)))
     times = []
     gc_was_enabled = gc.isenabled()
@@ -91,7 +121,7 @@ def time_cpu(fn: Callable[[], object], reps: int, warmup: int = 3) -> Timing:
             gc.enable()
     median, q20, q80 = _quantiles(times)
     return Timing(median, q20, q80, len(times),
-                  f"time.perf_counter, {number} call(s) per sample")
+                  f"time.perf_counter, {number} call(s) per sample", calls, spent)
 
 
 def _cuda_estimate_ms(fn: Callable[[], object], calls: int = 5) -> float:
@@ -104,22 +134,22 @@ def _cuda_estimate_ms(fn: Callable[[], object], calls: int = 5) -> float:
     return start.elapsed_time(end) / calls
 
 
-def time_cuda(fn: Callable[[], object], reps: int, warmup: int = 3) -> Timing:
+def time_cuda(fn: Callable[[], object], reps: int, warmup_s: float = WARMUP_S) -> Timing:
     """``triton.testing.do_bench`` (flushes L2 between calls) or, without Triton, CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
+    calls, spent, _ = warm_up(fn, warmup_s, sync=torch.cuda.synchronize)
     estimate_ms = _cuda_estimate_ms(fn)
     try:
         from triton.testing import do_bench
     except ImportError:
-        return _time_cuda_events(fn, reps)
+        return dataclasses.replace(_time_cuda_events(fn, reps), warmup_calls=calls,
+                                   warmup_s=spent)
     # do_bench repeats for a time budget; size it for about `reps` calls.
     rep_ms = max(reps * estimate_ms, 1.0)
     median, q20, q80 = do_bench(fn, warmup=max(5 * estimate_ms, 1.0), rep=rep_ms,
                                 quantiles=[0.5, 0.2, 0.8])
     samples = max(1, int(rep_ms / max(estimate_ms, 1e-6)))
-    return Timing(median, q20, q80, samples, "triton.testing.do_bench (L2 flushed)")
+    return Timing(median, q20, q80, samples, "triton.testing.do_bench (L2 flushed)", calls,
+                  spent)
 
 
 def _time_cuda_events(fn: Callable[[], object], reps: int) -> Timing:
@@ -137,9 +167,25 @@ def _time_cuda_events(fn: Callable[[], object], reps: int) -> Timing:
     return Timing(median, q20, q80, reps, "CUDA events (L2 flushed)")
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, reps: int) -> Timing:
+def time_fn(fn: Callable[[], object], device: torch.device, reps: int,
+            warmup_s: float = WARMUP_S) -> Timing:
     """Time ``fn`` on ``device``'s clock (CUDA work is timed on the GPU, not the host)."""
-    return time_cuda(fn, reps) if device.type == "cuda" else time_cpu(fn, reps)
+    timer = time_cuda if device.type == "cuda" else time_cpu
+    return timer(fn, reps, warmup_s)
+
+
+def measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.device, reps: int,
+            warmup_s: float = WARMUP_S) -> None:
+    """Time ``fn`` into ``entry`` (ms, quantiles, warm-up, and GB/s of ``entry["bytes"]``), or
+    record its error there: one broken implementation must not stop a run."""
+    try:
+        t = time_fn(fn, device, reps, warmup_s)
+    except Exception as exc:  # noqa: BLE001
+        entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return
+    entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
+                 method=t.method, warmup_calls=t.warmup_calls, warmup_s=t.warmup_s,
+                 gbps=gbps(entry["bytes"], t.median_ms))
 
 
 def gbps(nbytes: int, ms: float) -> float:

@@ -21,6 +21,12 @@ from mobilefuse.bench.cases import LAYOUTS, OPS, make_input
 ACTIVATION_SHAPE: tuple[int, ...] = (3, 7, 9, 11)
 SHUFFLE_SHAPE: tuple[int, ...] = (3, 12, 9, 11)
 SHUFFLE_GROUPS = 3
+DEPTHWISE_SHAPE: tuple[int, ...] = (2, 5, 9, 11)
+# (kernel, stride, activation): the networks' kernels and strides, activations with kinks
+# (relu6, hardswish) and a smooth one (silu); padding k // 2 as in the networks.
+DEPTHWISE_CASES: tuple[tuple[int, int, str], ...] = (
+    (3, 1, "relu6"), (5, 2, "hardswish"), (3, 2, "silu"))
+DEPTHWISE = "depthwise_conv2d"
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
 # Max abs error / max |reference|, as in DESIGN.md.
@@ -38,7 +44,11 @@ _REF: dict[str, Callable[..., torch.Tensor]] = {
 
 @dataclasses.dataclass
 class Check:
-    """The outcome of one (backend, op, dtype, layout) verification."""
+    """The outcome of one (backend, op, dtype, layout[, case]) verification.
+
+    ``backward_error`` is the worst over the inputs' gradients, listed in ``grad_errors``
+    when there are several; ``case`` names an op's settings (e.g. ``k3 s1 relu6``).
+    """
 
     backend: str
     device: str
@@ -49,6 +59,8 @@ class Check:
     forward_error: float | None = None
     backward_error: float | None = None
     detail: str = ""
+    case: str = ""
+    grad_errors: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict of this check."""
@@ -125,6 +137,33 @@ def _check_shuffle(check: Check, x: torch.Tensor, seed: int) -> None:
     _finish(check, out, x, problems)
 
 
+def _check_depthwise(check: Check, x: torch.Tensor, kernel: int, stride: int,
+                     activation: str, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed + 2)
+    channels = x.shape[1]
+    weight = (torch.randn(channels, 1, kernel, kernel, generator=gen) / kernel).to(x.device,
+                                                                                  x.dtype)
+    bias = torch.randn(channels, generator=gen).to(x.device, x.dtype)
+    settings = (stride, kernel // 2, 1, activation)
+    refs = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    expected = reference.depthwise_conv2d(*refs, *settings)
+    grad = _grad_like(expected.detach().to(x.dtype), check.memory_format, seed)
+    expected_grads = torch.autograd.grad(expected, refs, grad.double())
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+    out = ops.depthwise_conv2d(*leaves, *settings)
+    grads = torch.autograd.grad(out, leaves, grad)
+    check.forward_error = relative_error(out, expected)
+    check.grad_errors = {name: relative_error(got, want) for name, got, want in zip(
+        ("x", "weight", "bias"), grads, expected_grads, strict=True)}
+    check.backward_error = max(check.grad_errors.values())
+    problems = []
+    if check.forward_error > FORWARD_TOL[x.dtype]:
+        problems.append(f"forward error {check.forward_error:.2e} > {FORWARD_TOL[x.dtype]:.0e}")
+    problems += [f"grad {name} error {err:.2e} > {BACKWARD_TOL[x.dtype]:.0e}"
+                 for name, err in check.grad_errors.items() if err > BACKWARD_TOL[x.dtype]]
+    _finish(check, out, x, problems)
+
+
 def _finish(check: Check, out: torch.Tensor, x: torch.Tensor, problems: list[str]) -> None:
     # The ops promise an output in the input's memory format.
     layout = LAYOUTS[check.memory_format]
@@ -134,6 +173,23 @@ def _finish(check: Check, out: torch.Tensor, x: torch.Tensor, problems: list[str
     check.detail = "; ".join(problems)
 
 
+def _run_check(check: Check, backend: str, device: torch.device, dtype: torch.dtype,
+               dtypes: tuple[torch.dtype, ...], body: Callable[[], None]) -> Check:
+    reasons = unsupported_reasons(backend, device, dtype, dtypes)
+    if reasons:
+        check.detail = "; ".join(reasons)
+        return check
+    with warnings.catch_warnings(), use_backend(backend):
+        # A fallback to the reference is a failure of the backend under test.
+        warnings.filterwarnings("error", message="mobilefuse", category=RuntimeWarning)
+        try:
+            body()
+        except Exception as exc:  # noqa: BLE001  (any error is a FAIL with its message)
+            check.status = "FAIL"
+            check.detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return check
+
+
 def verify_one(backend: str, device: torch.device, op: str, dtype: torch.dtype,
                layout: str, seed: int = 0) -> Check:
     """Check ``op``'s forward and backward on ``backend`` for one dtype and memory format."""
@@ -141,31 +197,40 @@ def verify_one(backend: str, device: torch.device, op: str, dtype: torch.dtype,
     shuffle = op == "channel_shuffle"
     shape = SHUFFLE_SHAPE if shuffle else ACTIVATION_SHAPE
     dtypes = ops.SHUFFLE_DTYPES if shuffle else (dtype,)
-    reasons = unsupported_reasons(backend, device, dtype, dtypes)
-    if reasons:
-        check.detail = "; ".join(reasons)
-        return check
-    x = make_input(shape, dtype, layout, device, seed)
-    with warnings.catch_warnings(), use_backend(backend):
-        # A fallback to the reference is a failure of the backend under test.
-        warnings.filterwarnings("error", message="mobilefuse", category=RuntimeWarning)
-        try:
-            (_check_shuffle if shuffle else _check_activation)(check, x, seed)
-        except Exception as exc:  # noqa: BLE001  (any error is a FAIL with its message)
-            check.status = "FAIL"
-            check.detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    return check
+
+    def body() -> None:
+        x = make_input(shape, dtype, layout, device, seed)
+        (_check_shuffle if shuffle else _check_activation)(check, x, seed)
+
+    return _run_check(check, backend, device, dtype, dtypes, body)
+
+
+def verify_depthwise(backend: str, device: torch.device, dtype: torch.dtype, layout: str,
+                     kernel: int, stride: int, activation: str, seed: int = 0) -> Check:
+    """Check depthwise_conv2d's forward and its x, weight and bias gradients on ``backend``."""
+    check = Check(backend, device.type, DEPTHWISE, str(dtype).removeprefix("torch."), layout,
+                  case=f"k{kernel} s{stride} {activation}")
+
+    def body() -> None:
+        x = make_input(DEPTHWISE_SHAPE, dtype, layout, device, seed)
+        _check_depthwise(check, x, kernel, stride, activation, seed)
+
+    return _run_check(check, backend, device, dtype, (dtype,), body)
 
 
 def verify_all(seed: int = 0) -> list[Check]:
-    """Every op x backend x dtype x memory format this machine can check."""
+    """Every op (and depthwise case) x backend x dtype x memory format this machine can check."""
     checks = []
+    grid = [(dtype, layout) for dtype in DTYPES for layout in LAYOUTS]
     for backend, device in backend_devices().items():
         for op in OPS:
-            for dtype in DTYPES:
-                for layout in LAYOUTS:
-                    checks.append(verify_one(backend, device, op, dtype, layout, seed))
+            checks += [verify_one(backend, device, op, dtype, layout, seed)
+                       for dtype, layout in grid]
+        for case in DEPTHWISE_CASES:
+            checks += [verify_depthwise(backend, device, dtype, layout, *case, seed=seed)
+                       for dtype, layout in grid]
     return checks
 
 
-__all__ = ["Check", "backend_devices", "relative_error", "verify_all", "verify_one"]
+__all__ = ["Check", "backend_devices", "relative_error", "verify_all", "verify_depthwise",
+           "verify_one"]

@@ -1,0 +1,128 @@
+"""The runner's depthwise section: every depthwise layer of MobileNetV2, MobileNetV3-Large and
+EfficientNet-B0 (one per distinct cost), forward and forward + backward, each layout, timed
+as mobilefuse vs eager vs ``torch.compile``, summarized by geometric means of the speedups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from mobilefuse.bench import cases, report, timing
+from mobilefuse.bench import depthwise_cases as dw
+from mobilefuse.models.specs import DepthwiseLayer
+
+
+def _entry(layer: DepthwiseLayer, impl: str, dtype: torch.dtype, layout: str, pass_: str,
+           batch: int, models: list[str]) -> dict[str, Any]:
+    return {
+        "op": dw.OP, "impl": impl, "pass": pass_, "model": layer.model, "layer": layer.name,
+        "shared_by": dw.shared_by(layer, models), "label": dw.label(layer),
+        "channels": layer.channels, "input_size": layer.input_size, "kernel": layer.kernel,
+        "stride": layer.stride, "padding": layer.padding, "activation": layer.activation,
+        "batch": batch, "shape": list(dw.input_shape(layer, batch)),
+        "dtype": str(dtype).removeprefix("torch."), "memory_format": layout,
+        "bytes": dw.moved_bytes(layer, batch, dtype, pass_),
+    }
+
+
+def _add_ratios(entries: list[dict[str, Any]]) -> None:
+    """Speedups of each implementation over eager and over torch.compile (> 1: faster)."""
+    ms = {e["impl"]: e["median_ms"] for e in entries if "median_ms" in e}
+    for entry in entries:
+        own = entry.get("median_ms")
+        for key, rival in (("ratio_vs_eager", cases.EAGER), ("ratio_vs_compile", cases.COMPILE)):
+            entry[key] = ms[rival] / own if own and rival in ms else None
+
+
+def time_layer(layer: DepthwiseLayer, dtype: torch.dtype, layout: str,
+               args: argparse.Namespace, device: torch.device,
+               reps: int) -> list[dict[str, Any]]:
+    """Both passes of every implementation on one layer's inputs in one dtype and layout."""
+    inputs = dw.make_inputs(layer, args.dw_batch, dtype, layout, device)
+    entries = []
+    for pass_ in dw.PASSES:
+        timed = []
+        for impl in dw.impl_names(device, not args.no_compile):
+            entry = _entry(layer, impl, dtype, layout, pass_, args.dw_batch, args.dw_models)
+            if impl == cases.MOBILEFUSE:
+                entry["backend"] = cases.auto_backend(dw.OP, inputs.x)
+            call = dw.build_call(impl, layer, inputs, pass_)
+            timing.measure(entry, call, device, reps, args.warmup)
+            timed.append(entry)
+        _add_ratios(timed)
+        entries += timed
+    return entries
+
+
+def run_depthwise(args: argparse.Namespace, device: torch.device,
+                  reps: int) -> list[dict[str, Any]]:
+    """Every dtype x selected layer x layout x pass x implementation."""
+    layers = dw.select_layers(args.dw_models, args.quick, args.dw_limit)
+    entries: list[dict[str, Any]] = []
+    for dtype_name in cases.timed_dtypes(args.dtype, device):
+        for i, layer in enumerate(layers, 1):
+            print(f"timing depthwise {dw.label(layer)} {dtype_name} ({i}/{len(layers)}) ...",
+                  flush=True)
+            for layout in cases.LAYOUTS:
+                entries += time_layer(layer, cases.DTYPES[dtype_name], layout, args, device, reps)
+    return entries
+
+
+def _geomean(values: list[float]) -> float | None:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def geomeans(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per implementation, dtype, layout and pass: the geometric means over layers of the
+    speedups over eager and over torch.compile."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        if e["impl"] != cases.EAGER:
+            groups[(e["impl"], e["dtype"], e["memory_format"], e["pass"])].append(e)
+    summary = []
+    for (impl, dtype, layout, pass_), group in groups.items():
+        vs_eager = [e["ratio_vs_eager"] for e in group if e.get("ratio_vs_eager")]
+        vs_compile = [e["ratio_vs_compile"] for e in group if e.get("ratio_vs_compile")]
+        summary.append({
+            "impl": impl, "dtype": dtype, "memory_format": layout, "pass": pass_,
+            "layers": len(group), "geomean_vs_eager": _geomean(vs_eager),
+            "geomean_vs_compile": None if impl == cases.COMPILE else _geomean(vs_compile),
+        })
+    return summary
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def print_depthwise(entries: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
+    """One row per layer, layout and pass; then the geometric means."""
+    impls = list(dict.fromkeys(e["impl"] for e in entries))
+    cases_seen: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = {}
+    for e in entries:
+        key = (e["dtype"], e["label"], e["memory_format"], e["pass"])
+        cases_seen.setdefault(key, {})[e["impl"]] = e
+    rows = []
+    for (dtype, label, layout, pass_), by_impl in cases_seen.items():
+        fused = by_impl.get(cases.MOBILEFUSE, {})
+        fallback = " (FALLBACK)" if fused.get("backend") == "reference" else ""
+        errors = "; ".join(f"{i}: {e['error']}" for i, e in by_impl.items() if "error" in e)
+        rows.append([label + fallback, layout, pass_, dtype,
+                     *(report.fmt(by_impl.get(i, {}).get("median_ms"), ".4g") for i in impls),
+                     report.fmt(fused.get("gbps"), ".1f"),
+                     _ratio(fused.get("ratio_vs_eager")), _ratio(fused.get("ratio_vs_compile")),
+                     errors])
+    report.print_table(
+        "Depthwise conv layers (ms per call; GB/s of mobilefuse; vs X = X ms / mobilefuse ms)",
+        ["layer", "layout", "pass", "dtype", *(f"{i} ms" for i in impls), "GB/s", "vs eager",
+         "vs compile", "error"], rows)
+    report.print_table(
+        "Depthwise geometric-mean speedups (> 1: faster than the rival)",
+        ["impl", "dtype", "layout", "pass", "layers", "vs eager", "vs compile"],
+        [[g["impl"], g["dtype"], g["memory_format"], g["pass"], str(g["layers"]),
+          _ratio(g["geomean_vs_eager"]), _ratio(g["geomean_vs_compile"])] for g in summary])
