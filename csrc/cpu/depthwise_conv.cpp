@@ -418,11 +418,14 @@ inline void forward_pixels(const T* x, const T* w_taps, const T* bias, T* orow, 
   }
 }
 
-// The same for dilation 1 with kernel width and stride known at compile time: each input
-// column of the window is loaded once per kernel row and reused by every pixel and tap.
+// kGroup output pixels from ow (the first `valid` of them stored), for dilation 1 with kernel
+// width and stride known at compile time: each input column of the window is loaded once per
+// kernel row and reused by every pixel and tap. Columns outside the input read from `zeros`
+// (C zero channels), so border pixels take the same path as interior ones.
 template <typename T, int kGroup, int kKW, int kSW>
-inline void forward_pixels_window(const T* x, const T* w_taps, const T* bias, T* orow,
-                                  const Geometry& g, Act act, int64_t n, int64_t oh, int64_t ow) {
+inline void forward_pixels_window(const T* x, const T* w_taps, const T* bias, const T* zeros,
+                                  T* orow, const Geometry& g, Act act, int64_t n, int64_t oh,
+                                  int64_t ow, int64_t valid) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   constexpr int kWindow = (kGroup - 1) * kSW + kKW;
@@ -430,42 +433,61 @@ inline void forward_pixels_window(const T* x, const T* w_taps, const T* bias, T*
   const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * kSW - g.pw;
   int64_t i_lo, i_hi;
   tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
+  const T* cols[7][kWindow];  // per kernel row (kh <= 7 here), the window's column pointers
+  for (int64_t i = i_lo; i < i_hi; ++i) {
+    const T* xr = x + (n * g.height + ih0 + i * g.dh) * g.width * C;
+    for (int k = 0; k < kWindow; ++k) {
+      const int64_t iw = iw0 + k;
+      cols[i][k] = iw >= 0 && iw < g.width ? xr + iw * C : zeros;
+    }
+  }
   for (int64_t c0 = 0; c0 < C; c0 += V) {
     const int64_t cnt = std::min(V, C - c0);
     const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
     Vec acc[kGroup];
     for (int q = 0; q < kGroup; ++q) acc[q] = bv;
     for (int64_t i = i_lo; i < i_hi; ++i) {
-      const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
       const T* wr = w_taps + i * kKW * C + c0;
       Vec column[kWindow];
-      for (int k = 0; k < kWindow; ++k) column[k] = Vec::loadu(xr + k * C, cnt);
+      for (int k = 0; k < kWindow; ++k) column[k] = Vec::loadu(cols[i][k] + c0, cnt);
       for (int j = 0; j < kKW; ++j) {
         const Vec w = Vec::loadu(wr + j * C, cnt);
         for (int q = 0; q < kGroup; ++q) acc[q] = at::vec::fmadd(column[q * kSW + j], w, acc[q]);
       }
     }
-    for (int q = 0; q < kGroup; ++q) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0, cnt);
+    for (int q = 0; q < kGroup; ++q) {
+      if (q < valid) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0, cnt);
+    }
   }
 }
 
-// kGroup interior pixels at ow through the fastest variant that fits the geometry.
+// The window path for a whole output row, when the geometry has one (else false).
+template <typename T, int kGroup>
+inline bool forward_row_window(const T* x, const T* w_taps, const T* bias, const T* zeros,
+                               T* orow, const Geometry& g, Act act, int64_t n, int64_t oh) {
+  if (g.dw != 1 || g.kh > 7) return false;
+#define MOBILEFUSE_WINDOW(KW, SW)                                                            \
+  if (g.kw == KW && g.sw == SW) {                                                            \
+    for (int64_t ow = 0; ow < g.out_w; ow += kGroup) {                                       \
+      forward_pixels_window<T, kGroup, KW, SW>(x, w_taps, bias, zeros, orow, g, act, n, oh, ow, \
+                                               std::min<int64_t>(kGroup, g.out_w - ow));     \
+    }                                                                                        \
+    return true;                                                                             \
+  }
+  MOBILEFUSE_WINDOW(3, 1)
+  MOBILEFUSE_WINDOW(3, 2)
+  MOBILEFUSE_WINDOW(5, 1)
+  MOBILEFUSE_WINDOW(5, 2)
+  MOBILEFUSE_WINDOW(7, 1)
+  MOBILEFUSE_WINDOW(7, 2)
+#undef MOBILEFUSE_WINDOW
+  return false;
+}
+
+// kGroup interior pixels at ow through the compile-time kernel width when there is one.
 template <typename T, int kGroup>
 inline void forward_group(const T* x, const T* w_taps, const T* bias, T* orow, const Geometry& g,
                           Act act, int64_t n, int64_t oh, int64_t ow) {
-#define MOBILEFUSE_WINDOW(KW, SW)                                                          \
-  if (g.kw == KW && g.sw == SW) {                                                          \
-    return forward_pixels_window<T, kGroup, KW, SW>(x, w_taps, bias, orow, g, act, n, oh, ow); \
-  }
-  if (g.dw == 1) {
-    MOBILEFUSE_WINDOW(3, 1)
-    MOBILEFUSE_WINDOW(3, 2)
-    MOBILEFUSE_WINDOW(5, 1)
-    MOBILEFUSE_WINDOW(5, 2)
-    MOBILEFUSE_WINDOW(7, 1)
-    MOBILEFUSE_WINDOW(7, 2)
-  }
-#undef MOBILEFUSE_WINDOW
   switch (g.kw) {
     case 3: return forward_pixels<T, kGroup, 3>(x, w_taps, bias, orow, g, act, n, oh, ow);
     case 5: return forward_pixels<T, kGroup, 5>(x, w_taps, bias, orow, g, act, n, oh, ow);
@@ -486,9 +508,13 @@ void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geom
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    const std::vector<T> zeros(C + V, T(0));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
       T* orow = out + r * g.out_w * C;
+      if (forward_row_window<T, kGroup>(x, w_taps, bias, zeros.data(), orow, g, act, n, oh)) {
+        continue;
+      }
       auto border = [&](int64_t ow) {
         for (int64_t c0 = 0; c0 < C; c0 += V) {
           const int64_t cnt = std::min(V, C - c0);
