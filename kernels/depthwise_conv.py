@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mobilefuse.kernels.layout import uses_channels_last
+from mobilefuse.kernels.layout import conv_output_hw, uses_channels_last
 
 # Activation codes shared by the kernels (a ``tl.constexpr`` each kernel specializes on).
 ACTIVATION_CODES: dict[str, int] = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
@@ -315,13 +315,6 @@ def _prepare(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return x, taps, bias, channels_last
 
 
-def _out_hw(x: torch.Tensor, kernel: tuple[int, int], stride: list[int], padding: list[int],
-            dilation: list[int]) -> tuple[int, int]:
-    return tuple(  # type: ignore[return-value]
-        (x.shape[2 + d] + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1
-        for d in range(2))
-
-
 def _conv_constexprs(kernel: tuple[int, int], stride: list[int], padding: list[int],
                      dilation: list[int]) -> dict[str, int]:
     return {"SH": int(stride[0]), "SW": int(stride[1]), "PH": int(padding[0]),
@@ -343,7 +336,7 @@ def depthwise_conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.
     kernel = (weight.shape[2], weight.shape[3])
     x, taps, bias, channels_last = _prepare(x, weight, bias)
     batch, channels, height, width = x.shape
-    out_h, out_w = _out_hw(x, kernel, stride, padding, dilation)
+    out_h, out_w = conv_output_hw(x, kernel, stride, padding, dilation)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((batch, channels, out_h, out_w), dtype=x.dtype, device=x.device,
                       memory_format=fmt)
@@ -382,7 +375,7 @@ def depthwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: t
     kernel = (weight.shape[2], weight.shape[3])
     x, taps, bias, channels_last = _prepare(x, weight, bias)
     batch, channels, height, width = x.shape
-    out_h, out_w = _out_hw(x, kernel, stride, padding, dilation)
+    out_h, out_w = conv_output_hw(x, kernel, stride, padding, dilation)
     if tuple(grad_out.shape) != (batch, channels, out_h, out_w):
         raise ValueError(f"depthwise_conv2d_backward: grad_out has shape "
                          f"{tuple(grad_out.shape)}, expected {(batch, channels, out_h, out_w)}")

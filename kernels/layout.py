@@ -12,6 +12,15 @@ def dense_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like, dtype=t.dtype).copy_(t)
 
 
+def conv_output_hw(x: torch.Tensor, kernel: tuple[int, int], stride: list[int],
+                   padding: list[int], dilation: list[int]) -> tuple[int, int]:
+    """Output (height, width) of a 2-D convolution of ``x`` (N, C, H, W) with symmetric padding."""
+    h, w = (
+        (x.shape[2 + d] + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1
+        for d in range(2))
+    return h, w
+
+
 def uses_channels_last(x: torch.Tensor) -> bool:
     """Whether the NCHW kernels (channel_shuffle, depthwise_conv2d) work on ``x`` in channels_last
     layout (a 4-D channels_last-contiguous tensor that is not also contiguous), else contiguous."""

@@ -102,7 +102,3 @@ def check_depthwise_args(x: object, weight: object, bias: object, stride: object
     return DepthwiseArgs(stride_hw, pad_hw, dilation_hw, _activation(activation), gap,
                          reference_padding)
 
-
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of a convolution along one dimension."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mobilefuse.kernels.layout import uses_channels_last
+from mobilefuse.kernels.layout import conv_output_hw, uses_channels_last
 
 
 def activation_fake(x: torch.Tensor) -> torch.Tensor:
@@ -42,9 +42,8 @@ def channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _conv_out_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int],
                     padding: list[int], dilation: list[int]) -> tuple[int, ...]:
-    sizes = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1)
-             // stride[i] + 1 for i in range(2)]
-    return (x.shape[0], weight.shape[0], *sizes)
+    kernel = (weight.shape[2], weight.shape[3])
+    return (x.shape[0], weight.shape[0], *conv_output_hw(x, kernel, stride, padding, dilation))
 
 
 def _layout_of(x: torch.Tensor) -> torch.memory_format:

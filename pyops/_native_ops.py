@@ -18,11 +18,6 @@ from mobilefuse._fake import (
     depthwise_conv2d_fake,
 )
 
-NATIVE_OPS: tuple[str, ...] = (
-    "hardswish", "hardswish_backward", "hardsigmoid", "hardsigmoid_backward", "channel_shuffle",
-    "depthwise_conv2d", "depthwise_conv2d_backward",
-)
-
 
 def _register() -> None:
     ops = torch.ops.mobilefuse

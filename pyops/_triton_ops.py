@@ -29,12 +29,6 @@ from mobilefuse._fake import (
     depthwise_conv2d_fake,
 )
 
-TRITON_OPS: tuple[str, ...] = (
-    "triton_hardswish", "triton_hardswish_backward", "triton_hardsigmoid",
-    "triton_hardsigmoid_backward", "triton_channel_shuffle", "triton_depthwise_conv2d",
-    "triton_depthwise_conv2d_backward",
-)
-
 
 def _act_forward(x: torch.Tensor, act_name: str) -> torch.Tensor:
     from mobilefuse.kernels import activations
