@@ -10,6 +10,8 @@ import warnings
 
 from mobilefuse import nn, ops, reference
 from mobilefuse._extension import EXTENSION_ERROR, build_info, has_extension
+from mobilefuse.accelerate import accelerate, restore
+from mobilefuse.accelerate_report import AccelerateReport, accelerate_report
 from mobilefuse.backends import (
     BACKENDS,
     available_backends,
@@ -21,6 +23,7 @@ from mobilefuse.backends import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "AccelerateReport", "accelerate", "accelerate_report", "restore",
     "BACKENDS", "available_backends", "backend_status", "build_info", "get_backend",
     "has_extension", "nn", "ops", "reference", "set_backend", "use_backend",
 ]

@@ -13,7 +13,8 @@ import contextlib
 import importlib.util
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -90,6 +91,14 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _current = previous
+
+
+def run_on_backend(backend: str, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``fn(*args)`` on ``backend``; "auto" leaves the current choice as it is."""
+    if backend == "auto":
+        return fn(*args)
+    with use_backend(backend):
+        return fn(*args)
 
 
 def available_backends() -> list[str]:

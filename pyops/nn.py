@@ -6,6 +6,9 @@ import torch
 from torch import nn
 
 from mobilefuse import ops
+from mobilefuse._fusion import Fusion
+from mobilefuse._swap import clone_as
+from mobilefuse.backends import run_on_backend
 
 __all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d"]
 
@@ -17,13 +20,16 @@ class HardSwish(nn.Module):
     (the fused backward needs the unmodified input).
     """
 
+    # The backend its op runs on: "auto" follows mobilefuse.set_backend; accelerate() may pin it.
+    backend: str = "auto"
+
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply hard-swish."""
-        return ops.hardswish(x)
+        return run_on_backend(self.backend, ops.hardswish, x)
 
 
 class HardSigmoid(nn.Module):
@@ -32,17 +38,23 @@ class HardSigmoid(nn.Module):
     ``inplace`` is accepted for signature compatibility; the result is always a new tensor.
     """
 
+    # The backend its op runs on: "auto" follows mobilefuse.set_backend; accelerate() may pin it.
+    backend: str = "auto"
+
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply hard-sigmoid."""
-        return ops.hardsigmoid(x)
+        return run_on_backend(self.backend, ops.hardsigmoid, x)
 
 
 class ChannelShuffle(nn.Module):
     """Drop-in for ``nn.ChannelShuffle(groups)``, running :func:`mobilefuse.ops.channel_shuffle`."""
+
+    # The backend its op runs on: "auto" follows mobilefuse.set_backend; accelerate() may pin it.
+    backend: str = "auto"
 
     def __init__(self, groups: int) -> None:
         super().__init__()
@@ -53,7 +65,7 @@ class ChannelShuffle(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shuffle the channels of ``x`` (N, C, *) across ``groups`` groups."""
-        return ops.channel_shuffle(x, self.groups)
+        return run_on_backend(self.backend, ops.channel_shuffle, x, self.groups)
 
     def extra_repr(self) -> str:
         """The group count, as ``nn.ChannelShuffle`` shows it."""
@@ -68,6 +80,9 @@ class DepthwiseConv2d(nn.Conv2d):
     keys and attributes), with an optional ``activation`` fused into the kernel.
     """
 
+    # The backend its op runs on: "auto" follows mobilefuse.set_backend; accelerate() may pin it.
+    backend: str = "auto"
+
     def __init__(self, channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, bias: bool = True,
@@ -79,31 +94,40 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(channels, channels, kernel_size, stride, padding, dilation,
                          groups=channels, bias=bias, device=device, dtype=dtype)
         self.activation = activation
+        # Set by mobilefuse.accelerate(): the BatchNorm/activation folded in, if any.
+        self.fusion: Fusion | None = None
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, activation: str | None = None) -> DepthwiseConv2d:
-        """A DepthwiseConv2d sharing ``conv``'s parameters (``conv`` must be depthwise)."""
+        """A DepthwiseConv2d sharing ``conv``'s parameters and hooks; ``conv`` must be depthwise."""
         if not (conv.groups == conv.in_channels == conv.out_channels
                 and conv.padding_mode == "zeros"):
             raise ValueError("mobilefuse.nn.DepthwiseConv2d.from_conv: conv must have "
                              "groups == in_channels == out_channels and padding_mode='zeros', got "
                              f"{conv!r}")
-        module = cls.__new__(cls)
-        nn.Module.__init__(module)
-        module.__dict__.update({k: v for k, v in conv.__dict__.items()
-                                if k not in ("_parameters", "_buffers", "_modules")})
-        module._parameters = dict(conv._parameters)
-        module._buffers = dict(conv._buffers)
-        module._modules = dict(conv._modules)
-        module.activation = activation
-        return module
+        return clone_as(conv, cls, activation=activation, fusion=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Depthwise convolution, bias and activation in one kernel."""
-        return ops.depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding,
-                                    self.dilation, self.activation)
+        """Depthwise convolution, bias and activation in one kernel.
+
+        When :func:`mobilefuse.accelerate` linked a following BatchNorm/activation and that
+        fusion is active (eval mode), they are folded in here as well.
+        """
+        weight, bias, activation = self.weight, self.bias, self.activation
+        fusion = self.fusion
+        if fusion is not None and fusion.active():
+            weight, bias = fusion.fold(weight, bias)
+            activation = fusion.activation
+        return run_on_backend(self.backend, ops.depthwise_conv2d, x, weight, bias, self.stride,
+                           self.padding, self.dilation, activation)
 
     def extra_repr(self) -> str:
-        """nn.Conv2d's description plus the fused activation."""
+        """nn.Conv2d's description plus what is fused into it."""
         text = super().extra_repr()
-        return text if self.activation is None else f"{text}, activation={self.activation!r}"
+        if self.activation is not None:
+            text += f", activation={self.activation!r}"
+        if self.fusion is not None:
+            text += f", fused={self.fusion.describe()!r}"
+        if self.backend != "auto":
+            text += f", backend={self.backend!r}"
+        return text

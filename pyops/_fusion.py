@@ -1,0 +1,134 @@
+"""Folding a BatchNorm and an activation into the depthwise convolution before them.
+
+``accelerate()`` finds runs ``depthwise conv → BatchNorm2d → activation`` (BatchNorm or
+activation optional) inside an ``nn.Sequential``. The convolution becomes a
+:class:`~mobilefuse.nn.DepthwiseConv2d` linked to a :class:`Fusion`; the BatchNorm and the
+activation stay where they are (so every ``state_dict`` key is unchanged) as
+:class:`FoldedBatchNorm2d` and :class:`FusedActivation`, which pass their input through while
+the fusion is active and otherwise do their usual work.
+
+The fusion is active when the BatchNorm uses its running statistics (eval mode): the
+convolution then runs with the BatchNorm folded into its weight and bias and the activation in
+its epilogue, one kernel instead of three. In training mode the BatchNorm must see batch
+statistics, so the three layers run one after the other, exactly as before. A run without a
+BatchNorm fuses its activation in both modes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilefuse import ops
+from mobilefuse.backends import run_on_backend
+
+# The activation modules a depthwise kernel can take in its epilogue, by exact type.
+FUSABLE_ACTIVATIONS: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
+
+_ACTIVATION_FUNCTIONS = {
+    "relu": F.relu, "relu6": F.relu6, "hardswish": ops.hardswish, "silu": F.silu}
+
+
+class Fusion:
+    """What a depthwise convolution absorbs from the layers after it: a BatchNorm, an activation.
+
+    Not a module: it holds the BatchNorm by reference (it stays registered at its own place in
+    the model) so that its parameters and running statistics are read at call time.
+    """
+
+    def __init__(self, norm: nn.BatchNorm2d | None, activation: str | None) -> None:
+        self.norm = norm
+        self.activation = activation
+        # The last folded weight and bias, reused while no input tensor changed (inference).
+        self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}
+
+    def active(self) -> bool:
+        """Whether the convolution runs the fused form now (the BatchNorm is in eval mode)."""
+        return self.norm is None or not self.norm.training
+
+    def fold(self, weight: torch.Tensor, bias: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution's weight and bias with the BatchNorm's affine map applied."""
+        norm = self.norm
+        if norm is None:
+            return weight, bias
+        tensors = (weight, bias, norm.running_mean, norm.running_var, norm.weight, norm.bias)
+        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not any(
+            t is not None and t.is_inference() for t in tensors)
+        if not cacheable:
+            return self._fold(weight, bias)
+        # Identity and version of every input: any in-place update or new tensor misses.
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None
+                    for t in tensors) + (norm.eps,)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._fold(weight, bias))
+        return self._cache[1]
+
+    def _fold(self, weight: torch.Tensor, bias: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        norm = self.norm
+        # Computed in float32 at least, rounded once to the weight's dtype.
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        scale = torch.rsqrt(norm.running_var.to(dtype) + norm.eps)
+        shift = -norm.running_mean.to(dtype)
+        if bias is not None:
+            shift = shift + bias.to(dtype)
+        if norm.weight is not None:
+            scale = scale * norm.weight.to(dtype)
+        shift = shift * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.to(dtype)
+        folded = weight.to(dtype) * scale.view(-1, 1, 1, 1)
+        return folded.to(weight.dtype), shift.to(weight.dtype)
+
+    def describe(self) -> str:
+        """E.g. ``"batchnorm+relu6 (eval)"``: what is folded, and when."""
+        parts = (["batchnorm"] if self.norm is not None else []) + (
+            [self.activation] if self.activation else [])
+        return "+".join(parts) + (" (eval)" if self.norm is not None else "")
+
+
+class FoldedBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d folded into the depthwise convolution before it (same state, same keys).
+
+    In eval mode the convolution has already applied it, so it passes its input through; in
+    training mode it is an ordinary ``BatchNorm2d`` (batch statistics, running-stat updates).
+    Only meaningful at its place after that convolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in eval mode (already normalized by the convolution), else BatchNorm."""
+        return super().forward(x) if self.training else x
+
+    def extra_repr(self) -> str:
+        """BatchNorm2d's description plus where it went."""
+        return f"{super().extra_repr()}, folded into the depthwise conv in eval mode"
+
+
+class FusedActivation(nn.Module):
+    """An activation run in the epilogue of the depthwise convolution before it.
+
+    Passes its input through while the convolution's :class:`Fusion` is active; otherwise it
+    applies the activation itself (hard-swish through :func:`mobilefuse.ops.hardswish`). The
+    replaced module's attributes (e.g. ``inplace``) are kept; the result is always a new tensor.
+    """
+
+    name: str
+    fusion: Fusion
+    backend: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` while fused, else the activation of ``x``."""
+        if self.fusion.active():
+            return x
+        return run_on_backend(self.backend, _ACTIVATION_FUNCTIONS[self.name], x)
+
+    def extra_repr(self) -> str:
+        """The activation and when it is fused."""
+        when = "in eval mode" if self.fusion.norm is not None else "always"
+        return f"{self.name}, fused into the depthwise conv {when}"

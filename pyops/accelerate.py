@@ -1,0 +1,203 @@
+"""``accelerate()``: swap the submodules mobilefuse can serve for its fused modules; ``restore()``.
+
+The walk is generic over module *types*, never a per-model list: a module is swapped when its
+type is exactly one that mobilefuse serves (``nn.Conv2d`` with ``groups == in == out``,
+``nn.Hardswish``, ``nn.Hardsigmoid``, ``nn.ChannelShuffle``); subclasses are left alone, since
+their ``forward`` may differ. Inside an ``nn.Sequential`` a depthwise convolution followed by
+``BatchNorm2d`` and/or an activation is fused (see :mod:`mobilefuse._fusion`). Swapped modules
+share the original's parameters, buffers and hooks, so ``state_dict`` keys, optimizers and hook
+handles are unaffected; :func:`restore` puts the original classes back.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import torch
+from torch import nn
+
+from mobilefuse import nn as mfnn
+from mobilefuse._fusion import (
+    FUSABLE_ACTIVATIONS,
+    FoldedBatchNorm2d,
+    FusedActivation,
+    Fusion,
+)
+from mobilefuse._swap import clone_as, origin_class, revert
+from mobilefuse.backends import AUTO_ORDER, BACKENDS, FLOAT_DTYPES, unsupported_reasons
+
+__all__ = ["accelerate", "restore"]
+
+# Parameter-free torch.nn modules with an exact mobilefuse equivalent.
+LEAF_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Hardswish: mfnn.HardSwish,
+    nn.Hardsigmoid: mfnn.HardSigmoid,
+    nn.ChannelShuffle: mfnn.ChannelShuffle,
+}
+
+
+def _check_call(model: object, backend: object, fn: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"mobilefuse.{fn}: model must be a torch.nn.Module, "
+                        f"got {type(model).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"mobilefuse.{fn}: backend must be one of {', '.join(BACKENDS)}, "
+                         f"got {backend!r}")
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _backend_gap(device: torch.device, dtype: torch.dtype, backend: str) -> str | None:
+    """Why no fused kernel of ``backend`` runs on this device and dtype, or None."""
+    if backend == "reference":
+        return None
+    names = AUTO_ORDER.get(device.type, ()) if backend == "auto" else (backend,)
+    why = {name: unsupported_reasons(name, device, dtype) for name in names}
+    if any(not reasons for reasons in why.values()):
+        return None
+    return "; ".join(f"{name}: {', '.join(r)}" for name, r in why.items()) or (
+        f"no fused backend serves {device.type} tensors")
+
+
+def conv_gap(conv: nn.Module, backend: str) -> str | None:
+    """Why ``conv`` cannot become a :class:`mobilefuse.nn.DepthwiseConv2d`, or None."""
+    if type(conv) is not nn.Conv2d:
+        return (f"{type(conv).__name__} subclasses nn.Conv2d: its forward may differ"
+                if isinstance(conv, nn.Conv2d) else "not an nn.Conv2d")
+    if conv.groups == 1:
+        return "dense convolution (groups=1): left to the vendor kernel"
+    if conv.groups != conv.in_channels:
+        return f"grouped convolution (groups={conv.groups} < in_channels={conv.in_channels})"
+    if conv.out_channels != conv.in_channels:
+        return f"channel multiplier {conv.out_channels // conv.in_channels}: no fused kernel"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}: the kernels pad with zeros"
+    if conv.padding == "same" and any(
+            d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True)):
+        return "padding='same' with an even kernel span pads one side more"
+    if conv.weight.dtype not in FLOAT_DTYPES:
+        return f"dtype {conv.weight.dtype} is not a float dtype"
+    return _backend_gap(conv.weight.device, conv.weight.dtype, backend)
+
+
+def _norm_gap(norm: nn.Module, conv: nn.Module, shared: Counter[int]) -> str | None:
+    """Why BatchNorm ``norm`` cannot fold into ``conv`` just before it, or None."""
+    if type(norm) is not nn.BatchNorm2d:
+        return "not an nn.BatchNorm2d"
+    if not norm.track_running_stats or norm.running_mean is None:
+        return "track_running_stats=False: it normalizes with batch statistics in eval mode too"
+    if norm.num_features != conv.out_channels:
+        return f"num_features={norm.num_features} != conv channels {conv.out_channels}"
+    return _fusion_gap(norm, shared)
+
+
+def _fusion_gap(module: nn.Module, shared: Counter[int]) -> str | None:
+    if _has_hooks(module):
+        return "it has hooks, which fusing would skip"
+    if shared[id(module)] > 1:
+        return "the same module object appears more than once in the model"
+    return None
+
+
+def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def _fuse_sequential(seq: nn.Sequential, backend: str, shared: Counter[int]) -> None:
+    """Fuse every ``depthwise conv → [BatchNorm2d] → [activation]`` run among seq's children."""
+    items = list(seq._modules.items())
+    i = 0
+    while i < len(items):
+        name, conv = items[i]
+        i += 1
+        if conv is None or conv_gap(conv, backend) or _fusion_gap(conv, shared):
+            continue
+        norm_item = act_item = None
+        if i < len(items) and items[i][1] is not None and not _norm_gap(items[i][1], conv, shared):
+            norm_item = items[i]
+            i += 1
+        if (i < len(items) and type(items[i][1]) in FUSABLE_ACTIVATIONS
+                and not _fusion_gap(items[i][1], shared)):
+            act_item = items[i]
+            i += 1
+        if norm_item is None and act_item is None:
+            continue
+        norm = None
+        if norm_item is not None:
+            norm = clone_as(norm_item[1], FoldedBatchNorm2d)
+            seq._modules[norm_item[0]] = norm
+        fusion = Fusion(norm, None if act_item is None else FUSABLE_ACTIVATIONS[type(act_item[1])])
+        if act_item is not None:
+            seq._modules[act_item[0]] = clone_as(act_item[1], FusedActivation,
+                                                 name=fusion.activation, fusion=fusion,
+                                                 backend=backend)
+        fused_conv = mfnn.DepthwiseConv2d.from_conv(conv)
+        fused_conv.fusion, fused_conv.backend = fusion, backend
+        seq._modules[name] = fused_conv
+
+
+def _swap_leaf(module: nn.Module, backend: str, dtype: torch.dtype,
+               device: torch.device) -> nn.Module | None:
+    """The fused replacement of ``module`` on its own, or None."""
+    if type(module) is nn.Conv2d and conv_gap(module, backend) is None:
+        new = mfnn.DepthwiseConv2d.from_conv(module)
+    elif type(module) in LEAF_SWAPS and _backend_gap(device, dtype, backend) is None:
+        new = clone_as(module, LEAF_SWAPS[type(module)])
+    else:
+        return None
+    new.backend = backend
+    return new
+
+
+def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False) -> nn.Module:
+    """Swap every submodule mobilefuse can serve for its fused module; leave the rest as is.
+
+    Args:
+        model: any ``nn.Module`` (a torch.nn, torchvision, timm or mobilefuse.models model).
+        backend: the backend the swapped modules run on: ``"auto"`` follows
+            :func:`mobilefuse.set_backend` at call time; a name pins it. A module whose fused
+            kernel cannot run on its parameters' device and dtype under ``backend`` is kept.
+        inplace: modify ``model`` itself instead of a deep copy of it.
+
+    Returns:
+        The accelerated model. Parameters, buffers, ``state_dict`` keys, hooks and train/eval
+        mode are those of ``model``; outputs match within DESIGN's tolerances. In eval mode a
+        depthwise conv followed by BatchNorm2d and an activation inside an ``nn.Sequential``
+        runs as one kernel. :func:`mobilefuse.accelerate_report` lists what was swapped and
+        why the rest was not; :func:`restore` undoes it.
+    """
+    _check_call(model, backend, "accelerate")
+    if not inplace:
+        model = copy.deepcopy(model)
+    dtype, device = _model_dtype_device(model)
+    shared = Counter(id(m) for m in model.modules(remove_duplicate=False))
+    for module in list(model.modules()):
+        if type(module) is nn.Sequential or (isinstance(module, nn.Sequential)
+                                             and type(module).forward is nn.Sequential.forward):
+            _fuse_sequential(module, backend, shared)
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            new = None if child is None else _swap_leaf(child, backend, dtype, device)
+            if new is not None:
+                module._modules[name] = new
+    root = _swap_leaf(model, backend, dtype, device)
+    return model if root is None else root
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undo :func:`accelerate` in place: every swapped module becomes its original class again,
+    around its current parameters, buffers, hooks and mode. Returns the model (the root itself
+    is replaced when it was swapped)."""
+    _check_call(model, "auto", "restore")
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            if child is not None and origin_class(child) is not None:
+                module._modules[name] = revert(child)
+    return revert(model) if origin_class(model) is not None else model

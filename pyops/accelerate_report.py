@@ -1,0 +1,118 @@
+"""``accelerate_report()``: what :func:`mobilefuse.accelerate` swapped in a model, what it left
+and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from mobilefuse import nn as mfnn
+from mobilefuse._fusion import FUSABLE_ACTIVATIONS, FoldedBatchNorm2d, FusedActivation
+from mobilefuse._swap import origin_class
+from mobilefuse.accelerate import LEAF_SWAPS, _check_call, accelerate, conv_gap
+
+__all__ = ["AccelerateReport", "ReportRow", "accelerate_report"]
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One leaf module: where it is, what it was and is, and why.
+
+    ``status`` is ``"swapped"`` (now a mobilefuse module), ``"would swap"`` (accelerate() has
+    not run on it but would swap it) or ``"kept"`` (``detail`` says why).
+    """
+
+    path: str
+    original: str
+    current: str
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class AccelerateReport:
+    """The rows of :func:`accelerate_report`, one per leaf module; ``str()`` is a table."""
+
+    rows: tuple[ReportRow, ...]
+
+    def count(self, status: str) -> int:
+        """How many rows have this status."""
+        return sum(row.status == status for row in self.rows)
+
+    def __str__(self) -> str:
+        head = ("module", "was", "now", "status", "detail")
+        cells = [head] + [(r.path or "(root)", r.original, r.current, r.status, r.detail)
+                          for r in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  "
+                 + row[4] for row in cells]
+        lines.insert(1, "-" * len(lines[0]))
+        summary = ", ".join(f"{self.count(s)} {s}" for s in ("swapped", "would swap", "kept"))
+        return "\n".join(lines + [f"{len(self.rows)} modules: {summary}"])
+
+
+def _swapped_detail(module: nn.Module) -> str:
+    if isinstance(module, FoldedBatchNorm2d):
+        return "folded into the depthwise conv before it (eval mode)"
+    if isinstance(module, FusedActivation):
+        when = "in eval mode" if module.fusion.norm is not None else "always"
+        return f"{module.name} runs in the depthwise conv's epilogue {when}"
+    fusion = getattr(module, "fusion", None)
+    detail = "fused kernel" if fusion is None else f"fused kernel + {fusion.describe()}"
+    backend = getattr(module, "backend", "auto")
+    return detail if backend == "auto" else f"{detail}, backend={backend!r}"
+
+
+def _kept_reason(module: nn.Module) -> str:
+    """Why accelerate() leaves ``module`` as it is."""
+    kind = type(module)
+    if isinstance(module, (mfnn.DepthwiseConv2d, mfnn.HardSwish, mfnn.HardSigmoid,
+                           mfnn.ChannelShuffle)):
+        return "already a mobilefuse module"
+    if isinstance(module, nn.Conv2d):
+        return conv_gap(module, "auto") or "no fused backend takes it"
+    if kind is nn.BatchNorm2d:
+        if not module.track_running_stats:
+            return "track_running_stats=False: batch statistics in eval mode too"
+        return ("folds only right after a depthwise conv in an nn.Sequential, without hooks")
+    if kind in FUSABLE_ACTIVATIONS:
+        return ("fuses only right after a depthwise conv (and its BatchNorm) in an "
+                "nn.Sequential, without hooks")
+    if kind in LEAF_SWAPS:
+        return "no fused backend takes the model's device and dtype"
+    return f"no mobilefuse kernel for {kind.__name__}"
+
+
+def accelerate_report(model: nn.Module, *, show: bool = True) -> AccelerateReport:
+    """What :func:`mobilefuse.accelerate` swapped in ``model`` and why the rest was kept.
+
+    Works on any model: on one not yet accelerated, rows say ``"would swap"`` for what
+    ``accelerate()`` would take. One row per leaf module (containers are left out). Reasons are
+    given for the ``"auto"`` backend.
+
+    Args:
+        model: an ``nn.Module``.
+        show: print the table.
+    """
+    _check_call(model, "auto", "accelerate_report")
+    # What accelerate() would do to the modules not yet swapped: ask it, on a copy.
+    trial = dict(accelerate(model).named_modules())
+    rows = []
+    for path, module in model.named_modules():
+        if module._modules:
+            continue
+        name = type(module).__name__
+        origin = origin_class(module)
+        if origin is not None:
+            rows.append(ReportRow(path, origin.__name__, name, "swapped",
+                                  _swapped_detail(module)))
+        elif path in trial and origin_class(trial[path]) is not None:
+            rows.append(ReportRow(path, name, type(trial[path]).__name__, "would swap",
+                                  _swapped_detail(trial[path])))
+        else:
+            rows.append(ReportRow(path, name, name, "kept", _kept_reason(module)))
+    report = AccelerateReport(tuple(rows))
+    if show:
+        print(report)
+    return report
