@@ -1,0 +1,80 @@
+"""accelerate() on torchvision's and timm's efficient nets: same outputs, gradients, state."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import FORWARD_TOL, assert_close_to_reference
+from test_accelerate import assert_grads_close
+from torch import nn
+from vision_models import timm_or_skip, torchvision_or_skip
+
+import mobilefuse
+
+TORCHVISION = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0",
+               "shufflenet_v2_x0_5"]
+TIMM = ["efficientnet_b0", "mobilenetv3_large_100", "mobilenetv3_small_050"]
+
+
+def build(source: str, name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if source == "torchvision":
+        return getattr(torchvision_or_skip().models, name)()
+    return timm_or_skip().create_model(name)
+
+
+def randomize_batchnorm(model: nn.Module) -> None:
+    """Running statistics away from their (0, 1) defaults, so folding them is really tested."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+
+
+CASES = [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM]
+
+
+@pytest.mark.parametrize("source,name", CASES, ids=[f"{s}-{n}" for s, n in CASES])
+def test_eval_outputs_and_state_match(source, name):
+    model = build(source, name).eval()
+    randomize_batchnorm(model)
+    reference = copy.deepcopy(model).double()
+    fast = mobilefuse.accelerate(model)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    depthwise = [m for m in fast.modules()
+                 if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
+    assert depthwise and all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in depthwise)
+    if source == "torchvision":
+        # Their depthwise conv, BatchNorm and activation sit in one Sequential: all folded.
+        assert all(m.fusion is not None and m.fusion.norm is not None for m in depthwise)
+    x = torch.randn(2, 3, 80, 72)
+    with torch.no_grad():
+        assert_close_to_reference(fast(x), reference(x.double()), FORWARD_TOL[torch.float32],
+                                  f"{source} {name}")
+    restored = mobilefuse.restore(fast)
+    assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("source,name", [("torchvision", "mobilenet_v3_small"),
+                                         ("torchvision", "efficientnet_b0"),
+                                         ("timm", "mobilenetv3_small_050")],
+                         ids=["torchvision-mobilenet_v3_small", "torchvision-efficientnet_b0",
+                              "timm-mobilenetv3_small_050"])
+def test_training_step_matches(source, name):
+    model = build(source, name).train()
+    # Dropout and stochastic depth draw the same masks in both models from the same seed.
+    reference = copy.deepcopy(model).double()
+    fast = mobilefuse.accelerate(model)
+    x = torch.randn(3, 3, 64, 64)
+    torch.manual_seed(1)
+    out = fast(x)
+    torch.manual_seed(1)
+    expected = reference(x.double())
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "train output")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad.double())
+    assert_grads_close(fast, reference)
