@@ -85,18 +85,22 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["mobilefuse", "mobilefuse.bench", "mobilefuse.kernels", "mobilefuse.models"],
+    packages=["mobilefuse", "mobilefuse.bench", "mobilefuse.kernels", "mobilefuse.models",
+              "mobilefuse.report"],
     package_dir={
         "mobilefuse": "pyops",
         "mobilefuse.bench": "pyops/bench",
+        "mobilefuse.report": "pyops/report",
         "mobilefuse.kernels": "kernels",
         "mobilefuse.models": "models",
     },
+    package_data={"mobilefuse.report": ["published_top1.csv"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
     install_requires=["torch>=2.11", "numpy"],
     extras_require={
         "triton": ["triton>=3.6"],
+        "report": ["matplotlib", "tqdm"],
         "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.6", "ruff"],
     },
 )

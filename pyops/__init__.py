@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 
-from mobilefuse import nn, ops, reference
+from mobilefuse import analysis, nn, ops, reference
 from mobilefuse._extension import EXTENSION_ERROR, build_info, has_extension
 from mobilefuse.accelerate import accelerate, restore
 from mobilefuse.accelerate_report import AccelerateReport, accelerate_report
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccelerateReport", "accelerate", "accelerate_report", "restore",
     "BACKENDS", "available_backends", "backend_status", "build_info", "get_backend",
-    "has_extension", "nn", "ops", "reference", "set_backend", "use_backend",
+    "analysis", "has_extension", "nn", "ops", "reference", "set_backend", "use_backend",
 ]
 
 if EXTENSION_ERROR is not None:

@@ -1,0 +1,7 @@
+"""``python -m mobilefuse.report``."""
+
+import sys
+
+from mobilefuse.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""What the efficiency report measures for one model: size, work, memory and latency."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mobilefuse.bench.timing import Timing, time_fn
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter elements (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward pass as ``torch.utils.flop_counter`` counts them (2 per multiply-add
+    of convolutions and matrix products; elementwise work, BatchNorm and pooling are not
+    counted, as in the papers' multiply-add figures).
+
+    Runs on the meta device (a model built there, or a copy moved there): no memory, no
+    arithmetic.
+    """
+    on_meta = all(p.is_meta for p in model.parameters())
+    meta_model = (model if on_meta else copy.deepcopy(model).to("meta")).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta_model(torch.empty(input_shape, device="meta"))
+    return int(counter.get_total_flops())
+
+
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps from a training-mode forward pass for the backward:
+    the activation memory of a training step, parameters excluded, each storage counted once.
+
+    The model is run on a copy (its BatchNorm running statistics are not touched).
+    """
+    model = copy.deepcopy(model).train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr and ptr not in weights:
+            saved[ptr] = max(saved.get(ptr, 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(saved.values())
+
+
+def inference_latency(model: nn.Module, x: torch.Tensor, reps: int,
+                      warmup_s: float = 0.3) -> Timing:
+    """Forward latency in eval mode under ``torch.inference_mode`` (device clock for CUDA)."""
+    model = model.eval()
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    return time_fn(run, x.device, reps, warmup_s)

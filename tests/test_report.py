@@ -1,0 +1,64 @@
+"""The efficiency report: its measurements on models with known answers, and its files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+from torch import nn
+
+from mobilefuse.bench.report import environment
+from mobilefuse.report import ModelEntry, measure_models, published_top1, write_outputs
+from mobilefuse.report.measure import activation_bytes, count_flops, count_parameters
+
+
+def test_published_accuracies_name_their_sources():
+    data = published_top1()
+    assert {"mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
+            "resnet50", "mobilenet_v1"} <= data.keys()
+    assert all(0 < p.top1 < 100 and p.source.strip() for p in data.values())
+    assert data["mobilenet_v2"].top1 == 71.878
+
+
+def small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8),
+                         nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+def test_flops_count_convolutions_and_matmuls():
+    macs = 9 * 3 * 8 * 16 * 16 + 9 * 8 * 16 * 16 + 8 * 5
+    assert count_flops(small_net(), (1, 3, 16, 16)) == 2 * macs
+    with torch.device("meta"):
+        meta = small_net()
+    assert count_flops(meta, (2, 3, 16, 16)) == 4 * macs
+
+
+def test_parameters_and_activation_bytes():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    assert count_parameters(model) == 3 * 4 * 9 + 4
+    x = torch.randn(2, 3, 10, 10)
+    # The convolution keeps its input, ReLU its output; the weights are not activations.
+    assert activation_bytes(model, x) == x.nbytes + 2 * 4 * 10 * 10 * 4
+
+
+def test_report_files(tmp_path):
+    entries = [ModelEntry("mobilenet_v2", small_net, 20), ModelEntry("custom_net", small_net, 12)]
+    results = measure_models(entries, torch.device("cpu"), batch=2, dtype=torch.float32, reps=2,
+                             progress=False)
+    assert [r.model for r in results] == ["mobilenet_v2", "custom_net"]
+    assert results[0].top1 == 71.878 and results[1].top1 is None
+    assert results[0].swapped_modules == 3  # depthwise conv with its BatchNorm and Hardswish
+    assert all(r.eager_ms > 0 and r.accelerated_ms > 0 for r in results)
+    files = write_outputs(results, tmp_path, environment(torch.device("cpu")), 2, "float32")
+    rows = list(csv.DictReader(files["csv"].open()))
+    assert [row["model"] for row in rows] == ["mobilenet_v2", "custom_net"]
+    assert int(rows[1]["macs"]) == results[1].macs
+    payload = json.loads(files["json"].read_text())
+    assert payload["models"][0]["params"] == count_parameters(small_net())
+    assert "torch_version" in payload["environment"]
+    markdown = files["markdown"].read_text()
+    assert "| mobilenet_v2 | 20 |" in markdown and "Top-1 sources:" in markdown
+    for key in ("accuracy_vs_flops", "accuracy_vs_params", "speedup"):
+        assert files[key].read_bytes()[:4] == b"\x89PNG", key
