@@ -1,4 +1,4 @@
-"""Folding a BatchNorm and an activation into the depthwise convolution before them.
+"""Folding a BatchNorm and an activation into the convolution before them.
 
 ``accelerate()`` finds runs ``depthwise conv → BatchNorm2d → activation`` (BatchNorm or
 activation optional) inside an ``nn.Sequential``. The convolution becomes a
@@ -12,6 +12,11 @@ convolution then runs with the BatchNorm folded into its weight and bias and the
 its epilogue, one kernel instead of three. In training mode the BatchNorm must see batch
 statistics, so the three layers run one after the other, exactly as before. A run without a
 BatchNorm fuses its activation in both modes.
+
+Other convolutions (dense, grouped) followed by a BatchNorm become :class:`FoldedConv2d`: in
+eval mode the vendor convolution runs with the BatchNorm folded into its weight and bias and the
+activation applied in place on its fresh output (when no gradient is recorded), which saves the
+BatchNorm's and the activation's passes over memory.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ FUSABLE_ACTIVATIONS: dict[type[nn.Module], str] = {
 
 _ACTIVATION_FUNCTIONS = {
     "relu": F.relu, "relu6": F.relu6, "hardswish": ops.hardswish, "silu": F.silu}
+# In-place forms, for a tensor nothing else refers to and no gradient is recorded for.
+_INPLACE_ACTIVATIONS = {
+    "relu": torch.relu_, "relu6": lambda y: F.relu6(y, inplace=True),
+    "hardswish": lambda y: F.hardswish(y, inplace=True), "silu": lambda y: F.silu(y, inplace=True)}
 
 
 class Fusion:
@@ -94,7 +103,7 @@ class Fusion:
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d folded into the depthwise convolution before it (same state, same keys).
+    """A BatchNorm2d folded into the convolution before it (same state, same keys).
 
     In eval mode the convolution has already applied it, so it passes its input through; in
     training mode it is an ordinary ``BatchNorm2d`` (batch statistics, running-stat updates).
@@ -107,11 +116,11 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         """BatchNorm2d's description plus where it went."""
-        return f"{super().extra_repr()}, folded into the depthwise conv in eval mode"
+        return f"{super().extra_repr()}, folded into the conv before it in eval mode"
 
 
 class FusedActivation(nn.Module):
-    """An activation run in the epilogue of the depthwise convolution before it.
+    """An activation run by the convolution before it (in a depthwise kernel's epilogue).
 
     Passes its input through while the convolution's :class:`Fusion` is active; otherwise it
     applies the activation itself (hard-swish through :func:`mobilefuse.ops.hardswish`). The
@@ -131,4 +140,33 @@ class FusedActivation(nn.Module):
     def extra_repr(self) -> str:
         """The activation and when it is fused."""
         when = "in eval mode" if self.fusion.norm is not None else "always"
-        return f"{self.name}, fused into the depthwise conv {when}"
+        return f"{self.name}, fused into the conv before it {when}"
+
+
+class FoldedConv2d(nn.Conv2d):
+    """A (dense or grouped) ``nn.Conv2d`` with the BatchNorm after it folded in, in eval mode.
+
+    Same parameters and ``state_dict`` keys as the convolution it replaces. While its
+    :class:`Fusion` is active it runs the vendor convolution with the folded weight and bias and
+    then the fused activation (in place when no gradient is recorded); otherwise it is a plain
+    ``nn.Conv2d``.
+    """
+
+    fusion: Fusion
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution, with BatchNorm and activation folded in while the fusion is active."""
+        if not self.fusion.active():
+            return super().forward(x)
+        weight, bias = self.fusion.fold(self.weight, self.bias)
+        y = self._conv_forward(x, weight, bias)
+        name = self.fusion.activation
+        if name is None:
+            return y
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return _ACTIVATION_FUNCTIONS[name](y)
+        return _INPLACE_ACTIVATIONS[name](y)
+
+    def extra_repr(self) -> str:
+        """nn.Conv2d's description plus what is folded into it."""
+        return f"{super().extra_repr()}, fused={self.fusion.describe()!r}"

@@ -21,6 +21,7 @@ from mobilefuse import nn as mfnn
 from mobilefuse._fusion import (
     FUSABLE_ACTIVATIONS,
     FoldedBatchNorm2d,
+    FoldedConv2d,
     FusedActivation,
     Fusion,
 )
@@ -111,18 +112,22 @@ def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 
 def _fuse_sequential(seq: nn.Sequential, backend: str, shared: Counter[int]) -> None:
-    """Fuse every ``depthwise conv → [BatchNorm2d] → [activation]`` run among seq's children."""
+    """Fuse every ``conv → [BatchNorm2d] → [activation]`` run among seq's children: depthwise
+    convolutions with either or both, other convolutions only when a BatchNorm follows."""
     items = list(seq._modules.items())
     i = 0
     while i < len(items):
         name, conv = items[i]
         i += 1
-        if conv is None or conv_gap(conv, backend) or _fusion_gap(conv, shared):
+        if type(conv) is not nn.Conv2d or _fusion_gap(conv, shared):
             continue
+        depthwise = conv_gap(conv, backend) is None
         norm_item = act_item = None
         if i < len(items) and items[i][1] is not None and not _norm_gap(items[i][1], conv, shared):
             norm_item = items[i]
             i += 1
+        elif not depthwise:
+            continue
         if (i < len(items) and type(items[i][1]) in FUSABLE_ACTIVATIONS
                 and not _fusion_gap(items[i][1], shared)):
             act_item = items[i]
@@ -138,8 +143,11 @@ def _fuse_sequential(seq: nn.Sequential, backend: str, shared: Counter[int]) -> 
             seq._modules[act_item[0]] = clone_as(act_item[1], FusedActivation,
                                                  name=fusion.activation, fusion=fusion,
                                                  backend=backend)
-        fused_conv = mfnn.DepthwiseConv2d.from_conv(conv)
-        fused_conv.fusion, fused_conv.backend = fusion, backend
+        if depthwise:
+            fused_conv = mfnn.DepthwiseConv2d.from_conv(conv)
+            fused_conv.fusion, fused_conv.backend = fusion, backend
+        else:
+            fused_conv = clone_as(conv, FoldedConv2d, fusion=fusion)
         seq._modules[name] = fused_conv
 
 
@@ -170,7 +178,8 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
         The accelerated model. Parameters, buffers, ``state_dict`` keys, hooks and train/eval
         mode are those of ``model``; outputs match within DESIGN's tolerances. In eval mode a
         depthwise conv followed by BatchNorm2d and an activation inside an ``nn.Sequential``
-        runs as one kernel. :func:`mobilefuse.accelerate_report` lists what was swapped and
+        runs as one kernel, and any other conv followed by BatchNorm2d runs with the BatchNorm
+        folded into it. :func:`mobilefuse.accelerate_report` lists what was swapped and
         why the rest was not; :func:`restore` undoes it.
     """
     _check_call(model, backend, "accelerate")

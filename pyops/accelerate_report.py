@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from mobilefuse import nn as mfnn
-from mobilefuse._fusion import FUSABLE_ACTIVATIONS, FoldedBatchNorm2d, FusedActivation
+from mobilefuse._fusion import (
+    FUSABLE_ACTIVATIONS,
+    FoldedBatchNorm2d,
+    FoldedConv2d,
+    FusedActivation,
+)
 from mobilefuse._swap import origin_class
 from mobilefuse.accelerate import LEAF_SWAPS, _check_call, accelerate, conv_gap
 
@@ -54,10 +59,12 @@ class AccelerateReport:
 
 def _swapped_detail(module: nn.Module) -> str:
     if isinstance(module, FoldedBatchNorm2d):
-        return "folded into the depthwise conv before it (eval mode)"
+        return "folded into the conv before it (eval mode)"
     if isinstance(module, FusedActivation):
         when = "in eval mode" if module.fusion.norm is not None else "always"
-        return f"{module.name} runs in the depthwise conv's epilogue {when}"
+        return f"{module.name} runs in the conv before it {when}"
+    if isinstance(module, FoldedConv2d):
+        return f"vendor convolution + {module.fusion.describe()} folded"
     fusion = getattr(module, "fusion", None)
     detail = "fused kernel" if fusion is None else f"fused kernel + {fusion.describe()}"
     backend = getattr(module, "backend", "auto")
@@ -75,9 +82,9 @@ def _kept_reason(module: nn.Module) -> str:
     if kind is nn.BatchNorm2d:
         if not module.track_running_stats:
             return "track_running_stats=False: batch statistics in eval mode too"
-        return ("folds only right after a depthwise conv in an nn.Sequential, without hooks")
+        return "folds only right after an nn.Conv2d in an nn.Sequential, without hooks"
     if kind in FUSABLE_ACTIVATIONS:
-        return ("fuses only right after a depthwise conv (and its BatchNorm) in an "
+        return ("fuses only right after a depthwise conv, or a conv and its BatchNorm, in an "
                 "nn.Sequential, without hooks")
     if kind in LEAF_SWAPS:
         return "no fused backend takes the model's device and dtype"

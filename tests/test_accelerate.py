@@ -12,7 +12,7 @@ from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference
 from torch import nn
 
 import mobilefuse
-from mobilefuse._fusion import FoldedBatchNorm2d, FusedActivation
+from mobilefuse._fusion import FoldedBatchNorm2d, FoldedConv2d, FusedActivation
 
 
 class ConvNormAct(nn.Sequential):
@@ -78,19 +78,21 @@ def depthwise_convs(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
 
 
-def test_eval_swaps_and_folds_every_depthwise_run():
+def test_eval_swaps_and_folds_every_conv_batchnorm_run():
     fast = mobilefuse.accelerate(tiny_net().eval())
     convs = depthwise_convs(fast)
     assert len(convs) == 4 and all(type(c) is mobilefuse.nn.DepthwiseConv2d for c in convs)
     assert [c.fusion.describe() for c in convs] == [
         "batchnorm+relu6 (eval)", "batchnorm+hardswish (eval)", "batchnorm+silu (eval)", "relu"]
-    assert sum(isinstance(m, FoldedBatchNorm2d) for m in fast.modules()) == 3
-    assert sum(isinstance(m, FusedActivation) for m in fast.modules()) == 4
-    # Dense convolutions, their BatchNorms and activations are left as they were.
-    assert type(fast[1].conv[0][0]) is nn.Conv2d and type(fast[1].conv[0][1]) is nn.BatchNorm2d
-    assert type(fast[0][2]) is mobilefuse.nn.HardSwish
+    # Dense convolutions fold their BatchNorm (and activation) too, on the vendor kernel.
+    dense = [m for m in fast.modules() if isinstance(m, FoldedConv2d)]
+    assert len(dense) == 7 and all(m.groups == 1 for m in dense)
+    assert sum(isinstance(m, FoldedBatchNorm2d) for m in fast.modules()) == 10
+    assert sum(isinstance(m, FusedActivation) for m in fast.modules()) == 8
+    assert type(fast[1].conv[0][1]) is FoldedBatchNorm2d and type(fast[0][2]) is FusedActivation
     assert type(fast[5]) is mobilefuse.nn.ChannelShuffle
     assert type(fast[9]) is mobilefuse.nn.HardSigmoid
+    assert type(fast[8]) is nn.Linear
     assert "fused='batchnorm+relu6 (eval)'" in repr(fast)
 
 
@@ -268,16 +270,16 @@ def test_report_counts_and_table(capsys):
     before = mobilefuse.accelerate_report(model)
     printed = capsys.readouterr().out
     assert printed.startswith("module") and "would swap" in printed
-    assert before.count("swapped") == 0 and before.count("would swap") == 15
+    assert before.count("swapped") == 0 and before.count("would swap") == 31
     after = mobilefuse.accelerate_report(mobilefuse.accelerate(model), show=False)
-    assert after.count("swapped") == 15 and after.count("would swap") == 0
-    assert after.count("kept") == before.count("kept") == len(after.rows) - 15
+    assert after.count("swapped") == 31 and after.count("would swap") == 0
+    assert after.count("kept") == before.count("kept") == len(after.rows) - 31
     rows = {row.path: row for row in after.rows}
     assert rows["1.conv.1.0"].original == "Conv2d"
     assert rows["1.conv.1.0"].current == "DepthwiseConv2d"
     assert "batchnorm+relu6" in rows["1.conv.1.0"].detail
     assert rows["8"].status == "kept" and "Linear" in rows["8"].detail
-    assert f"{len(after.rows)} modules: 15 swapped" in str(after)
+    assert f"{len(after.rows)} modules: 31 swapped" in str(after)
 
 
 def test_accelerating_twice_changes_nothing_more():
