@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilefuse import ops
+from mobilefuse._swap import origin_class
 from mobilefuse.backends import run_on_backend
 
 # The activation modules a depthwise kernel can take in its epilogue, by exact type.
@@ -111,8 +112,11 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in eval mode (already normalized by the convolution), else BatchNorm."""
-        return super().forward(x) if self.training else x
+        """``x`` in eval mode (already applied by the convolution), else the replaced module's
+        own forward (BatchNorm2d, or e.g. timm's BatchNormAct2d with its activation)."""
+        if not self.training:
+            return x
+        return origin_class(self).forward(self, x)
 
     def extra_repr(self) -> str:
         """BatchNorm2d's description plus where it went."""

@@ -25,6 +25,7 @@ from mobilefuse._fusion import (
     FusedActivation,
     Fusion,
 )
+from mobilefuse._graph_runs import child_chains
 from mobilefuse._swap import clone_as, origin_class, revert
 from mobilefuse.backends import AUTO_ORDER, BACKENDS, FLOAT_DTYPES, unsupported_reasons
 
@@ -85,10 +86,33 @@ def conv_gap(conv: nn.Module, backend: str) -> str | None:
     return _backend_gap(conv.weight.device, conv.weight.dtype, backend)
 
 
+def _is_timm_batchnorm_act(module: nn.Module) -> bool:
+    # timm's BatchNormAct2d: a BatchNorm2d followed by its own `drop` and `act` children.
+    kind = type(module)
+    return kind.__name__ == "BatchNormAct2d" and kind.__module__.startswith("timm.")
+
+
+def _norm_activation(norm: nn.Module) -> tuple[str | None, str | None]:
+    """(why ``norm`` cannot fold at all or None, the activation it applies itself or None)."""
+    if type(norm) is nn.BatchNorm2d:
+        return None, None
+    if not _is_timm_batchnorm_act(norm):
+        return "not an nn.BatchNorm2d", None
+    if type(norm.drop) is not nn.Identity:
+        return "its dropout cannot fold", None
+    if type(norm.act) is nn.Identity:
+        return None, None
+    name = FUSABLE_ACTIVATIONS.get(type(norm.act))
+    if name is None:
+        return f"its activation {type(norm.act).__name__} has no fused kernel", None
+    return None, name
+
+
 def _norm_gap(norm: nn.Module, conv: nn.Module, shared: Counter[int]) -> str | None:
     """Why BatchNorm ``norm`` cannot fold into ``conv`` just before it, or None."""
-    if type(norm) is not nn.BatchNorm2d:
-        return "not an nn.BatchNorm2d"
+    gap, _ = _norm_activation(norm)
+    if gap is not None:
+        return gap
     if not norm.track_running_stats or norm.running_mean is None:
         return "track_running_stats=False: it normalizes with batch statistics in eval mode too"
     if norm.num_features != conv.out_channels:
@@ -111,44 +135,73 @@ def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return torch.get_default_dtype(), torch.device("cpu")
 
 
+def _fuse_run(parent: nn.Module, conv_name: str, norm_name: str | None, act_name: str | None,
+              backend: str) -> None:
+    """Fuse ``parent``'s children ``conv → norm → act`` (norm or act None: absent)."""
+    conv = parent._modules[conv_name]
+    norm = activation = None
+    if norm_name is not None:
+        source = parent._modules[norm_name]
+        activation = _norm_activation(source)[1]
+        norm = clone_as(source, FoldedBatchNorm2d)
+        parent._modules[norm_name] = norm
+    if act_name is not None:
+        activation = FUSABLE_ACTIVATIONS[type(parent._modules[act_name])]
+    fusion = Fusion(norm, activation)
+    if act_name is not None:
+        parent._modules[act_name] = clone_as(parent._modules[act_name], FusedActivation,
+                                             name=activation, fusion=fusion, backend=backend)
+    if conv_gap(conv, backend) is None:
+        fused = mfnn.DepthwiseConv2d.from_conv(conv)
+        fused.fusion, fused.backend = fusion, backend
+    else:
+        fused = clone_as(conv, FoldedConv2d, fusion=fusion)
+    parent._modules[conv_name] = fused
+
+
+def _plan_run(conv: nn.Module, norm: nn.Module | None, act: nn.Module | None, backend: str,
+              shared: Counter[int]) -> tuple[bool, bool]:
+    """Which of ``norm`` and ``act`` (the modules ``conv``'s output flows through next) fuse
+    into ``conv``: depthwise convolutions take either or both, others need the norm."""
+    if type(conv) is not nn.Conv2d or _fusion_gap(conv, shared):
+        return False, False
+    take_norm = norm is not None and _norm_gap(norm, conv, shared) is None
+    if not take_norm and conv_gap(conv, backend) is not None:
+        return False, False
+    inner = _norm_activation(norm)[1] if take_norm else None
+    take_act = (inner is None and type(act) in FUSABLE_ACTIVATIONS
+                and _fusion_gap(act, shared) is None)
+    return take_norm, take_act
+
+
+def _fuse_chain(parent: nn.Module, names: list[str | None], backend: str,
+                shared: Counter[int]) -> int:
+    """Fuse ``names[0]`` (a conv) with what follows it in ``names``; returns how many of the
+    following modules it took."""
+    conv, first, second = (None if n is None else parent._modules[n] for n in names)
+    take_norm, take_act = _plan_run(conv, first, second, backend, shared)
+    if take_norm:
+        _fuse_run(parent, names[0], names[1], names[2] if take_act else None, backend)
+        return 1 + take_act
+    _, take_act = _plan_run(conv, None, first, backend, shared)
+    if take_act:
+        _fuse_run(parent, names[0], None, names[1], backend)
+    return int(take_act)
+
+
 def _fuse_sequential(seq: nn.Sequential, backend: str, shared: Counter[int]) -> None:
-    """Fuse every ``conv → [BatchNorm2d] → [activation]`` run among seq's children: depthwise
-    convolutions with either or both, other convolutions only when a BatchNorm follows."""
-    items = list(seq._modules.items())
+    """Fuse every ``conv → [BatchNorm] → [activation]`` run among seq's children."""
+    names: list[str | None] = [n for n, m in seq._modules.items() if m is not None]
     i = 0
-    while i < len(items):
-        name, conv = items[i]
-        i += 1
-        if type(conv) is not nn.Conv2d or _fusion_gap(conv, shared):
-            continue
-        depthwise = conv_gap(conv, backend) is None
-        norm_item = act_item = None
-        if i < len(items) and items[i][1] is not None and not _norm_gap(items[i][1], conv, shared):
-            norm_item = items[i]
-            i += 1
-        elif not depthwise:
-            continue
-        if (i < len(items) and type(items[i][1]) in FUSABLE_ACTIVATIONS
-                and not _fusion_gap(items[i][1], shared)):
-            act_item = items[i]
-            i += 1
-        if norm_item is None and act_item is None:
-            continue
-        norm = None
-        if norm_item is not None:
-            norm = clone_as(norm_item[1], FoldedBatchNorm2d)
-            seq._modules[norm_item[0]] = norm
-        fusion = Fusion(norm, None if act_item is None else FUSABLE_ACTIVATIONS[type(act_item[1])])
-        if act_item is not None:
-            seq._modules[act_item[0]] = clone_as(act_item[1], FusedActivation,
-                                                 name=fusion.activation, fusion=fusion,
-                                                 backend=backend)
-        if depthwise:
-            fused_conv = mfnn.DepthwiseConv2d.from_conv(conv)
-            fused_conv.fusion, fused_conv.backend = fusion, backend
-        else:
-            fused_conv = clone_as(conv, FoldedConv2d, fusion=fusion)
-        seq._modules[name] = fused_conv
+    while i < len(names):
+        window = (names[i:i + 3] + [None, None])[:3]
+        i += 1 + _fuse_chain(seq, window, backend, shared)
+
+
+def _fuse_traced(parent: nn.Module, backend: str, shared: Counter[int]) -> None:
+    """Fuse the runs that ``parent.forward`` itself wires up among its children."""
+    for chain in child_chains(parent):
+        _fuse_chain(parent, list(chain), backend, shared)
 
 
 def _swap_leaf(module: nn.Module, backend: str, dtype: torch.dtype,
@@ -191,6 +244,8 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
         if type(module) is nn.Sequential or (isinstance(module, nn.Sequential)
                                              and type(module).forward is nn.Sequential.forward):
             _fuse_sequential(module, backend, shared)
+        elif any(type(child) is nn.Conv2d for child in module.children()):
+            _fuse_traced(module, backend, shared)
     for module in list(model.modules()):
         for name, child in list(module._modules.items()):
             new = None if child is None else _swap_leaf(child, backend, dtype, device)
@@ -205,7 +260,9 @@ def restore(model: nn.Module) -> nn.Module:
     around its current parameters, buffers, hooks and mode. Returns the model (the root itself
     is replaced when it was swapped)."""
     _check_call(model, "auto", "restore")
-    for module in list(model.modules()):
+    # Children before their parents: a parent rebuilt by revert() takes its children as they
+    # are then (timm's BatchNormAct2d holds a swapped activation).
+    for module in reversed(list(model.modules())):
         for name, child in list(module._modules.items()):
             if child is not None and origin_class(child) is not None:
                 module._modules[name] = revert(child)

@@ -227,6 +227,71 @@ def test_hooks_are_kept_and_a_hooked_conv_is_not_fused():
     assert len(seen) == 1
 
 
+class CustomBlock(nn.Module):
+    """A block wiring its children in its own forward (as timm's blocks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.bn_dw, self.act = nn.BatchNorm2d(6), nn.ReLU6()
+        self.conv_pw, self.bn_pw = nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6)
+        self.conv_side, self.bn_side = nn.Conv2d(6, 6, 1, bias=False), nn.BatchNorm2d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn_pw(self.conv_pw(self.act(self.bn_dw(self.conv_dw(x)))))
+        side = self.conv_side(x)
+        return y + self.bn_side(side) + side  # conv_side's output is read twice
+
+
+class DataDependentBlock(CustomBlock):
+    """A forward torch.fx cannot trace (control flow on values)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y if bool(y.sum() > 0) else -y
+
+
+def randomized(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+    return model
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_runs_wired_in_a_custom_forward_are_traced_and_fused(train):
+    torch.manual_seed(0)
+    model = randomized(CustomBlock()).train(train)
+    reference = copy.deepcopy(model).double()
+    fast = mobilefuse.accelerate(model)
+    assert type(fast.conv_dw) is mobilefuse.nn.DepthwiseConv2d
+    assert fast.conv_dw.fusion.describe() == "batchnorm+relu6 (eval)"
+    assert type(fast.conv_pw) is FoldedConv2d and type(fast.bn_pw) is FoldedBatchNorm2d
+    # Its output also feeds the sum: folding the BatchNorm into it would be wrong.
+    assert type(fast.conv_side) is nn.Conv2d and type(fast.bn_side) is nn.BatchNorm2d
+    x = torch.randn(2, 6, 9, 7, requires_grad=True)
+    out, expected = fast(x), reference(x.detach().double().requires_grad_())
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "custom block")
+    out.sum().backward()
+    expected.sum().backward()
+    assert_grads_close(fast, reference)
+
+
+def test_untraceable_forward_is_swapped_but_not_fused():
+    torch.manual_seed(0)
+    model = randomized(DataDependentBlock()).eval()
+    fast = mobilefuse.accelerate(model)
+    assert type(fast.conv_dw) is mobilefuse.nn.DepthwiseConv2d and fast.conv_dw.fusion is None
+    assert type(fast.bn_dw) is nn.BatchNorm2d and type(fast.conv_pw) is nn.Conv2d
+    x = torch.randn(2, 6, 9, 7)
+    with torch.no_grad():
+        assert_close_to_reference(fast(x), copy.deepcopy(model).double()(x.double()),
+                                  FORWARD_TOL[torch.float32], "untraceable block")
+
+
 class PaddedConv(nn.Conv2d):
     """A Conv2d subclass with its own forward (like timm's Conv2dSame)."""
 

@@ -47,9 +47,9 @@ def test_eval_outputs_and_state_match(source, name):
     depthwise = [m for m in fast.modules()
                  if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
     assert depthwise and all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in depthwise)
-    if source == "torchvision":
-        # Their depthwise conv, BatchNorm and activation sit in one Sequential: all folded.
-        assert all(m.fusion is not None and m.fusion.norm is not None for m in depthwise)
+    # torchvision's depthwise conv, BatchNorm and activation sit in one Sequential, timm's are
+    # wired in their blocks' forward (traced): all are folded.
+    assert all(m.fusion is not None and m.fusion.norm is not None for m in depthwise)
     x = torch.randn(2, 3, 80, 72)
     with torch.no_grad():
         assert_close_to_reference(fast(x), reference(x.double()), FORWARD_TOL[torch.float32],

@@ -1,0 +1,111 @@
+"""mobilefuse.accelerate() on every zoo model: same outputs and gradients, same state, restore().
+
+Small inputs (2x3x64x64) against a float64 copy of the model; the larger EfficientNets,
+ResNets and VGGs share their builders with the variants tested here and are only checked for
+what accelerate() swaps (their float64 runs would dominate the suite's time).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference
+from test_accelerate import assert_grads_close
+from test_accelerate_vision import randomize_batchnorm
+from torch import nn
+
+import mobilefuse
+from mobilefuse import models
+
+# (name, kwargs): one or more cheap configurations of every family and block kind.
+NUMERIC = [
+    ("mobilenet_v1", {"width_mult": 0.5}),
+    ("mobilenet_v2", {}),
+    ("mobilenet_v3_large", {}),
+    ("mobilenet_v3_small", {}),
+    ("efficientnet_b0", {}),
+    ("efficientnet_b1", {}),
+    ("shufflenet_v1", {"groups": 3}),
+    ("shufflenet_v1", {"groups": 8, "width_mult": 0.5}),
+    ("shufflenet_v2_x0_5", {}),
+    ("shufflenet_v2_x1_0", {}),
+    ("resnet18", {}),
+]
+IDS = [name + "".join(f"-{k}{v}" for k, v in kw.items()) for name, kw in NUMERIC]
+STRUCTURAL = sorted(set(models.list_models()) - {name for name, _ in NUMERIC})
+
+
+def build(name: str, **kwargs: object) -> nn.Module:
+    torch.manual_seed(0)
+    model = models.create_model(name, num_classes=10, **kwargs)
+    randomize_batchnorm(model)
+    return model
+
+
+def depthwise(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels > 1]
+
+
+def check_swapped(model: nn.Module, fast: nn.Module) -> None:
+    """State keys kept; every depthwise conv and channel shuffle swapped, folded in eval."""
+    assert list(fast.state_dict()) == list(model.state_dict())
+    assert all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in depthwise(fast))
+    assert not any(type(m) is nn.ChannelShuffle for m in fast.modules())
+    if not model.training:
+        # Each depthwise conv sits with its BatchNorm in one Sequential: all folded.
+        assert all(m.fusion is not None and m.fusion.norm is not None for m in depthwise(fast))
+
+
+@pytest.mark.parametrize("name,kwargs", NUMERIC, ids=IDS)
+def test_eval_outputs_state_and_restore(name: str, kwargs: dict) -> None:
+    """Eval mode: fused outputs match the float64 model; restore() gives the classes back."""
+    model = build(name, **kwargs).eval()
+    reference = copy.deepcopy(model).double()
+    fast = mobilefuse.accelerate(model)
+    check_swapped(model, fast)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_close_to_reference(fast(x), reference(x.double()), FORWARD_TOL[torch.float32],
+                                  name)
+    restored = mobilefuse.restore(fast)
+    assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
+    assert list(restored.state_dict()) == list(model.state_dict())
+
+
+@pytest.mark.parametrize("name,kwargs", NUMERIC, ids=IDS)
+def test_train_outputs_and_gradients(name: str, kwargs: dict) -> None:
+    """Train mode: outputs, input gradients and parameter gradients match the unfused model.
+
+    The reference here is the float32 model itself: batch statistics over 2x2 maps make
+    float32 PyTorch differ from float64 by more than the tolerance table (input gradients up
+    to 3e-2), so only the unfused model is a fair yardstick. The kernels' own accuracy against
+    float64 is what the eval test and the op tests check.
+    """
+    model = build(name, **kwargs).train()
+    fast = mobilefuse.accelerate(model)
+    check_swapped(model, fast)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    # Dropout and stochastic depth draw the same masks in both models from the same seed.
+    torch.manual_seed(1)
+    out = fast(x)
+    torch.manual_seed(1)
+    expected = model(x_ref)
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], f"{name} train output")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    assert_close_to_reference(x.grad, x_ref.grad, BACKWARD_TOL[torch.float32],
+                              f"{name} input gradient")
+    assert_grads_close(fast, model)
+
+
+@pytest.mark.parametrize("name", STRUCTURAL)
+def test_larger_models_swap_and_keep_state(name: str) -> None:
+    """The larger variants: every depthwise conv swapped and folded, state keys kept."""
+    model = build(name).eval()
+    fast = mobilefuse.accelerate(model)
+    check_swapped(model, fast)
