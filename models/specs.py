@@ -1,4 +1,4 @@
-"""Block spec tables of MobileNetV2, MobileNetV3-Large and EfficientNet-B0, and their walker.
+"""Block spec tables of MobileNetV1/V2/V3 and EfficientNet-B0…B7, and their walker.
 
 Each network is one :class:`ModelSpec`: a stem, a table of :class:`BlockSpec` rows (timm's
 ``"ir_r2_k3_s2_e6_c24_se0.25"`` strings as typed fields) and a head, plus the width rule
@@ -8,18 +8,22 @@ counts and feature-map sizes each block sees; :func:`depthwise_layers` lists the
 convolutions of a network, named by torchvision's module paths.
 
 The tables follow torchvision's definitions (``mobilenet_v2``, ``mobilenet_v3_large``,
-``efficientnet_b0``), which at multiplier 1.0 equal timm's ``mobilenetv2_100``,
-``mobilenetv3_large_100`` and ``efficientnet_b0``.
+``mobilenet_v3_small``, ``efficientnet_b0``), which at multiplier 1.0 equal timm's
+``mobilenetv2_100``, ``mobilenetv3_large_100``, ``mobilenetv3_small_100`` and
+``efficientnet_b0``; MobileNetV1 follows its paper (Howard et al. 2017, Table 1), and
+EfficientNet-B1…B7 are B0's table under the compound-scaling coefficients of
+:data:`EFFICIENTNET_SCALING` (:func:`efficientnet_spec`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
-    "BlockArgs", "BlockSpec", "DepthwiseLayer", "HeadSpec", "MODEL_SPECS", "ModelSpec", "StemSpec",
-    "conv_output_size", "depthwise_layers", "expand_blocks", "get_spec", "list_specs",
+    "BlockArgs", "BlockSpec", "DepthwiseLayer", "EFFICIENTNET_SCALING", "HeadSpec", "MODEL_SPECS",
+    "ModelSpec", "StemSpec", "conv_output_size", "depthwise_layers", "efficientnet_spec",
+    "expand_blocks", "get_spec", "list_specs",
     "make_divisible", "same_padding", "scale_repeats", "unique_depthwise_layers",
 ]
 
@@ -105,9 +109,9 @@ class ModelSpec:
 
     Attributes:
         name: torchvision's function name of the network.
-        family: ``"mobilenet_v2"``, ``"mobilenet_v3"`` or ``"efficientnet"``: selects the
-            module naming and the depth rule.
-        stem, blocks, head: the layers, before scaling.
+        family: ``"mobilenet_v1"``, ``"mobilenet_v2"``, ``"mobilenet_v3"`` or
+            ``"efficientnet"``: selects the module naming and the depth rule.
+        stem, blocks, head: the layers, before scaling (MobileNetV1 has no head).
         width_mult, depth_mult: the multipliers applied to channels and repeats.
         round_expanded: whether the hidden width ``in * expansion`` is rounded with
             :func:`make_divisible` (MobileNetV3, EfficientNet) or with ``round`` (MobileNetV2).
@@ -116,13 +120,16 @@ class ModelSpec:
         se_round: whether the SE width is rounded with :func:`make_divisible` (MobileNetV3).
         se_gate: the SE gate, ``"hardsigmoid"`` or ``"sigmoid"``.
         se_activation: the SE squeeze activation.
+        resolution: the default input height = width.
+        dropout: the classifier's dropout probability.
+        bn_eps, bn_momentum: the BatchNorm settings the published weights were trained with.
     """
 
     name: str
     family: str
     stem: StemSpec
     blocks: tuple[BlockSpec, ...]
-    head: HeadSpec
+    head: HeadSpec | None
     width_mult: float = 1.0
     depth_mult: float = 1.0
     round_expanded: bool = True
@@ -130,10 +137,24 @@ class ModelSpec:
     se_round: bool = False
     se_gate: str = "sigmoid"
     se_activation: str = "relu"
+    resolution: int = 224
+    dropout: float = 0.2
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
 
     def channels(self, value: float) -> int:
         """``value`` after the width multiplier, made divisible by 8."""
         return make_divisible(value * self.width_mult, 8)
+
+    def head_channels(self) -> int:
+        """The head convolution's width: MobileNetV2's is 1280 scaled but never narrowed;
+        MobileNetV3's and EfficientNet's keep their ratio (6x, 4x) to the last block's."""
+        if self.head is None:
+            raise ValueError(f"{self.name} has no head convolution")
+        if self.family == "mobilenet_v2":
+            return make_divisible(self.head.out_channels * max(1.0, self.width_mult), 8)
+        last = self.blocks[-1].out_channels
+        return self.channels(last) * self.head.out_channels // last
 
 
 @dataclass(frozen=True)
@@ -215,6 +236,26 @@ def _row(stage: int, block: str, expansion: float, kernel: int, stride: int,
                      activation)
 
 
+# The paper's Table 1: depthwise-separable blocks (dw 3x3 + BN + ReLU, pw 1x1 + BN + ReLU);
+# "ds" rows with the width of their pointwise output. (Its last stride-2 entry is a typo: s1.)
+MOBILENET_V1 = ModelSpec(
+    name="mobilenet_v1", family="mobilenet_v1",
+    stem=StemSpec(32, activation="relu"),
+    blocks=(
+        _row(0, "ds", 1, 3, 1, 64, 1, "relu"),
+        _row(1, "ds", 1, 3, 2, 128, 1, "relu"),
+        _row(1, "ds", 1, 3, 1, 128, 1, "relu"),
+        _row(2, "ds", 1, 3, 2, 256, 1, "relu"),
+        _row(2, "ds", 1, 3, 1, 256, 1, "relu"),
+        _row(3, "ds", 1, 3, 2, 512, 1, "relu"),
+        _row(3, "ds", 1, 3, 1, 512, 5, "relu"),
+        _row(4, "ds", 1, 3, 2, 1024, 1, "relu"),
+        _row(4, "ds", 1, 3, 1, 1024, 1, "relu"),
+    ),
+    head=None,
+    dropout=0.0,
+)
+
 # torchvision: inverted_residual_setting (t, c, n, s); timm: "ds_r1_k3_s1_c16", "ir_r2_k3_s2_e6_c24"
 MOBILENET_V2 = ModelSpec(
     name="mobilenet_v2", family="mobilenet_v2",
@@ -250,6 +291,22 @@ MOBILENET_V3_LARGE = ModelSpec(
     ),
     head=HeadSpec(960, "hardswish", hidden=1280),
     se_from_expanded=True, se_round=True, se_gate="hardsigmoid", se_activation="relu",
+    bn_eps=1e-3, bn_momentum=0.01,
+)
+
+# The paper's Small table as ratios: 72 = 16 * 4.5, 88 = 24 * 3.67, 96 = 24 * 4, 240 = 40 * 6, ...
+MOBILENET_V3_SMALL = replace(
+    MOBILENET_V3_LARGE, name="mobilenet_v3_small",
+    blocks=(
+        _row(0, "ds", 1, 3, 2, 16, 1, "relu", se_ratio=0.25),
+        _row(1, "ir", 4.5, 3, 2, 24, 1, "relu"),
+        _row(1, "ir", 3.67, 3, 1, 24, 1, "relu"),
+        _row(2, "ir", 4, 5, 2, 40, 1, "hardswish", se_ratio=0.25),
+        _row(2, "ir", 6, 5, 1, 40, 2, "hardswish", se_ratio=0.25),
+        _row(3, "ir", 3, 5, 1, 48, 2, "hardswish", se_ratio=0.25),
+        _row(4, "ir", 6, 5, 2, 96, 3, "hardswish", se_ratio=0.25),
+    ),
+    head=HeadSpec(576, "hardswish", hidden=1024),
 )
 
 # torchvision's MBConvConfig rows (expand, kernel, stride, in, out, layers) of B0.
@@ -269,8 +326,29 @@ EFFICIENTNET_B0 = ModelSpec(
     se_from_expanded=False, se_gate="sigmoid", se_activation="silu",
 )
 
+# Compound scaling (Tan & Le 2019): (width, depth, resolution, dropout) of B0…B7, the
+# coefficients of the released checkpoints (and of torchvision).
+EFFICIENTNET_SCALING: dict[str, tuple[float, float, int, float]] = {
+    "b0": (1.0, 1.0, 224, 0.2), "b1": (1.0, 1.1, 240, 0.2), "b2": (1.1, 1.2, 260, 0.3),
+    "b3": (1.2, 1.4, 300, 0.3), "b4": (1.4, 1.8, 380, 0.4), "b5": (1.6, 2.2, 456, 0.4),
+    "b6": (1.8, 2.6, 528, 0.5), "b7": (2.0, 3.1, 600, 0.5),
+}
+
+
+def efficientnet_spec(variant: str) -> ModelSpec:
+    """EfficientNet-``variant`` (``"b0"`` … ``"b7"``): B0's table under its scaling rule."""
+    width, depth, resolution, dropout = EFFICIENTNET_SCALING[variant]
+    # B5-B7 were trained (TF ports) with TF's BatchNorm settings.
+    bn = (1e-3, 0.01) if variant in ("b5", "b6", "b7") else (1e-5, 0.1)
+    return replace(EFFICIENTNET_B0, name=f"efficientnet_{variant}", width_mult=width,
+                   depth_mult=depth, resolution=resolution, dropout=dropout, bn_eps=bn[0],
+                   bn_momentum=bn[1])
+
+
 MODEL_SPECS: dict[str, ModelSpec] = {
-    spec.name: spec for spec in (MOBILENET_V2, MOBILENET_V3_LARGE, EFFICIENTNET_B0)}
+    spec.name: spec for spec in (
+        MOBILENET_V1, MOBILENET_V2, MOBILENET_V3_LARGE, MOBILENET_V3_SMALL,
+        *(efficientnet_spec(v) for v in EFFICIENTNET_SCALING))}
 
 
 def list_specs() -> list[str]:
@@ -286,9 +364,13 @@ def get_spec(model: str) -> ModelSpec:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODEL_SPECS)}") from None
 
 
-def _mid_channels(spec: ModelSpec, row: BlockSpec, in_channels: int) -> int:
+def _mid_channels(spec: ModelSpec, row: BlockSpec, in_channels: int, base_in: int) -> int:
     if row.block == "ds":
         return in_channels
+    if spec.family == "mobilenet_v3":
+        # torchvision scales the paper's hidden width (the ratio times the unscaled input,
+        # an integer) rather than taking the ratio of the scaled input: same at width 1.
+        return make_divisible(round(base_in * row.expansion) * spec.width_mult, 8)
     hidden = in_channels * row.expansion
     return make_divisible(hidden, 8) if spec.round_expanded else int(round(hidden))
 
@@ -297,12 +379,13 @@ def _se_channels(spec: ModelSpec, row: BlockSpec, in_channels: int, mid: int) ->
     if row.se_ratio is None:
         return None
     width = (mid if spec.se_from_expanded else in_channels) * row.se_ratio
-    return make_divisible(width, 8) if spec.se_round else max(1, int(width))
+    return make_divisible(int(width), 8) if spec.se_round else max(1, int(width))
 
 
 def expand_blocks(spec: ModelSpec, resolution: int = 224) -> list[BlockArgs]:
     """Every block of ``spec`` in order, scaled, with its widths and input size."""
     in_channels = spec.channels(spec.stem.out_channels)
+    base_in = spec.stem.out_channels  # before the width multiplier
     size = conv_output_size(resolution, spec.stem.kernel, spec.stem.stride,
                             same_padding(spec.stem.kernel))
     blocks: list[BlockArgs] = []
@@ -312,7 +395,7 @@ def expand_blocks(spec: ModelSpec, resolution: int = 224) -> list[BlockArgs]:
     for row in spec.blocks:
         out_channels = spec.channels(row.out_channels)
         for i in range(scale_repeats(row.repeats, depth_mult)):
-            mid = _mid_channels(spec, row, in_channels)
+            mid = _mid_channels(spec, row, in_channels, base_in)
             args = BlockArgs(
                 index=len(blocks), stage=row.stage,
                 stage_index=stage_counts.get(row.stage, 0), block=row.block,
@@ -322,7 +405,7 @@ def expand_blocks(spec: ModelSpec, resolution: int = 224) -> list[BlockArgs]:
                 activation=row.activation, input_size=size)
             blocks.append(args)
             stage_counts[row.stage] = args.stage_index + 1
-            in_channels, size = out_channels, args.output_size
+            in_channels, base_in, size = out_channels, row.out_channels, args.output_size
     return blocks
 
 
@@ -331,6 +414,8 @@ def _depthwise_name(spec: ModelSpec, block: BlockArgs) -> str:
     # The depthwise Conv2dNormActivation is the block's first layer, or its second after an
     # expansion; ".0" is the conv inside it.
     position = 1 if block.has_expansion else 0
+    if spec.family == "mobilenet_v1":
+        return f"features.{block.index + 1}.0.0"
     if spec.family == "mobilenet_v2":
         return f"features.{block.index + 1}.conv.{position}.0"
     if spec.family == "mobilenet_v3":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from mobilefuse.models import specs
@@ -35,7 +37,7 @@ def test_depthwise_count_and_ends(model: str) -> None:
     assert {layer.activation for layer in layers} == ACTIVATIONS[model]
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", specs.list_specs())
 @pytest.mark.parametrize("resolution", [224, 256])
 def test_sizes_chain(model: str, resolution: int) -> None:
     """Each layer's input is the previous one's output; five stride-2 steps after the stem."""
@@ -64,6 +66,43 @@ def test_mobilenet_v3_large_bneck() -> None:
     assert [layer.activation for layer in layers] == ["relu"] * 6 + ["hardswish"] * 9
     se = [b.se_channels for b in specs.expand_blocks(specs.get_spec("mobilenet_v3_large"))]
     assert se == [None, None, None, 24, 32, 32, None, None, None, None, 120, 168, 168, 240, 240]
+
+
+def test_mobilenet_v1_table() -> None:
+    """The paper's Table 1: 13 depthwise-separable blocks, ReLU, no expansion, no SE."""
+    blocks = specs.expand_blocks(specs.get_spec("mobilenet_v1"))
+    assert [b.mid_channels for b in blocks] == [32, 64, 128, 128, 256, 256] + [512] * 6 + [1024]
+    assert [b.out_channels for b in blocks] == [64, 128, 128, 256, 256] + [512] * 6 + [1024] * 2
+    assert [b.stride for b in blocks] == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    assert {(b.activation, b.se_channels, b.has_expansion) for b in blocks} == {
+        ("relu", None, False)}
+    assert specs.depthwise_layers("mobilenet_v1")[-1].name == "features.13.0.0"
+    quarter = replace(specs.get_spec("mobilenet_v1"), width_mult=0.25)
+    assert [b.out_channels for b in specs.expand_blocks(quarter)][-1] == 256
+
+
+def test_mobilenet_v3_small_bneck() -> None:
+    """The paper's Small table: expanded widths, kernels, strides, activations, SE widths."""
+    blocks = specs.expand_blocks(specs.get_spec("mobilenet_v3_small"))
+    assert [b.mid_channels for b in blocks] == [16, 72, 88, 96, 240, 240, 120, 144, 288, 576,
+                                                576]
+    assert [b.out_channels for b in blocks] == [16, 24, 24, 40, 40, 40, 48, 48, 96, 96, 96]
+    assert [b.kernel for b in blocks] == [3, 3, 3] + [5] * 8
+    assert [b.stride for b in blocks] == [2, 2, 1, 2, 1, 1, 1, 1, 2, 1, 1]
+    assert [b.activation for b in blocks] == ["relu"] * 3 + ["hardswish"] * 8
+    assert [b.se_channels for b in blocks] == [8, None, None, 24, 64, 64, 32, 40, 72, 144, 144]
+
+
+def test_efficientnet_scaled_tables() -> None:
+    """B1…B7: B0's rows with ceil(repeats * depth) blocks and widths * width, made divisible."""
+    b0 = specs.get_spec("efficientnet_b0")
+    for variant, (width, depth, resolution, _) in specs.EFFICIENTNET_SCALING.items():
+        spec = specs.get_spec(f"efficientnet_{variant}")
+        assert (spec.width_mult, spec.depth_mult, spec.resolution) == (width, depth, resolution)
+        assert spec.blocks == b0.blocks
+    b7 = specs.expand_blocks(specs.get_spec("efficientnet_b7"))
+    assert len(b7) == 55 and b7[0].in_channels == 64 and b7[-1].out_channels == 640
+    assert specs.get_spec("efficientnet_b7").head_channels() == 2560
 
 
 def test_efficientnet_b0_stages() -> None:

@@ -1,8 +1,10 @@
 """mobilefuse.accelerate() on every zoo model: same outputs and gradients, same state, restore().
 
-Small inputs (2x3x64x64) against a float64 copy of the model; the larger EfficientNets,
-ResNets and VGGs share their builders with the variants tested here and are only checked for
-what accelerate() swaps (their float64 runs would dominate the suite's time).
+One or two configurations of every family on 2x3x64x64 inputs: eval mode against a float64
+copy, train mode (outputs, input and parameter gradients) against the unfused model. The larger
+EfficientNets and ResNets share those builders and are checked in eval mode on one 64x64
+image; VGG (no depthwise layers, 120 M classifier parameters) on the meta device, structure
+only.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ NUMERIC = [
     ("resnet18", {}),
 ]
 IDS = [name + "".join(f"-{k}{v}" for k, v in kw.items()) for name, kw in NUMERIC]
-STRUCTURAL = sorted(set(models.list_models()) - {name for name, _ in NUMERIC})
+VGG = models.list_models("vgg*")
+LARGER = sorted(set(models.list_models()) - {name for name, _ in NUMERIC}
+                    - set(VGG))
 
 
 def build(name: str, **kwargs: object) -> nn.Module:
@@ -52,6 +56,7 @@ def depthwise(model: nn.Module) -> list[nn.Module]:
 def check_swapped(model: nn.Module, fast: nn.Module) -> None:
     """State keys kept; every depthwise conv and channel shuffle swapped, folded in eval."""
     assert list(fast.state_dict()) == list(model.state_dict())
+    assert len(depthwise(fast)) == len(depthwise(model)) > 0 or not depthwise(model)
     assert all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in depthwise(fast))
     assert not any(type(m) is nn.ChannelShuffle for m in fast.modules())
     if not model.training:
@@ -61,15 +66,22 @@ def check_swapped(model: nn.Module, fast: nn.Module) -> None:
 
 @pytest.mark.parametrize("name,kwargs", NUMERIC, ids=IDS)
 def test_eval_outputs_state_and_restore(name: str, kwargs: dict) -> None:
-    """Eval mode: fused outputs match the float64 model; restore() gives the classes back."""
+    """Eval mode: fused outputs, input and parameter gradients match the float64 model;
+    restore() gives the classes back."""
     model = build(name, **kwargs).eval()
     reference = copy.deepcopy(model).double()
     fast = mobilefuse.accelerate(model)
     check_swapped(model, fast)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert_close_to_reference(fast(x), reference(x.double()), FORWARD_TOL[torch.float32],
-                                  name)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    x_ref = x.detach().double().requires_grad_()
+    out, expected = fast(x), reference(x_ref)
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], name)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad.double())
+    assert_close_to_reference(x.grad, x_ref.grad, BACKWARD_TOL[torch.float32],
+                              f"{name} input gradient")
+    assert_grads_close(fast, reference)
     restored = mobilefuse.restore(fast)
     assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
     assert list(restored.state_dict()) == list(model.state_dict())
@@ -103,9 +115,26 @@ def test_train_outputs_and_gradients(name: str, kwargs: dict) -> None:
     assert_grads_close(fast, model)
 
 
-@pytest.mark.parametrize("name", STRUCTURAL)
-def test_larger_models_swap_and_keep_state(name: str) -> None:
-    """The larger variants: every depthwise conv swapped and folded, state keys kept."""
+@pytest.mark.parametrize("name", LARGER)
+def test_larger_models_eval_outputs_and_state(name: str) -> None:
+    """The larger variants, one 64x64 image in eval mode: every depthwise conv swapped and
+    folded, state keys kept, outputs equal to the float64 model's."""
     model = build(name).eval()
     fast = mobilefuse.accelerate(model)
     check_swapped(model, fast)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.double()(x.double())
+        assert_close_to_reference(fast(x), expected, FORWARD_TOL[torch.float32], name)
+
+
+@pytest.mark.parametrize("name", VGG)
+def test_vgg_state_and_restore(name: str) -> None:
+    """VGG (no depthwise layers; 120 M parameters in its classifier, so on the meta device):
+    state keys kept, and restore() gives the original classes back."""
+    with torch.device("meta"):
+        model = models.create_model(name).eval()
+    fast = mobilefuse.accelerate(model)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    restored = mobilefuse.restore(fast)
+    assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
