@@ -19,10 +19,10 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = Path(__file__).parent
 CPU_SOURCES = ["csrc/registration.cpp", "csrc/cpu/activations.cpp", "csrc/cpu/channel_shuffle.cpp",
-               "csrc/cpu/depthwise_conv.cpp"]
+               "csrc/cpu/depthwise_conv.cpp", "csrc/cpu/squeeze_excite.cpp"]
 CUDA_SOURCES = [
     "csrc/cuda/bindings.cpp", "csrc/cuda/activations.cu", "csrc/cuda/channel_shuffle.cu",
-    "csrc/cuda/depthwise_conv.cu"]
+    "csrc/cuda/depthwise_conv.cu", "csrc/cuda/squeeze_excite.cu"]
 
 
 def _env_flag(name: str) -> bool:

@@ -29,6 +29,11 @@ TORCH_LIBRARY(mobilefuse, m) {
   m.def("depthwise_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, "
         "int[2] stride, int[2] padding, int[2] dilation, str activation, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
+  // Squeeze-and-excitation's heavy passes (the excitation on (N, C) runs through torch):
+  // per-(n, c) sums over H and W of x (of x * y when y is given), float32 (float64 for
+  // float64); and x * scale[n, c] (+ shift[n, c]) in x's dtype and layout.
+  m.def("se_channel_sum(Tensor x, Tensor? y) -> Tensor");
+  m.def("se_channel_affine(Tensor x, Tensor scale, Tensor? shift) -> Tensor");
 }
 
 namespace {

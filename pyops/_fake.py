@@ -78,3 +78,22 @@ def depthwise_conv2d_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
     grad_b = x.new_empty(weight.shape[0]) if output_mask[2] and bias is not None else (
         x.new_empty(0))
     return grad_x, grad_w, grad_b
+
+
+def se_channel_sum_fake(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``(N, C)`` per-channel sums over H×W, float32 (float64 for float64)."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    torch._check(y is None or y.shape == x.shape,
+                 lambda: f"y must have x's shape {tuple(x.shape)}")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((x.shape[0], x.shape[1]), dtype=dtype)
+
+
+def se_channel_affine_fake(x: torch.Tensor, scale: torch.Tensor,
+                           shift: torch.Tensor | None) -> torch.Tensor:
+    """``x * scale[n, c] (+ shift[n, c])`` in x's dtype and layout."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    torch._check(tuple(scale.shape) == (x.shape[0], x.shape[1]),
+                 lambda: f"scale must be (N, C) = {(x.shape[0], x.shape[1])}, got "
+                         f"{tuple(scale.shape)}")
+    return torch.empty_like(x, memory_format=_layout_of(x))

@@ -16,6 +16,8 @@ from mobilefuse._fake import (
     channel_shuffle_fake,
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
+    se_channel_affine_fake,
+    se_channel_sum_fake,
 )
 
 
@@ -32,6 +34,9 @@ def _register() -> None:
     torch.library.register_fake("mobilefuse::depthwise_conv2d_backward")(
         depthwise_conv2d_backward_fake)
     register_depthwise_autograd("mobilefuse::depthwise_conv2d", ops.depthwise_conv2d_backward)
+    # Called inside mobilefuse::squeeze_excite, which carries the autograd.
+    torch.library.register_fake("mobilefuse::se_channel_sum")(se_channel_sum_fake)
+    torch.library.register_fake("mobilefuse::se_channel_affine")(se_channel_affine_fake)
 
 
 if has_extension():

@@ -27,6 +27,8 @@ from mobilefuse._fake import (
     channel_shuffle_fake,
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
+    se_channel_affine_fake,
+    se_channel_sum_fake,
 )
 
 
@@ -116,3 +118,24 @@ def triton_depthwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor,
 triton_depthwise_conv2d.register_fake(depthwise_conv2d_fake)
 triton_depthwise_conv2d_backward.register_fake(depthwise_conv2d_backward_fake)
 register_depthwise_autograd(triton_depthwise_conv2d, triton_depthwise_conv2d_backward)
+
+
+@torch.library.custom_op("mobilefuse::triton_se_channel_sum", mutates_args=())
+def triton_se_channel_sum(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """Per-(n, c) sums over H×W of x (times y), Triton kernel."""
+    from mobilefuse.kernels.squeeze_excite import channel_sum
+
+    return channel_sum(x, y)
+
+
+@torch.library.custom_op("mobilefuse::triton_se_channel_affine", mutates_args=())
+def triton_se_channel_affine(x: torch.Tensor, scale: torch.Tensor,
+                             shift: torch.Tensor | None) -> torch.Tensor:
+    """``x * scale[n, c] (+ shift[n, c])``, Triton kernel."""
+    from mobilefuse.kernels.squeeze_excite import channel_affine
+
+    return channel_affine(x, scale, shift)
+
+
+triton_se_channel_sum.register_fake(se_channel_sum_fake)
+triton_se_channel_affine.register_fake(se_channel_affine_fake)

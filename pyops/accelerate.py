@@ -2,8 +2,9 @@
 
 The walk is generic over module *types*, never a per-model list: a module is swapped when its
 type is exactly one that mobilefuse serves (``nn.Conv2d`` with ``groups == in == out``,
-``nn.Hardswish``, ``nn.Hardsigmoid``, ``nn.ChannelShuffle``); subclasses are left alone, since
-their ``forward`` may differ. Inside an ``nn.Sequential`` a depthwise convolution followed by
+``nn.Hardswish``, ``nn.Hardsigmoid``, ``nn.ChannelShuffle``, and the squeeze-and-excitation
+layouts of :mod:`mobilefuse._se_swap`); subclasses are left alone, since their ``forward`` may
+differ. Inside an ``nn.Sequential`` a depthwise convolution followed by
 ``BatchNorm2d`` and/or an activation is fused (see :mod:`mobilefuse._fusion`). Swapped modules
 share the original's parameters, buffers and hooks, so ``state_dict`` keys, optimizers and hook
 handles are unaffected; :func:`restore` puts the original classes back.
@@ -26,6 +27,7 @@ from mobilefuse._fusion import (
     Fusion,
 )
 from mobilefuse._graph_runs import child_chains
+from mobilefuse._se_swap import se_gap, to_squeeze_excite
 from mobilefuse._swap import clone_as, origin_class, revert
 from mobilefuse.backends import AUTO_ORDER, BACKENDS, FLOAT_DTYPES, unsupported_reasons
 
@@ -240,13 +242,22 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
         model = copy.deepcopy(model)
     dtype, device = _model_dtype_device(model)
     shared = Counter(id(m) for m in model.modules(remove_duplicate=False))
+    if _backend_gap(device, dtype, backend) is None:
+        for module in list(model.modules()):
+            for name, child in list(module._modules.items()):
+                if child is not None and se_gap(child) is None and not _fusion_gap(child, shared):
+                    module._modules[name] = to_squeeze_excite(child, backend)
     for module in list(model.modules()):
+        if isinstance(module, mfnn.SqueezeExcite):
+            continue
         if type(module) is nn.Sequential or (isinstance(module, nn.Sequential)
                                              and type(module).forward is nn.Sequential.forward):
             _fuse_sequential(module, backend, shared)
         elif any(type(child) is nn.Conv2d for child in module.children()):
             _fuse_traced(module, backend, shared)
     for module in list(model.modules()):
+        if isinstance(module, mfnn.SqueezeExcite):
+            continue  # its children only hold the weights the fused op reads
         for name, child in list(module._modules.items()):
             new = None if child is None else _swap_leaf(child, backend, dtype, device)
             if new is not None:

@@ -14,10 +14,14 @@ from mobilefuse._fusion import (
     FoldedConv2d,
     FusedActivation,
 )
+from mobilefuse._se_swap import se_gap
 from mobilefuse._swap import origin_class
 from mobilefuse.accelerate import LEAF_SWAPS, _check_call, accelerate, conv_gap
 
 __all__ = ["AccelerateReport", "ReportRow", "accelerate_report"]
+
+
+_UNKNOWN_SE = "not a known squeeze-and-excitation layout"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ def _swapped_detail(module: nn.Module) -> str:
         return f"{module.name} runs in the conv before it {when}"
     if isinstance(module, FoldedConv2d):
         return f"vendor convolution + {module.fusion.describe()} folded"
+    if isinstance(module, mfnn.SqueezeExcite):
+        return f"fused squeeze-and-excitation ({module.act_name}, {module.gate_name} gate)"
     fusion = getattr(module, "fusion", None)
     detail = "fused kernel" if fusion is None else f"fused kernel + {fusion.describe()}"
     backend = getattr(module, "backend", "auto")
@@ -74,6 +80,9 @@ def _swapped_detail(module: nn.Module) -> str:
 def _kept_reason(module: nn.Module) -> str:
     """Why accelerate() leaves ``module`` as it is."""
     kind = type(module)
+    gap = se_gap(module)
+    if gap != _UNKNOWN_SE:
+        return gap or "no fused backend takes the model's device and dtype"
     if isinstance(module, (mfnn.DepthwiseConv2d, mfnn.HardSwish, mfnn.HardSigmoid,
                            mfnn.ChannelShuffle)):
         return "already a mobilefuse module"
@@ -106,8 +115,13 @@ def accelerate_report(model: nn.Module, *, show: bool = True) -> AccelerateRepor
     # What accelerate() would do to the modules not yet swapped: ask it, on a copy.
     trial = dict(accelerate(model).named_modules())
     rows = []
+    inside_se = {id(child) for m in model.modules() if isinstance(m, mfnn.SqueezeExcite)
+                 for child in m.modules() if child is not m}
     for path, module in model.named_modules():
-        if module._modules:
+        # Leaves, plus the containers swapped whole (squeeze-and-excitation); not the weight
+        # holders inside a fused SqueezeExcite.
+        se_like = isinstance(module, mfnn.SqueezeExcite) or se_gap(module) != _UNKNOWN_SE
+        if (module._modules and not se_like) or id(module) in inside_se:
             continue
         name = type(module).__name__
         origin = origin_class(module)

@@ -10,7 +10,7 @@ from mobilefuse._fusion import Fusion
 from mobilefuse._swap import clone_as
 from mobilefuse.backends import run_on_backend
 
-__all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d"]
+__all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite"]
 
 
 class HardSwish(nn.Module):
@@ -131,3 +131,56 @@ class DepthwiseConv2d(nn.Conv2d):
         if self.backend != "auto":
             text += f", backend={self.backend!r}"
         return text
+
+
+_SE_ACTIVATION_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU}
+_SE_GATE_MODULES = {"hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid}
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation running :func:`mobilefuse.ops.squeeze_excite` (pool, excitation
+    and gating in two passes over ``x``).
+
+    Built directly it has torchvision's ``SqueezeExcitation`` layout (``avgpool``, ``fc1``,
+    ``fc2``, ``activation``, ``scale_activation``). :func:`mobilefuse.accelerate` puts it in
+    place of torchvision's ``SqueezeExcitation`` and timm's ``SqueezeExcite``/``SEModule``
+    keeping *their* children and names (``reduce_name``/``expand_name`` say which 1x1 convs
+    hold the weights), so ``state_dict`` keys do not change.
+    """
+
+    backend: str = "auto"
+
+    def __init__(self, input_channels: int, squeeze_channels: int, activation: str = "relu",
+                 gate: str = "hardsigmoid", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        for name, value in (("input_channels", input_channels),
+                            ("squeeze_channels", squeeze_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"mobilefuse.nn.SqueezeExcite: {name} must be a positive int, "
+                                 f"got {value!r}")
+        if activation not in _SE_ACTIVATION_MODULES:
+            raise ValueError(f"mobilefuse.nn.SqueezeExcite: activation must be 'relu' or "
+                             f"'silu', got {activation!r}")
+        if gate not in _SE_GATE_MODULES:
+            raise ValueError(f"mobilefuse.nn.SqueezeExcite: gate must be 'hardsigmoid' or "
+                             f"'sigmoid', got {gate!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(input_channels, squeeze_channels, 1, **factory)
+        self.fc2 = nn.Conv2d(squeeze_channels, input_channels, 1, **factory)
+        self.activation = _SE_ACTIVATION_MODULES[activation]()
+        self.scale_activation = _SE_GATE_MODULES[gate]()
+        self.reduce_name, self.expand_name = "fc1", "fc2"
+        self.act_name, self.gate_name = activation, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times its per-(sample, channel) gate."""
+        reduce, expand = self._modules[self.reduce_name], self._modules[self.expand_name]
+        return run_on_backend(self.backend, ops.squeeze_excite, x, reduce.weight, reduce.bias,
+                              expand.weight, expand.bias, self.act_name, self.gate_name)
+
+    def extra_repr(self) -> str:
+        """The fused activation and gate."""
+        text = f"activation={self.act_name!r}, gate={self.gate_name!r}"
+        return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"

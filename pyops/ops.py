@@ -15,9 +15,12 @@ from mobilefuse import _native_ops, _triton_ops, reference  # noqa: F401  (regis
 from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
 from mobilefuse._conv_args import OP as DEPTHWISE
 from mobilefuse._conv_args import check_depthwise_args
+from mobilefuse._se_args import OP as SQUEEZE_EXCITE
+from mobilefuse._se_args import check_squeeze_excite_args
+from mobilefuse._squeeze_excite import squeeze_excite_op
 from mobilefuse.backends import FLOAT_DTYPES, select_backend
 
-__all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "depthwise_conv2d"]
+__all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "depthwise_conv2d", "squeeze_excite"]
 
 # channel_shuffle only moves bits, so its kernels take every dtype 1, 2, 4 or 8 bytes wide.
 SHUFFLE_DTYPES: tuple[torch.dtype, ...] = FLOAT_DTYPES + (
@@ -131,3 +134,31 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
           else torch.ops.mobilefuse.depthwise_conv2d)
     return op(_kernel_layout(x), weight, bias, list(args.stride), list(args.padding),
               list(args.dilation), args.activation)
+
+
+def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
+                   w_expand: torch.Tensor, b_expand: torch.Tensor | None,
+                   activation: str = "relu", gate: str = "hardsigmoid") -> torch.Tensor:
+    """Squeeze-and-excitation: ``x * gate(conv1x1(act(conv1x1(x.mean((2, 3), keepdim=True)))))``.
+
+    The pool is one read of ``x`` with float32 accumulation, the excitation runs on the
+    ``(N, C)`` means, the gating is one read and one write. The backward keeps only ``x`` and
+    the per-(n, c) means, and makes two passes: one reduction, one write of the input gradient.
+
+    Args:
+        x: ``(N, C, H, W)``, float16/bfloat16/float32/float64, contiguous or channels_last
+            (other strides are made dense first); the output keeps its memory format.
+        w_reduce: ``(R, C)`` or ``(R, C, 1, 1)``; b_reduce: ``(R,)`` or None.
+        w_expand: ``(C, R)`` or ``(C, R, 1, 1)``; b_expand: ``(C,)`` or None.
+        activation: ``"relu"`` or ``"silu"``, after the reduction.
+        gate: ``"sigmoid"`` or ``"hardsigmoid"``.
+    """
+    args = check_squeeze_excite_args(x, w_reduce, b_reduce, w_expand, b_expand, activation,
+                                     gate)
+    backend = select_backend(SQUEEZE_EXCITE, x.device, x.dtype)
+    if backend == "reference":
+        return reference.squeeze_excite(x, w_reduce, b_reduce, w_expand, b_expand,
+                                        args.activation, args.gate)
+    out, _ = squeeze_excite_op(_kernel_layout(x), args.w_reduce, b_reduce, args.w_expand,
+                               b_expand, args.activation, args.gate, backend)
+    return out

@@ -65,3 +65,23 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups=C))``."""
     z = F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
     return activation(z, activation_name)
+
+
+_SE_ACTIVATIONS = {"relu": F.relu, "silu": F.silu}
+# relu6(z + 3) / 6 is hard-sigmoid with the same kinks (slope 0 at exactly -3 and 3) and an
+# exact float64 gradient (aten.hardsigmoid_backward rounds 1/6 to float32).
+_SE_GATES = {"sigmoid": torch.sigmoid, "hardsigmoid": lambda z: F.relu6(z + 3) / 6}
+
+
+def _as_conv1x1(w: torch.Tensor) -> torch.Tensor:
+    return w if w.dim() == 4 else w[:, :, None, None]
+
+
+def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
+                   w_expand: torch.Tensor, b_expand: torch.Tensor | None,
+                   activation: str = "relu", gate: str = "hardsigmoid") -> torch.Tensor:
+    """``x * gate(conv1x1(act(conv1x1(x.mean((2, 3), keepdim=True)))))``; the 1×1 weights are
+    ``(R, C, 1, 1)``/``(C, R, 1, 1)`` or the same as matrices."""
+    pooled = x.mean((2, 3), keepdim=True)
+    hidden = _SE_ACTIVATIONS[activation](F.conv2d(pooled, _as_conv1x1(w_reduce), b_reduce))
+    return x * _SE_GATES[gate](F.conv2d(hidden, _as_conv1x1(w_expand), b_expand))

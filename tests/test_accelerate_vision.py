@@ -16,6 +16,9 @@ import mobilefuse
 TORCHVISION = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0",
                "shufflenet_v2_x0_5"]
 TIMM = ["efficientnet_b0", "mobilenetv3_large_100", "mobilenetv3_small_050"]
+# Squeeze-and-excitation layers each model has: all become mobilefuse.nn.SqueezeExcite.
+SE_LAYERS = {"mobilenet_v3_large": 8, "mobilenet_v3_small": 9, "efficientnet_b0": 16,
+             "mobilenetv3_large_100": 8, "mobilenetv3_small_050": 9}
 
 
 def build(source: str, name: str) -> nn.Module:
@@ -50,6 +53,8 @@ def test_eval_outputs_and_state_match(source, name):
     # torchvision's depthwise conv, BatchNorm and activation sit in one Sequential, timm's are
     # wired in their blocks' forward (traced): all are folded.
     assert all(m.fusion is not None and m.fusion.norm is not None for m in depthwise)
+    fused_se = sum(isinstance(m, mobilefuse.nn.SqueezeExcite) for m in fast.modules())
+    assert fused_se == SE_LAYERS.get(name, 0)
     x = torch.randn(2, 3, 80, 72)
     with torch.no_grad():
         assert_close_to_reference(fast(x), reference(x.double()), FORWARD_TOL[torch.float32],

@@ -77,3 +77,45 @@ def test_depthwise_ops(device, name):
         grad = torch.randn_like(out)
         for mask in ([True, True, b is not None], [False, True, False], [True, False, False]):
             torch.library.opcheck(_op(f"{name}_backward"), (grad, x, w, b, *rest, mask))
+
+
+def _se_samples(device: str) -> list[tuple]:
+    x = torch.randn(2, 6, 5, 3, device=device)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    w1, b1 = torch.randn(3, 6, device=device), torch.randn(3, device=device)
+    w2, b2 = torch.randn(6, 3, device=device), torch.randn(6, device=device)
+    return [(x, w1, b1, w2, b2, "relu", "hardsigmoid"),
+            (cl, w1, None, w2, b2, "silu", "sigmoid"),
+            (x.double(), w1.double(), b1.double(), w2.double(), None, "relu", "sigmoid"),
+            (cl.to(torch.bfloat16), w1.to(torch.bfloat16), b1.to(torch.bfloat16),
+             w2.to(torch.bfloat16), b2.to(torch.bfloat16), "silu", "hardsigmoid")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["native", "triton"])
+def test_squeeze_excite_ops(device, backend):
+    backend = ("cuda" if device == "cuda" else "cpu") if backend == "native" else backend
+    for args in _se_samples(device):
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in args[:5]]
+        torch.library.opcheck(_op("squeeze_excite"), (*leaves, *args[5:], backend))
+        out, pooled = _op("squeeze_excite")(*args, backend)
+        grad = torch.randn_like(out)
+        for mask in ([True] * 5, [False, True, False, True, False], [True] + [False] * 4):
+            torch.library.opcheck(_op("squeeze_excite_backward"),
+                                  (grad, args[0], pooled, *args[1:], backend, mask))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("prefix", ["", "triton_"])
+def test_squeeze_excite_kernel_ops(device, prefix):
+    # Kernels the squeeze_excite op calls inside; they carry no autograd of their own.
+    utils = ("test_schema", "test_faketensor")
+    for x in _inputs(device)[:3]:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            xd = x.to(dtype)
+            torch.library.opcheck(_op(f"{prefix}se_channel_sum"), (xd, None), test_utils=utils)
+            torch.library.opcheck(_op(f"{prefix}se_channel_sum"), (xd, torch.randn_like(xd)),
+                                  test_utils=utils)
+            scale = torch.randn(xd.shape[:2], device=device)
+            torch.library.opcheck(_op(f"{prefix}se_channel_affine"), (xd, scale, scale * 2),
+                                  test_utils=utils)

@@ -264,6 +264,72 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   return {grad_x, grad_w, grad_b};
 }
 
+at::MemoryFormat se_format(const at::Tensor& x) {
+  return uses_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+at::ScalarType se_accumulate_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_se_x(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must have rank 4 (N, C, H, W), got rank ", x.dim());
+  TORCH_CHECK(x.is_cuda(), op, ": expected a CUDA tensor, got ", x.device());
+}
+
+at::Tensor se_channel_sum_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& y_in) {
+  constexpr const char* op = "se_channel_sum";
+  check_se_x(op, x_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::MemoryFormat fmt = se_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  at::Tensor y;
+  if (y_in.has_value()) {
+    check_same_device_dtype_shape(op, *y_in, x_in);
+    y = y_in->contiguous(fmt);
+  }
+  const int64_t n = x.size(0), c = x.size(1), p = x.size(2) * x.size(3);
+  at::Tensor sums = at::empty({n, c}, x.options().dtype(se_accumulate_type(x)));
+  if (sums.numel() == 0) {
+    return sums;
+  }
+  check_launch(cuda::se_channel_sum(float_type(x, op), x.const_data_ptr(),
+                                    y.defined() ? y.const_data_ptr() : nullptr,
+                                    sums.mutable_data_ptr(), n, c, p,
+                                    fmt == at::MemoryFormat::ChannelsLast,
+                                    c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return sums;
+}
+
+at::Tensor se_channel_affine_cuda(const at::Tensor& x_in, const at::Tensor& scale_in,
+                                  const std::optional<at::Tensor>& shift_in) {
+  constexpr const char* op = "se_channel_affine";
+  check_se_x(op, x_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const int64_t n = x_in.size(0), c = x_in.size(1), p = x_in.size(2) * x_in.size(3);
+  auto per_channel = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == c, op, ": ", name,
+                " must have shape (N, C) = (", n, ", ", c, "), got ", t.sizes());
+    TORCH_CHECK(t.device() == x_in.device(), op, ": ", name, " is on ", t.device(),
+                " but x is on ", x_in.device());
+    return t.to(se_accumulate_type(x_in)).contiguous();
+  };
+  const at::Tensor scale = per_channel("scale", scale_in);
+  const at::Tensor shift = shift_in.has_value() ? per_channel("shift", *shift_in) : at::Tensor();
+  const at::MemoryFormat fmt = se_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  at::Tensor out = at::empty_like(x, fmt);
+  check_launch(cuda::se_channel_affine(float_type(x, op), x.const_data_ptr(),
+                                       scale.const_data_ptr(),
+                                       shift.defined() ? shift.const_data_ptr() : nullptr,
+                                       out.mutable_data_ptr(), n, c, p,
+                                       fmt == at::MemoryFormat::ChannelsLast,
+                                       c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mobilefuse, CUDA, m) {
@@ -274,6 +340,8 @@ TORCH_LIBRARY_IMPL(mobilefuse, CUDA, m) {
   m.impl("channel_shuffle", &channel_shuffle_cuda);
   m.impl("depthwise_conv2d", &depthwise_conv2d_cuda);
   m.impl("depthwise_conv2d_backward", &depthwise_conv2d_backward_cuda);
+  m.impl("se_channel_sum", &se_channel_sum_cuda);
+  m.impl("se_channel_affine", &se_channel_affine_cuda);
 }
 
 }  // namespace mobilefuse

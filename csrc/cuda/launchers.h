@@ -66,6 +66,20 @@ cudaError_t depthwise_conv2d_backward(FloatType type, ConvActivation act,
                                       void* grad_x, void* grad_w, void* grad_b, void* workspace,
                                       size_t workspace_bytes, cudaStream_t stream);
 
+// ---- squeeze-and-excitation's heavy passes. x, y and out are dense NCHW, or dense NHWC
+// when channels_last; p = H*W. Per-(n, c) values (sums, scale, shift) are (n, c) arrays of
+// float (double for kFloat64).
+
+// sums[n*c + k] = sum over the p positions of x (times y when y is non-null), reduced in a
+// fixed order.
+cudaError_t se_channel_sum(FloatType type, const void* x, const void* y, void* sums, int64_t n,
+                           int64_t c, int64_t p, bool channels_last, cudaStream_t stream);
+
+// out = x * scale[n, c] + shift[n, c] (shift may be null).
+cudaError_t se_channel_affine(FloatType type, const void* x, const void* scale,
+                              const void* shift, void* out, int64_t n, int64_t c, int64_t p,
+                              bool channels_last, cudaStream_t stream);
+
 // The SM archs the kernels were compiled for, e.g. "900" or "800,900".
 const char* compiled_archs();
 

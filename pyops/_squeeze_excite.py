@@ -1,0 +1,150 @@
+"""squeeze_excite as one torch.library op over two heavy passes each way.
+
+Forward: ``pooled = channel_sum(x) / HW`` (one read of x, float32 accumulation), the excitation
+on the tiny ``(N, C)`` matrix (two GEMMs through torch), ``out = channel_affine(x, gate)`` (one
+read, one write). Backward: ``t = channel_sum(grad, x)`` (the gate's gradient), the excitation's
+backward on ``(N, C)``, ``grad_x = channel_affine(grad, gate, dpooled / HW)`` (one read, one
+write). Only x and the per-(n, c) pooled means are saved; the gate is recomputed from them.
+
+The heavy passes are per backend (``mobilefuse::se_channel_sum``/``se_channel_affine`` in C++ and
+CUDA, ``mobilefuse::triton_se_*`` in Triton); the excitation is shared here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mobilefuse.kernels.layout import uses_channels_last
+
+
+def _channel_sum(backend: str, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    if backend == "triton":
+        return torch.ops.mobilefuse.triton_se_channel_sum(x, y)
+    return torch.ops.mobilefuse.se_channel_sum(x, y)
+
+
+def _channel_affine(backend: str, x: torch.Tensor, scale: torch.Tensor,
+                    shift: torch.Tensor | None) -> torch.Tensor:
+    if backend == "triton":
+        return torch.ops.mobilefuse.triton_se_channel_affine(x, scale, shift)
+    return torch.ops.mobilefuse.se_channel_affine(x, scale, shift)
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the per-(n, c) math runs in: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _excite(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+            b2: torch.Tensor | None, activation: str, gate: str
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pre-activation, hidden, pre-gate, gate) for the pooled means, in pooled's dtype."""
+    dtype = pooled.dtype
+    pre = F.linear(pooled, w1.to(dtype), None if b1 is None else b1.to(dtype))
+    hidden = F.relu(pre) if activation == "relu" else F.silu(pre)
+    z = F.linear(hidden, w2.to(dtype), None if b2 is None else b2.to(dtype))
+    s = torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
+    return pre, hidden, z, s
+
+
+def _gate_slope(z: torch.Tensor, s: torch.Tensor, gate: str) -> torch.Tensor:
+    if gate == "sigmoid":
+        return s * (1 - s)
+    # PyTorch's hardsigmoid slope: 1/6 strictly inside (-3, 3), else 0.
+    return torch.where((z > -3) & (z < 3), torch.full_like(z, 1 / 6), torch.zeros_like(z))
+
+
+def _activation_slope(pre: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return (pre > 0).to(pre.dtype)
+    sig = torch.sigmoid(pre)
+    return sig * (1 + pre * (1 - sig))
+
+
+def _spatial(x: torch.Tensor) -> int:
+    return x.shape[2] * x.shape[3]
+
+
+@torch.library.custom_op("mobilefuse::squeeze_excite", mutates_args=())
+def squeeze_excite_op(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
+                      w_expand: torch.Tensor, b_expand: torch.Tensor | None, activation: str,
+                      gate: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``x * gate``, pooled means ``(N, C)``); weights as matrices; ``backend`` is
+    ``"cpu"``, ``"cuda"`` or ``"triton"`` (which kernels run the heavy passes)."""
+    pooled = _channel_sum(backend, x, None) / max(_spatial(x), 1)
+    s = _excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate)[3]
+    return _channel_affine(backend, x, s, None), pooled
+
+
+@squeeze_excite_op.register_fake
+def _(x, w_reduce, b_reduce, w_expand, b_expand, activation, gate, backend):
+    fmt = torch.channels_last if uses_channels_last(x) else torch.contiguous_format
+    return (torch.empty_like(x, memory_format=fmt),
+            x.new_empty((x.shape[0], x.shape[1]), dtype=opmath_dtype(x.dtype)))
+
+
+@torch.library.custom_op("mobilefuse::squeeze_excite_backward", mutates_args=())
+def squeeze_excite_backward_op(grad_out: torch.Tensor, x: torch.Tensor, pooled: torch.Tensor,
+                               w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
+                               w_expand: torch.Tensor, b_expand: torch.Tensor | None,
+                               activation: str, gate: str, backend: str,
+                               output_mask: list[bool]
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                          torch.Tensor]:
+    """Gradients of x, w_reduce, b_reduce, w_expand, b_expand (empty where not asked for)."""
+    pre, hidden, z, s = _excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation,
+                                gate)
+    dz = _channel_sum(backend, grad_out, x) * _gate_slope(z, s, gate)
+    dpre = (dz @ w_expand.to(dz.dtype)) * _activation_slope(pre, activation)
+    # Distinct empty tensors: a custom op's outputs must not alias each other.
+    grads = [x.new_empty(0) for _ in range(5)]
+    if output_mask[0]:
+        dpooled = dpre @ w_reduce.to(dz.dtype)
+        grads[0] = _channel_affine(backend, grad_out, s, dpooled / max(_spatial(x), 1))
+    if output_mask[1]:
+        grads[1] = (dpre.T @ pooled).to(w_reduce.dtype)
+    if output_mask[2] and b_reduce is not None:
+        grads[2] = dpre.sum(0).to(b_reduce.dtype)
+    if output_mask[3]:
+        grads[3] = (dz.T @ hidden).to(w_expand.dtype)
+    if output_mask[4] and b_expand is not None:
+        grads[4] = dz.sum(0).to(b_expand.dtype)
+    return tuple(grads)
+
+
+@squeeze_excite_backward_op.register_fake
+def _(grad_out, x, pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate, backend,
+      output_mask):
+    fmt = torch.channels_last if uses_channels_last(x) else torch.contiguous_format
+    shapes = [x, w_reduce, b_reduce, w_expand, b_expand]
+    return tuple(
+        (torch.empty_like(t, memory_format=fmt) if i == 0 else torch.empty_like(t))
+        if output_mask[i] and t is not None else x.new_empty(0) for i, t in enumerate(shapes))
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    x, w_reduce, b_reduce, w_expand, b_expand, activation, gate, backend = inputs
+    ctx.settings = (activation, gate, backend)
+    ctx.has_bias = (b_reduce is not None, b_expand is not None)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, output[1], w_reduce, b_reduce, w_expand, b_expand)
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor, _grad_pooled: torch.Tensor | None
+              ) -> tuple[Any, ...]:
+    x, pooled, w_reduce, b_reduce, w_expand, b_expand = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], needs[2] and ctx.has_bias[0], needs[3],
+            needs[4] and ctx.has_bias[1]]
+    if not any(mask):
+        return (None,) * 8
+    grads = squeeze_excite_backward_op(grad_out.contiguous(
+        memory_format=torch.channels_last if uses_channels_last(x) else torch.contiguous_format),
+        x, pooled, w_reduce, b_reduce, w_expand, b_expand, *ctx.settings, mask)
+    return (*(g if m else None for g, m in zip(grads, mask, strict=True)), None, None, None)
+
+
+squeeze_excite_op.register_autograd(_backward, setup_context=_setup_context)
