@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -62,3 +63,30 @@ def test_report_files(tmp_path):
     assert "| mobilenet_v2 | 20 |" in markdown and "Top-1 sources:" in markdown
     for key in ("accuracy_vs_flops", "accuracy_vs_params", "speedup"):
         assert files[key].read_bytes()[:4] == b"\x89PNG", key
+
+
+def test_cli_runs_on_a_tiny_model_list(tmp_path, capsys):
+    from mobilefuse.report.cli import main
+
+    assert main(["--models", "mobilenet_v3_small,shufflenet_v1", "--batch", "1",
+                 "--resolution", "64", "--reps", "2", "--no-progress", "--out",
+                 str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "mobilenet_v3_small" in printed and "shufflenet_v1" in printed
+    rows = list(csv.DictReader((tmp_path / "efficiency.csv").open()))
+    assert [row["model"] for row in rows] == ["mobilenet_v3_small", "shufflenet_v1"]
+    assert int(rows[0]["params"]) == 2_542_856
+    assert float(rows[0]["top1"]) == 67.668
+    assert all(float(row["speedup"]) > 0 for row in rows)
+    for name in ("efficiency.md", "efficiency.json", "accuracy_vs_flops.png",
+                 "accuracy_vs_params.png", "speedup.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_cli_rejects_unknown_models_and_bad_numbers():
+    from mobilefuse.report.cli import main
+
+    with pytest.raises(SystemExit, match="unknown model 'mobilenet_v9'"):
+        main(["--models", "mobilenet_v9", "--no-latency"])
+    with pytest.raises(SystemExit):
+        main(["--batch", "0"])

@@ -27,7 +27,7 @@ def zoo_entry(name: str, resolution: int | None = None) -> ModelEntry:
     if name not in models.list_models():
         raise SystemExit(f"mobilefuse.report: unknown model {name!r}; choose from "
                          f"{', '.join(models.list_models())}")
-    size = resolution or models.default_resolution(name)
+    size = resolution or models.model_info(name).input_size[1]
     return ModelEntry(name, lambda: models.create_model(name), size)
 
 
