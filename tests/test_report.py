@@ -68,7 +68,7 @@ def test_report_files(tmp_path):
 def test_cli_runs_on_a_tiny_model_list(tmp_path, capsys):
     from mobilefuse.report.cli import main
 
-    assert main(["--models", "mobilenet_v3_small,shufflenet_v1", "--batch", "1",
+    assert main(["--models", "mobilenet_v3_small,shufflenet_v1", "--batch", "1", "--channels-last",
                  "--resolution", "64", "--reps", "2", "--no-progress", "--out",
                  str(tmp_path)]) == 0
     printed = capsys.readouterr().out

@@ -46,6 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--reps", type=int, default=10, help="timed samples per latency")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run models and inputs in channels_last (oneDNN's fast CPU path)")
     parser.add_argument("--no-latency", action="store_true", help="skip the timings")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", type=Path, default=None,
@@ -69,11 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
     entries = [zoo_entry(name, args.resolution) for name in names]
     results = measure_models(entries, device, args.batch, DTYPES[args.dtype], args.reps,
-                             latency=not args.no_latency, progress=not args.no_progress)
+                             latency=not args.no_latency, progress=not args.no_progress,
+                             channels_last=args.channels_last)
     env = environment(device)
-    print_table(title(env, args.batch, args.dtype), HEADERS, table_rows(results))
+    layout = f"{args.dtype}, {'channels_last' if args.channels_last else 'NCHW'}"
+    print_table(title(env, args.batch, layout), HEADERS, table_rows(results))
     out = args.out or Path("benchmarks/results") / (
-        f"efficiency-{device_slug(device)}-{datetime.date.today().isoformat()}")
-    files = write_outputs(results, out, env, args.batch, args.dtype)
+        f"efficiency-{device_slug(device)}-{'cl-' if args.channels_last else ''}"
+        f"{datetime.date.today().isoformat()}")
+    files = write_outputs(results, out, env, args.batch, layout)
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

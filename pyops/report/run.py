@@ -62,8 +62,11 @@ class ModelResult:
 
 def measure_model(entry: ModelEntry, device: torch.device, batch: int, dtype: torch.dtype,
                   reps: int, latency: bool = True,
-                  step: Callable[[str], None] = lambda _: None) -> ModelResult:
-    """Measure one model; ``step`` is told each stage (for a progress display)."""
+                  step: Callable[[str], None] = lambda _: None,
+                  channels_last: bool = False) -> ModelResult:
+    """Measure one model; ``step`` is told each stage (for a progress display).
+    ``channels_last`` runs model and input in that memory format (oneDNN's fast path on CPU)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     shape = (batch, 3, entry.resolution, entry.resolution)
     step("flops")
     with torch.device("meta"):
@@ -71,10 +74,10 @@ def measure_model(entry: ModelEntry, device: torch.device, batch: int, dtype: to
     flops = count_flops(meta_model, (1, *shape[1:]))
     step("build")
     torch.manual_seed(0)
-    model = entry.build().to(device=device, dtype=dtype).eval()
+    model = entry.build().to(device=device, dtype=dtype, memory_format=fmt).eval()
     fast = mobilefuse.accelerate(model)
     swapped = mobilefuse.accelerate_report(fast, show=False).count("swapped")
-    x = torch.randn(shape, device=device, dtype=dtype)
+    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
     step("memory")
     eager_act, fast_act = activation_bytes(model, x), activation_bytes(fast, x)
     published = published_top1().get(entry.name)
@@ -95,7 +98,7 @@ def measure_model(entry: ModelEntry, device: torch.device, batch: int, dtype: to
 
 def measure_models(entries: Iterable[ModelEntry], device: torch.device, batch: int,
                    dtype: torch.dtype, reps: int, latency: bool = True,
-                   progress: bool = True) -> list[ModelResult]:
+                   progress: bool = True, channels_last: bool = False) -> list[ModelResult]:
     """Measure every model, with a tqdm progress bar (one tick per model) when ``progress``."""
     from tqdm import tqdm
 
@@ -106,5 +109,6 @@ def measure_models(entries: Iterable[ModelEntry], device: torch.device, batch: i
             def step(stage: str, name: str = entry.name) -> None:
                 bar.set_postfix_str(f"{name}: {stage}")
 
-            results.append(measure_model(entry, device, batch, dtype, reps, latency, step))
+            results.append(measure_model(entry, device, batch, dtype, reps, latency, step,
+                                         channels_last))
     return results
