@@ -96,12 +96,15 @@ def test_every_fused_backend_is_verified(result: dict) -> None:
     """Each available backend but the reference is checked on every op, and passes."""
     checks = result["verification"]
     assert {c["backend"] for c in checks} == _fused_backends()
-    assert {c["op"] for c in checks} == {*cases.OPS, "depthwise_conv2d"}
+    assert {c["op"] for c in checks} == {*cases.OPS, "depthwise_conv2d", "squeeze_excite"}
     depthwise = [c for c in checks if c["op"] == "depthwise_conv2d"]
     assert {c["dtype"] for c in depthwise} == {"float32", "bfloat16"}
     assert {c["memory_format"] for c in depthwise} == set(cases.LAYOUTS)
     assert len({c["case"] for c in depthwise}) >= 2
     assert all(set(c["grad_errors"]) == {"x", "weight", "bias"} for c in depthwise)
+    se = [c for c in checks if c["op"] == "squeeze_excite"]
+    assert len({c["case"] for c in se}) == 2
+    assert all(len(c["grad_errors"]) == 5 for c in se)
     failed = [c for c in checks if c["status"] != "PASS"]
     assert not failed, failed
 

@@ -27,6 +27,10 @@ DEPTHWISE_SHAPE: tuple[int, ...] = (2, 5, 9, 11)
 DEPTHWISE_CASES: tuple[tuple[int, int, str], ...] = (
     (3, 1, "relu6"), (5, 2, "hardswish"), (3, 2, "silu"))
 DEPTHWISE = "depthwise_conv2d"
+SE_SHAPE: tuple[int, ...] = (2, 12, 9, 11)
+SE_REDUCED = 3
+SE_CASES: tuple[tuple[str, str], ...] = (("relu", "hardsigmoid"), ("silu", "sigmoid"))
+SQUEEZE_EXCITE = "squeeze_excite"
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
 # Max abs error / max |reference|, as in DESIGN.md.
@@ -137,6 +141,29 @@ def _check_shuffle(check: Check, x: torch.Tensor, seed: int) -> None:
     _finish(check, out, x, problems)
 
 
+def _check_against_reference(check: Check, x: torch.Tensor, inputs: list[torch.Tensor],
+                             names: tuple[str, ...], fused: Callable[..., torch.Tensor],
+                             oracle: Callable[..., torch.Tensor], seed: int) -> None:
+    """``fused(*inputs)`` and its gradients for every input against ``oracle`` in float64."""
+    refs = [t.detach().double().requires_grad_() for t in inputs]
+    expected = oracle(*refs)
+    grad = _grad_like(expected.detach().to(x.dtype), check.memory_format, seed)
+    expected_grads = torch.autograd.grad(expected, refs, grad.double())
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fused(*leaves)
+    grads = torch.autograd.grad(out, leaves, grad)
+    check.forward_error = relative_error(out, expected)
+    check.grad_errors = {name: relative_error(got, want) for name, got, want in zip(
+        names, grads, expected_grads, strict=True)}
+    check.backward_error = max(check.grad_errors.values())
+    problems = []
+    if check.forward_error > FORWARD_TOL[x.dtype]:
+        problems.append(f"forward error {check.forward_error:.2e} > {FORWARD_TOL[x.dtype]:.0e}")
+    problems += [f"grad {name} error {err:.2e} > {BACKWARD_TOL[x.dtype]:.0e}"
+                 for name, err in check.grad_errors.items() if err > BACKWARD_TOL[x.dtype]]
+    _finish(check, out, x, problems)
+
+
 def _check_depthwise(check: Check, x: torch.Tensor, kernel: int, stride: int,
                      activation: str, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed + 2)
@@ -145,23 +172,22 @@ def _check_depthwise(check: Check, x: torch.Tensor, kernel: int, stride: int,
                                                                                   x.dtype)
     bias = torch.randn(channels, generator=gen).to(x.device, x.dtype)
     settings = (stride, kernel // 2, 1, activation)
-    refs = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
-    expected = reference.depthwise_conv2d(*refs, *settings)
-    grad = _grad_like(expected.detach().to(x.dtype), check.memory_format, seed)
-    expected_grads = torch.autograd.grad(expected, refs, grad.double())
-    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
-    out = ops.depthwise_conv2d(*leaves, *settings)
-    grads = torch.autograd.grad(out, leaves, grad)
-    check.forward_error = relative_error(out, expected)
-    check.grad_errors = {name: relative_error(got, want) for name, got, want in zip(
-        ("x", "weight", "bias"), grads, expected_grads, strict=True)}
-    check.backward_error = max(check.grad_errors.values())
-    problems = []
-    if check.forward_error > FORWARD_TOL[x.dtype]:
-        problems.append(f"forward error {check.forward_error:.2e} > {FORWARD_TOL[x.dtype]:.0e}")
-    problems += [f"grad {name} error {err:.2e} > {BACKWARD_TOL[x.dtype]:.0e}"
-                 for name, err in check.grad_errors.items() if err > BACKWARD_TOL[x.dtype]]
-    _finish(check, out, x, problems)
+    _check_against_reference(
+        check, x, [x, weight, bias], ("x", "weight", "bias"),
+        lambda *t: ops.depthwise_conv2d(*t, *settings),
+        lambda *t: reference.depthwise_conv2d(*t, *settings), seed)
+
+
+def _check_squeeze_excite(check: Check, x: torch.Tensor, activation: str, gate: str,
+                          seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed + 3)
+    channels = x.shape[1]
+    weights = [torch.randn(shape, generator=gen).to(x.device, x.dtype) for shape in (
+        (SE_REDUCED, channels), (SE_REDUCED,), (channels, SE_REDUCED), (channels,))]
+    _check_against_reference(
+        check, x, [x, *weights], ("x", "w_reduce", "b_reduce", "w_expand", "b_expand"),
+        lambda *t: ops.squeeze_excite(*t, activation, gate),
+        lambda *t: reference.squeeze_excite(*t, activation, gate), seed)
 
 
 def _finish(check: Check, out: torch.Tensor, x: torch.Tensor, problems: list[str]) -> None:
@@ -218,6 +244,19 @@ def verify_depthwise(backend: str, device: torch.device, dtype: torch.dtype, lay
     return _run_check(check, backend, device, dtype, (dtype,), body)
 
 
+def verify_squeeze_excite(backend: str, device: torch.device, dtype: torch.dtype, layout: str,
+                          activation: str, gate: str, seed: int = 0) -> Check:
+    """Check squeeze_excite's forward and all five gradients on ``backend``."""
+    check = Check(backend, device.type, SQUEEZE_EXCITE, str(dtype).removeprefix("torch."),
+                  layout, case=f"{activation} {gate}")
+
+    def body() -> None:
+        x = make_input(SE_SHAPE, dtype, layout, device, seed)
+        _check_squeeze_excite(check, x, activation, gate, seed)
+
+    return _run_check(check, backend, device, dtype, (dtype,), body)
+
+
 def verify_all(seed: int = 0) -> list[Check]:
     """Every op (and depthwise case) x backend x dtype x memory format this machine can check."""
     checks = []
@@ -229,8 +268,11 @@ def verify_all(seed: int = 0) -> list[Check]:
         for case in DEPTHWISE_CASES:
             checks += [verify_depthwise(backend, device, dtype, layout, *case, seed=seed)
                        for dtype, layout in grid]
+        for activation, gate in SE_CASES:
+            checks += [verify_squeeze_excite(backend, device, dtype, layout, activation, gate,
+                                             seed=seed) for dtype, layout in grid]
     return checks
 
 
 __all__ = ["Check", "backend_devices", "relative_error", "verify_all", "verify_depthwise",
-           "verify_one"]
+           "verify_one", "verify_squeeze_excite"]
