@@ -16,6 +16,8 @@ from mobilefuse.nn import SqueezeExcite
 SE_LAYOUTS: dict[tuple[str, str], tuple[str, str, str, str]] = {
     ("torchvision.ops.misc", "SqueezeExcitation"): ("fc1", "activation", "fc2",
                                                     "scale_activation"),
+    ("mobilefuse.models.layers", "SqueezeExcitation"): ("fc1", "activation", "fc2",
+                                                        "scale_activation"),
     ("timm.models._efficientnet_blocks", "SqueezeExcite"): ("conv_reduce", "act1",
                                                             "conv_expand", "gate"),
     ("timm.layers.squeeze_excite", "SEModule"): ("fc1", "act", "fc2", "gate"),
