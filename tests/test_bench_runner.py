@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mobilefuse
+from mobilefuse.bench import block_cases as blocks
 from mobilefuse.bench import cases, main, report, timing
 from mobilefuse.bench import depthwise_cases as dw
 from mobilefuse.models.specs import unique_depthwise_layers
@@ -198,3 +199,33 @@ def test_verify_only(tmp_path: Path) -> None:
     """``--verify-only`` passes here and times nothing."""
     assert main(["--verify-only", "--out", str(tmp_path)]) == 0
     assert not list(tmp_path.iterdir())  # verification alone writes no result file
+
+
+@pytest.fixture(scope="module")
+def block_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The JSON of a tiny run timing the first two MobileNetV2 blocks at batch 1."""
+    return _run(tmp_path_factory.mktemp("bench_blocks"),
+                [*TINY, "--skip-depthwise", "--blocks", "--block-models", "mobilenet_v2",
+                 "--block-batch", "1", "--block-limit", "2"])
+
+
+def test_block_entries(block_result: dict) -> None:
+    """Each block x layout x pass x implementation is timed, with its bytes and ratios."""
+    assert block_result["_rc"] == 0
+    first_two = blocks.model_blocks("mobilenet_v2")[:2]
+    assert [b.in_shape for b in first_two] == [(32, 112, 112), (16, 112, 112)]
+    timed = {(e["block"], e["impl"], e["memory_format"], e["pass"]): e
+             for e in block_result["blocks"]}
+    assert len(timed) == 2 * 2 * len(cases.LAYOUTS) * len(blocks.PASSES)
+    for case in first_two:
+        for impl in (cases.MOBILEFUSE, cases.EAGER):
+            for layout in cases.LAYOUTS:
+                for pass_ in blocks.PASSES:
+                    entry = timed[(case.path, impl, layout, pass_)]
+                    assert "error" not in entry, entry
+                    assert entry["median_ms"] > 0 and entry["ratio_vs_eager"] > 0
+                    assert entry["bytes"] == blocks.moved_bytes(case, 1, torch.float32)
+    means = {(g["memory_format"], g["pass"]) for g in block_result["block_geomeans"]
+             if g["impl"] == cases.MOBILEFUSE}
+    assert means == {(layout, pass_) for layout in cases.LAYOUTS for pass_ in blocks.PASSES}
+    assert block_result["block_settings"]["models"] == ["mobilenet_v2"]

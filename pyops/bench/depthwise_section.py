@@ -6,14 +6,13 @@ as mobilefuse vs eager vs ``torch.compile``, summarized by geometric means of th
 from __future__ import annotations
 
 import argparse
-import math
-from collections import defaultdict
 from typing import Any
 
 import torch
 
 from mobilefuse.bench import cases, report, timing
 from mobilefuse.bench import depthwise_cases as dw
+from mobilefuse.bench.summary import add_ratios, ratio_text
 from mobilefuse.models.specs import DepthwiseLayer
 
 
@@ -28,15 +27,6 @@ def _entry(layer: DepthwiseLayer, impl: str, dtype: torch.dtype, layout: str, pa
         "dtype": str(dtype).removeprefix("torch."), "memory_format": layout,
         "bytes": dw.moved_bytes(layer, batch, dtype, pass_),
     }
-
-
-def _add_ratios(entries: list[dict[str, Any]]) -> None:
-    """Speedups of each implementation over eager and over torch.compile (> 1: faster)."""
-    ms = {e["impl"]: e["median_ms"] for e in entries if "median_ms" in e}
-    for entry in entries:
-        own = entry.get("median_ms")
-        for key, rival in (("ratio_vs_eager", cases.EAGER), ("ratio_vs_compile", cases.COMPILE)):
-            entry[key] = ms[rival] / own if own and rival in ms else None
 
 
 def time_layer(layer: DepthwiseLayer, dtype: torch.dtype, layout: str,
@@ -54,7 +44,7 @@ def time_layer(layer: DepthwiseLayer, dtype: torch.dtype, layout: str,
             call = dw.build_call(impl, layer, inputs, pass_)
             timing.measure(entry, call, device, reps, args.warmup)
             timed.append(entry)
-        _add_ratios(timed)
+        add_ratios(timed)
         entries += timed
     return entries
 
@@ -73,33 +63,6 @@ def run_depthwise(args: argparse.Namespace, device: torch.device,
     return entries
 
 
-def _geomean(values: list[float]) -> float | None:
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
-
-
-def geomeans(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per implementation, dtype, layout and pass: the geometric means over layers of the
-    speedups over eager and over torch.compile."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for e in entries:
-        if e["impl"] != cases.EAGER:
-            groups[(e["impl"], e["dtype"], e["memory_format"], e["pass"])].append(e)
-    summary = []
-    for (impl, dtype, layout, pass_), group in groups.items():
-        vs_eager = [e["ratio_vs_eager"] for e in group if e.get("ratio_vs_eager")]
-        vs_compile = [e["ratio_vs_compile"] for e in group if e.get("ratio_vs_compile")]
-        summary.append({
-            "impl": impl, "dtype": dtype, "memory_format": layout, "pass": pass_,
-            "layers": len(group), "geomean_vs_eager": _geomean(vs_eager),
-            "geomean_vs_compile": None if impl == cases.COMPILE else _geomean(vs_compile),
-        })
-    return summary
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def print_depthwise(entries: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
     """One row per layer, layout and pass; then the geometric means."""
     impls = list(dict.fromkeys(e["impl"] for e in entries))
@@ -115,7 +78,8 @@ def print_depthwise(entries: list[dict[str, Any]], summary: list[dict[str, Any]]
         rows.append([label + fallback, layout, pass_, dtype,
                      *(report.fmt(by_impl.get(i, {}).get("median_ms"), ".4g") for i in impls),
                      report.fmt(fused.get("gbps"), ".1f"),
-                     _ratio(fused.get("ratio_vs_eager")), _ratio(fused.get("ratio_vs_compile")),
+                     ratio_text(fused.get("ratio_vs_eager")),
+                     ratio_text(fused.get("ratio_vs_compile")),
                      errors])
     report.print_table(
         "Depthwise conv layers (ms per call; GB/s of mobilefuse; vs X = X ms / mobilefuse ms)",
@@ -125,4 +89,4 @@ def print_depthwise(entries: list[dict[str, Any]], summary: list[dict[str, Any]]
         "Depthwise geometric-mean speedups (> 1: faster than the rival)",
         ["impl", "dtype", "layout", "pass", "layers", "vs eager", "vs compile"],
         [[g["impl"], g["dtype"], g["memory_format"], g["pass"], str(g["layers"]),
-          _ratio(g["geomean_vs_eager"]), _ratio(g["geomean_vs_compile"])] for g in summary])
+          ratio_text(g["geomean_vs_eager"]), ratio_text(g["geomean_vs_compile"])] for g in summary])

@@ -3,10 +3,12 @@
     python -m mobilefuse.bench [--quick] [--shape N C H W] [--reps R] [--warmup S] [--out DIR]
                                [--dtype D ...] [--groups G] [--no-compile] [--verify-only]
                                [--system-allocator] [--skip-depthwise] [--dw-batch N]
-                               [--dw-models M,M] [--dw-limit K]
+                               [--dw-models M,M] [--dw-limit K] [--blocks] [--block-batch N]
+                               [--block-models M,M] [--block-limit K] [--block-layouts L,L]
 
 The elementwise ops and channel_shuffle are timed on ``--shape``; depthwise_conv2d on the
-depthwise layers of real networks (see :mod:`mobilefuse.bench.depthwise_section`).
+depthwise layers of real networks (see :mod:`mobilefuse.bench.depthwise_section`); with
+``--blocks``, whole MBConv blocks (:mod:`mobilefuse.bench.block_section`).
 Exit status 1 when a verification fails or an implementation errors, else 0.
 """
 
@@ -20,9 +22,12 @@ from typing import Any
 
 import torch
 
+from mobilefuse.bench import block_cases as blocks
 from mobilefuse.bench import cases, report, timing
 from mobilefuse.bench import depthwise_cases as dw
-from mobilefuse.bench.depthwise_section import geomeans, print_depthwise, run_depthwise
+from mobilefuse.bench.block_section import print_blocks, run_blocks
+from mobilefuse.bench.depthwise_section import print_depthwise, run_depthwise
+from mobilefuse.bench.summary import geomeans
 from mobilefuse.bench.verify import Check, verify_all
 
 COPY = "copy_"  # the dst.copy_(src) baseline row
@@ -64,7 +69,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            metavar="M,M", help=f"networks (default {','.join(dw.MODELS)})")
     depthwise.add_argument("--dw-limit", type=int, default=None, metavar="K",
                            help="time only the first K distinct layers (after --quick's subset)")
+    block = parser.add_argument_group("MBConv / inverted-residual blocks of real networks")
+    block.add_argument("--blocks", action="store_true",
+                       help="time every block: accelerate() vs eager vs torch.compile")
+    block.add_argument("--block-batch", type=int, default=blocks.DEFAULT_BATCH, metavar="N",
+                       help=f"batch size (default {blocks.DEFAULT_BATCH})")
+    block.add_argument("--block-models", type=_block_model_list, default=list(blocks.MODELS),
+                       metavar="M,M", help=f"networks (default {','.join(blocks.MODELS)})")
+    block.add_argument("--block-limit", type=int, default=None, metavar="K",
+                       help="time only the first K blocks (after --quick's subset)")
+    block.add_argument("--block-layouts", type=_layout_list, default=list(cases.LAYOUTS),
+                       metavar="L,L", help=f"layouts (default {','.join(cases.LAYOUTS)})")
     args = parser.parse_args(argv)
+    if args.block_batch <= 0 or (args.block_limit is not None and args.block_limit <= 0):
+        parser.error("--block-batch and --block-limit take positive ints")
     if args.dw_batch <= 0 or (args.dw_limit is not None and args.dw_limit <= 0):
         parser.error("--dw-batch and --dw-limit take positive ints")
     if args.warmup < 0:
@@ -83,6 +101,26 @@ def _model_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(
             f"unknown model(s) {', '.join(unknown) or text!r}; choose from {', '.join(dw.MODELS)}")
     return models
+
+
+def _block_model_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in blocks.MODELS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {', '.join(unknown) or text!r}; choose from "
+            f"{', '.join(blocks.MODELS)}")
+    return names
+
+
+def _layout_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in cases.LAYOUTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown layout(s) {', '.join(unknown) or text!r}; choose from "
+            f"{', '.join(cases.LAYOUTS)}")
+    return names
 
 
 def print_verification(checks: list[Check]) -> None:
@@ -196,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = geomeans(depthwise)
     if depthwise:
         print_depthwise(depthwise, summary)
+    block_entries = run_blocks(args, device, reps) if args.blocks else []
+    block_summary = geomeans(block_entries)
+    if block_entries:
+        print_blocks(block_entries, block_summary)
     payload = {
         **report.environment(device), "allocator": allocator, "quick": args.quick,
         "shape": list(args.shape), "groups": args.groups, "reps": reps,
@@ -208,10 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "layers": [dw.label(layer) for layer in dw.select_layers(
                 args.dw_models, args.quick, args.dw_limit)]},
         "depthwise": depthwise, "depthwise_geomeans": summary,
+        "block_settings": None if not args.blocks else {
+            "models": args.block_models, "batch": args.block_batch,
+            "resolution": blocks.RESOLUTION, "limit": args.block_limit,
+            "layouts": args.block_layouts},
+        "blocks": block_entries, "block_geomeans": block_summary,
     }
     path = report.write_json(report.result_path(args.out, device), payload)
     print(f"wrote {path}", flush=True)
-    errored = any("error" in e for e in entries + depthwise)
+    errored = any("error" in e for e in entries + depthwise + block_entries)
     return 1 if failed or errored else 0
 
 
