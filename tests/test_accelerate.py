@@ -41,6 +41,18 @@ class Block(nn.Module):
         return x + y if self.use_res else y
 
 
+def randomized(model: nn.Module) -> nn.Module:
+    """``model`` with BatchNorm statistics and affine parameters away from (0, 1)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    return model
+
+
 def tiny_net(seed: int = 0) -> nn.Module:
     """A small MobileNet-shaped model with random BatchNorm statistics."""
     torch.manual_seed(seed)
@@ -52,14 +64,7 @@ def tiny_net(seed: int = 0) -> nn.Module:
         nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU()),
         nn.ChannelShuffle(3),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5), nn.Hardsigmoid())
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
-    return model
+    return randomized(model)
 
 
 def assert_grads_close(model: nn.Module, reference: nn.Module) -> None:
@@ -72,6 +77,20 @@ def assert_grads_close(model: nn.Module, reference: nn.Module) -> None:
     flat = torch.cat([p.grad.flatten() for p in ours.values()])
     flat_ref = torch.cat([theirs[name].grad.flatten() for name in ours])
     assert_close_to_reference(flat, flat_ref, BACKWARD_TOL[torch.float32], "parameter gradients")
+
+
+def assert_step_matches(fast: nn.Module, reference: nn.Module, x: torch.Tensor) -> None:
+    """Output and parameter gradients of one step against the float64 model; dropout and
+    stochastic depth draw the same masks in both from the same seed."""
+    torch.manual_seed(1)
+    out = fast(x)
+    torch.manual_seed(1)
+    expected = reference(x.double())
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "train output")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad.double())
+    assert_grads_close(fast, reference)
 
 
 def depthwise_convs(model: nn.Module) -> list[nn.Module]:
@@ -117,13 +136,7 @@ def test_train_mode_matches_outputs_gradients_and_running_stats():
     reference = copy.deepcopy(model).double()
     fast = mobilefuse.accelerate(model)
     x = torch.randn(4, 3, 21, 19)
-    out = fast(x)
-    expected = reference(x.double())
-    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "train output")
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    expected.backward(grad.double())
-    assert_grads_close(fast, reference)
+    assert_step_matches(fast, reference, x)
     buffers = dict(reference.named_buffers())
     for name, b in fast.named_buffers():
         if b.is_floating_point():
@@ -251,14 +264,6 @@ class DataDependentBlock(CustomBlock):
         return y if bool(y.sum() > 0) else -y
 
 
-def randomized(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-    return model
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])

@@ -94,33 +94,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _model_list(text: str) -> list[str]:
-    models = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in models if name not in dw.MODELS]
-    if not models or unknown:
+def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(unknown) or text!r}; choose from {', '.join(dw.MODELS)}")
-    return models
+            f"unknown {what} {', '.join(unknown) or text!r}; choose from {', '.join(allowed)}")
+    return names
+
+
+def _model_list(text: str) -> list[str]:
+    return _names(text, dw.MODELS, "model(s)")
 
 
 def _block_model_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in blocks.MODELS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(unknown) or text!r}; choose from "
-            f"{', '.join(blocks.MODELS)}")
-    return names
+    return _names(text, blocks.MODELS, "model(s)")
 
 
 def _layout_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in cases.LAYOUTS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown layout(s) {', '.join(unknown) or text!r}; choose from "
-            f"{', '.join(cases.LAYOUTS)}")
-    return names
+    return _names(text, list(cases.LAYOUTS), "layout(s)")
 
 
 def print_verification(checks: list[Check]) -> None:
