@@ -3,11 +3,14 @@
 //
 // NCHW works plane by plane: each input plane is copied once into a zero-padded buffer split
 // into `stride_w` column phases, so every tap of every output row reads a contiguous run and
-// the inner loops are plain vector FMAs. NHWC vectorizes over channels. Float16/bfloat16 run
-// through float32 copies (float32 accumulation); float64 is computed in float64.
+// the inner loops are plain vector FMAs. NHWC vectorizes over channels and walks an output
+// row one vector of channels at a time, in groups of pixels with independent sums that share
+// the input columns they read. Float16/bfloat16 run through float32 copies (float32
+// accumulation); float64 is computed in float64.
 //
-// The backward walks each channel (NCHW) or 64-byte channel block (NHWC) on one thread, so
-// the weight and bias gradients are sums in a fixed order: deterministic, no atomics.
+// The backward walks each channel (NCHW) or band of output rows (NHWC, fused: dz, the weight
+// and bias sums and grad_x in one pass) on one thread, and adds the partial sums in a fixed
+// order: the weight and bias gradients are deterministic, with no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -43,7 +46,7 @@ inline Vec act_forward(Act act, Vec z) {
     case Act::kRelu6: return at::vec::minimum(at::vec::maximum(z, zero), six);
     case Act::kHardSwish:
       return z * at::vec::minimum(at::vec::maximum(z + three, zero), six) * Vec(1.0 / 6.0);
-    case Act::kSilu: return z / (one + z.neg().exp());
+    case Act::kSilu: return z / (one + z.neg().exp_u20());  // exp within 20 ulp, inlined
   }
   return z;
 }
@@ -61,7 +64,7 @@ inline Vec act_backward(Act act, Vec g, Vec z) {
       return Vec::blendv(Vec::blendv(inside, g, z >= three), zero, z <= neg_three);
     }
     case Act::kSilu: {
-      Vec s = one / (one + z.neg().exp());
+      Vec s = one / (one + z.neg().exp_u20());
       return g * s * (one + z * (one - s));
     }
   }
@@ -92,15 +95,34 @@ inline int64_t first_phase_index(const Geometry& g, int64_t q) {
 }
 
 // Zero-padded copy of one plane; phase q of padded row r holds padded columns q, q+sw, ...
+// Only the input's own positions are written: the buffer starts zeroed (once per thread) and
+// every plane writes the same positions, so the padding stays zero.
 template <typename T>
 void load_padded_plane(const T* src, const Geometry& g, T* buf) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
   const int64_t len = g.phase_len();
-  std::fill(buf, buf + g.plane_buffer(), T(0));
   for (int64_t r = 0; r < g.height; ++r) {
     T* row = buf + (r + g.ph) * g.sw * len;
     const T* in = src + r * g.width;
     if (g.sw == 1) {
       std::copy(in, in + g.width, row + g.pw);
+      continue;
+    }
+    if (g.sw == 2) {
+      // Even input columns 2m land in phase pw % 2 at m + pw / 2, odd ones in the other phase
+      // at m + (pw + 1) / 2: split 2V columns at a time. The last split reads zeros past the
+      // row and stores them on the right padding (or the slack past it), which stays zero.
+      T* even = row + (g.pw % 2) * len + g.pw / 2;
+      T* odd = row + ((g.pw + 1) % 2) * len + (g.pw + 1) / 2;
+      for (int64_t done = 0; done < g.width; done += 2 * V) {
+        const int64_t rest = g.width - done;
+        const Vec a = Vec::loadu(in + done, std::min(rest, V));
+        const Vec b = rest > V ? Vec::loadu(in + done + V, std::min(rest - V, V)) : Vec(0);
+        const auto split = at::vec::deinterleave2(a, b);
+        split.first.store(even + done / 2);
+        split.second.store(odd + done / 2);
+      }
       continue;
     }
     for (int64_t q = 0; q < g.sw; ++q) {
@@ -138,6 +160,26 @@ std::vector<Chunk> plane_chunks(const Geometry& g, int64_t width) {
     }
   }
   return chunks;
+}
+
+// Stores a chunk into its plane (plane_size elements). Chunks are stored in plane order, so
+// the lanes past a row's end may spill into the next row, whose own chunk rewrites them
+// later: a full store, much cheaper than a partial one, everywhere but at the plane's end.
+template <typename T>
+inline void store_chunk(const at::vec::Vectorized<T>& v, T* plane, const Chunk& ch,
+                        int64_t plane_size) {
+  if (ch.out_at + at::vec::Vectorized<T>::size() <= plane_size) v.store(plane + ch.out_at);
+  else v.store(plane + ch.out_at, ch.count);
+}
+
+// Loads a chunk from its plane (plane_size elements), lanes past its row's end zero; a full
+// load and a blend where the plane goes on past the chunk.
+template <typename T>
+inline at::vec::Vectorized<T> load_chunk(const T* plane, const Chunk& ch, int64_t plane_size) {
+  using Vec = at::vec::Vectorized<T>;
+  if (ch.out_at + Vec::size() > plane_size) return Vec::loadu(plane + ch.out_at, ch.count);
+  const Vec v = Vec::loadu(plane + ch.out_at);
+  return ch.count == Vec::size() ? v : Vec::set(Vec(0), v, ch.count);
 }
 
 // Where each tap reads in the phased padded plane, relative to a chunk's in_at. Computed
@@ -186,11 +228,13 @@ inline void conv_chunks(const T* buf, const at::vec::Vectorized<T>* wv, const in
   }
 }
 
-// Calls f(chunk pointer, group size) over the chunks in groups of 4, then singly.
+// Calls f(chunk pointer, group size) over the chunks in groups of 4, then of 2 and 1: small
+// planes keep a few independent sums too.
 template <typename F>
 inline void for_chunk_groups(const std::vector<Chunk>& chunks, F f) {
   size_t c = 0;
   for (; c + 4 <= chunks.size(); c += 4) f(chunks.data() + c, std::integral_constant<int, 4>());
+  for (; c + 2 <= chunks.size(); c += 2) f(chunks.data() + c, std::integral_constant<int, 2>());
   for (; c < chunks.size(); ++c) f(chunks.data() + c, std::integral_constant<int, 1>());
 }
 
@@ -213,7 +257,7 @@ void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry&
         Vec acc[kGroup];
         conv_chunks<T, kGroup>(buf.data(), wv.data(), tap_off.data(), g.taps(), bv, group, acc);
         for (int q = 0; q < kGroup; ++q) {
-          act_forward(act, acc[q]).store(dst + group[q].out_at, group[q].count);
+          store_chunk(act_forward(act, acc[q]), dst, group[q], g.out_h * g.out_w);
         }
       });
     }
@@ -251,15 +295,32 @@ struct InputGradPlan {
   int64_t size() const { return rows * stride; }
 
   template <typename T>
+  // Z starts zeroed (once per thread) and every plane writes the same positions, so only
+  // dz's own positions are written (with sw == 2, the zeros between them too).
   void spread(const T* dz, const Geometry& g, T* z) const {
-    std::fill(z, z + size(), T(0));
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t V = Vec::size();
+    // Output columns whose Z column col = ow*sw + col_shift lies in [0, stride - 16).
+    const int64_t ow_a = col_shift >= 0 ? 0 : (-col_shift + g.sw - 1) / g.sw;
+    const int64_t ow_b = std::min(g.out_w, (stride - 16 - col_shift + g.sw - 1) / g.sw);
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
       const int64_t r = oh * g.sh + row_shift;
       if (r < 0 || r >= rows) continue;
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t col = ow * g.sw + col_shift;
-        if (col >= 0 && col < stride - 16) z[r * stride + col] = dz[oh * g.out_w + ow];
+      const T* src = dz + oh * g.out_w;
+      T* dst = z + r * stride + col_shift;
+      int64_t ow = ow_a;
+      if (g.sw == 1) {
+        std::copy(src + ow_a, src + std::max(ow_a, ow_b), dst + ow_a);
+        continue;
       }
+      if (g.sw == 2) {
+        for (; ow + V <= ow_b; ow += V) {
+          const auto pair = at::vec::interleave2(Vec::loadu(src + ow), Vec(0));
+          pair.first.store(dst + 2 * ow);
+          pair.second.store(dst + 2 * ow + V);
+        }
+      }
+      for (; ow < ow_b; ++ow) dst[ow * g.sw] = src[ow];
     }
   }
 };
@@ -299,9 +360,8 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
             Vec z[kGroup];
             conv_chunks<T, kGroup>(buf.data(), wv.data(), tap_off.data(), g.taps(), bv, group, z);
             for (int q = 0; q < kGroup; ++q) {
-              const int64_t at = group[q].out_at;
-              act_backward(act, Vec::loadu(gp + at, group[q].count), z[q])
-                  .store(dz.data() + at, group[q].count);
+              store_chunk(act_backward(act, load_chunk(gp, group[q], out_plane), z[q]), dz.data(),
+                          group[q], out_plane);
             }
           });
           dzp = dz.data();
@@ -311,7 +371,7 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
           std::fill(dw_lanes.begin(), dw_lanes.end(), Vec(0));
           for (const Chunk& ch : chunks) {
             // Lanes past the row's end load as zero, so they add nothing.
-            const Vec d = Vec::loadu(dzp + ch.out_at, ch.count);
+            const Vec d = load_chunk(dzp, ch, out_plane);
             db_lanes = db_lanes + d;
             if (!mask.weight) continue;
             for (int64_t t = 0; t < g.taps(); ++t) {
@@ -332,7 +392,7 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
             Vec acc[kGroup];
             conv_chunks<T, kGroup>(zbuf.data(), wflip.data(), plan.tap_off.data(), g.taps(),
                                    Vec(0), group, acc);
-            for (int q = 0; q < kGroup; ++q) acc[q].store(dst + group[q].out_at, group[q].count);
+            for (int q = 0; q < kGroup; ++q) store_chunk(acc[q], dst, group[q], g.height * g.width);
           });
         }
       }
@@ -347,14 +407,6 @@ void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, 
 // ---------------------------------------------------------------------------------------
 // NHWC
 
-// Taps k in [lo, hi) whose input index start + k*d falls inside [0, size).
-inline void tap_range(int64_t start, int64_t k, int64_t d, int64_t size, int64_t& lo,
-                      int64_t& hi) {
-  lo = start < 0 ? (-start + d - 1) / d : 0;
-  hi = start > size - 1 ? 0 : std::min(k, (size - 1 - start) / d + 1);
-  lo = std::min(lo, hi);
-}
-
 // Output columns whose every tap column lies inside the input: [lo, hi).
 inline void interior_columns(const Geometry& g, int64_t& lo, int64_t& hi) {
   lo = std::min(g.out_w, (g.pw + g.sw - 1) / g.sw);
@@ -362,279 +414,458 @@ inline void interior_columns(const Geometry& g, int64_t& lo, int64_t& hi) {
   hi = last < 0 ? lo : std::max(lo, std::min(g.out_w, last / g.sw + 1));
 }
 
-// Pre-activation of one output pixel for one vector of channels at c0 (cnt of them valid),
-// any position: taps outside the input are skipped. w_taps is (kh*kw, C).
+// Per-thread storage for the runtime-sized kernels (kernel sizes without a compile-time path).
 template <typename T>
-inline at::vec::Vectorized<T> conv_pixel(const T* x, const T* w_taps, at::vec::Vectorized<T> acc,
-                                         const Geometry& g, int64_t n, int64_t oh, int64_t ow,
-                                         int64_t c0, int64_t cnt) {
-  using Vec = at::vec::Vectorized<T>;
-  const int64_t C = g.channels;
-  const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
-  int64_t i_lo, i_hi, j_lo, j_hi;
-  tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
-  tap_range(iw0, g.kw, g.dw, g.width, j_lo, j_hi);
-  for (int64_t i = i_lo; i < i_hi; ++i) {
-    const T* xrow = x + ((n * g.height + ih0 + i * g.dh) * g.width) * C + c0;
-    for (int64_t j = j_lo; j < j_hi; ++j) {
-      acc = at::vec::fmadd(Vec::loadu(xrow + (iw0 + j * g.dw) * C, cnt),
-                           Vec::loadu(w_taps + (i * g.kw + j) * C + c0, cnt), acc);
-    }
-  }
-  return acc;
+struct TapScratch {
+  std::vector<at::vec::Vectorized<T>> vecs;
+  std::vector<const T*> rows;
+  std::vector<int64_t> cols;
+  explicit TapScratch(const Geometry& g) : vecs(g.taps()), rows(g.kh), cols(g.kw) {}
+};
+
+// rows[i] + c0 (null stays null) into a compile-time array when KH > 0, else into scratch.
+template <typename T, int KH>
+inline const T* const* rows_at(const T* const* rows, int64_t kh, int64_t c0,
+                               const T* (&fixed)[KH > 0 ? KH : 1], TapScratch<T>& scratch) {
+  const T** out = KH > 0 ? fixed : scratch.rows.data();
+  for (int64_t i = 0; i < kh; ++i) out[i] = rows[i] ? rows[i] + c0 : nullptr;
+  return out;
 }
 
-// kGroup horizontally adjacent interior output pixels (every tap inside the input), all
-// channels. Pixel-outer, channel-inner order keeps the few input pixels they read in L1;
-// independent accumulators hide the FMA latency and share each weight load.
-template <typename T, int kGroup, int kKW>
-inline void forward_pixels(const T* x, const T* w_taps, const T* bias, T* orow, const Geometry& g,
-                           Act act, int64_t n, int64_t oh, int64_t ow) {
-  // kKW > 0: the kernel width is known at compile time, so the tap loop unrolls.
-  const int64_t kw = kKW > 0 ? kKW : g.kw;
+// Loads and stores of the channels [c0, c0 + cnt) of one vector; kFull: cnt is a whole vector,
+// so no count check is left in the inner loops.
+template <typename T, bool kFull>
+struct Lanes {
   using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  const int64_t C = g.channels;
-  const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
-  int64_t i_lo, i_hi;
-  tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
-  for (int64_t c0 = 0; c0 < C; c0 += V) {
-    const int64_t cnt = std::min(V, C - c0);
-    const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
-    Vec acc[kGroup];
-    for (int q = 0; q < kGroup; ++q) acc[q] = bv;
-    for (int64_t i = i_lo; i < i_hi; ++i) {
-      const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
-      const T* wr = w_taps + i * kw * C + c0;
-      for (int64_t j = 0; j < kw; ++j) {
-        const Vec w = Vec::loadu(wr + j * C, cnt);
-        const T* xp = xr + j * g.dw * C;
-        for (int q = 0; q < kGroup; ++q) {
-          acc[q] = at::vec::fmadd(Vec::loadu(xp + q * g.sw * C, cnt), w, acc[q]);
+  int64_t cnt;
+  Vec load(const T* p) const {
+    if constexpr (kFull) return Vec::loadu(p);
+    else return Vec::loadu(p, cnt);
+  }
+  void store(const Vec& v, T* p) const {
+    if constexpr (kFull) v.store(p);
+    else v.store(p, cnt);
+  }
+};
+
+// Calls f(first, group, border) over the pixels [0, count) in groups of 4, then of 2 and 1
+// for the rest (short rows keep a few independent sums too); border: the group reaches
+// outside [lo, hi), where every tap is inside the tensor it reads. Group size and border are
+// compile-time constants.
+template <typename F>
+inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
+  auto groups_of = [&](auto size, int64_t& p, int64_t end) {
+    constexpr int kG = decltype(size)::value;
+    for (; p + kG <= end; p += kG) {
+      if (p >= lo && p + kG <= hi) f(p, size, std::false_type());
+      else f(p, size, std::true_type());
+    }
+  };
+  int64_t p = 0;
+  groups_of(std::integral_constant<int, 4>(), p, count);
+  groups_of(std::integral_constant<int, 2>(), p, count);
+  groups_of(std::integral_constant<int, 1>(), p, count);
+}
+
+// Zero lanes (a vector has at most 16) that border pixels read in place of taps outside the
+// tensor: one code path for every pixel of a group, and no branch per tap.
+template <typename T>
+alignas(64) constexpr T kZeroLanes[16] = {};
+
+// The kernel size and column stride as compile-time constants, 0 where only known at run
+// time. A kernel with sw > 0 has dilation 1: its taps' columns form a window shared by the
+// pixels of a group.
+template <int KH, int KW, int SW>
+struct Kernel {
+  static constexpr int kh = KH, kw = KW, sw = SW;
+};
+
+// Calls f(Kernel<...>()) with the compile-time shape matching g, else the run-time one.
+template <typename F>
+inline void with_kernel(const Geometry& g, F f) {
+  if (g.kh == 3 && g.kw == 3 && g.dw == 1 && g.sw == 1) return f(Kernel<3, 3, 1>());
+  if (g.kh == 3 && g.kw == 3 && g.dw == 1 && g.sw == 2) return f(Kernel<3, 3, 2>());
+  if (g.kh == 5 && g.kw == 5 && g.dw == 1 && g.sw == 1) return f(Kernel<5, 5, 1>());
+  if (g.kh == 5 && g.kw == 5 && g.dw == 1 && g.sw == 2) return f(Kernel<5, 5, 2>());
+  f(Kernel<0, 0, 0>());
+}
+
+// Calls f(std::integral_constant<Act, act>): the activation as a compile-time constant.
+template <typename F>
+inline void with_act(Act act, F f) {
+  switch (act) {
+    case Act::kNone: return f(std::integral_constant<Act, Act::kNone>());
+    case Act::kRelu: return f(std::integral_constant<Act, Act::kRelu>());
+    case Act::kRelu6: return f(std::integral_constant<Act, Act::kRelu6>());
+    case Act::kHardSwish: return f(std::integral_constant<Act, Act::kHardSwish>());
+    case Act::kSilu: return f(std::integral_constant<Act, Act::kSilu>());
+  }
+}
+
+// Input columns a group of kG pixels reads in one kernel row, for a windowed kernel.
+template <typename K, int kG>
+constexpr int window_width() {
+  return (kG - 1) * K::sw + K::kw;
+}
+
+// The window of a group in one row: the columns first, first + 1, ... (at xp, C apart) of a
+// row `limit` columns wide; border groups read zeros for columns outside it.
+template <typename T, typename K, int kG, bool kBorder, bool kFull>
+inline void load_window(const T* xp, int64_t first, int64_t limit, const Geometry& g,
+                        Lanes<T, kFull> lanes, at::vec::Vectorized<T>* cols) {
+  for (int c = 0; c < window_width<K, kG>(); ++c) {
+    const T* src = xp + c * g.channels;
+    if constexpr (kBorder) {
+      if (first + c < 0 || first + c >= limit) src = kZeroLanes<T>;
+    }
+    cols[c] = lanes.load(src);
+  }
+}
+
+// Pre-activations of kG output pixels from ow, one vector of channels: bias plus the taps in
+// tap order, one independent sum per pixel (a single pixel's chain of kh*kw dependent FMAs
+// would leave the core waiting). rows[i] is input row i of the window at the vector's first
+// channel, or null outside the input; border groups (kBorder) read zeros for the tap columns
+// outside the input. The weights wp (taps of C) are read at each use: L1 hits, which leave
+// the registers to the sums and the window.
+template <typename T, typename K, int kG, bool kBorder, bool kFull>
+inline void conv_group(const T* const* rows, const T* wp, at::vec::Vectorized<T> bias,
+                       const Geometry& g, Lanes<T, kFull> lanes, int64_t ow,
+                       at::vec::Vectorized<T>* z) {
+  const int64_t kh = K::kh > 0 ? K::kh : g.kh, kw = K::kw > 0 ? K::kw : g.kw;
+  const int64_t C = g.channels, col = g.dw * C, step = g.sw * C;
+  const int64_t iw0 = ow * g.sw - g.pw;
+  for (int q = 0; q < kG; ++q) z[q] = bias;
+  for (int64_t i = 0; i < kh; ++i) {
+    if (!rows[i]) continue;
+    const T* xp = rows[i] + iw0 * C;
+    if constexpr (K::sw > 0) {
+      at::vec::Vectorized<T> cols[window_width<K, kG>()];
+      load_window<T, K, kG, kBorder>(xp, iw0, g.width, g, lanes, cols);
+      for (int j = 0; j < K::kw; ++j) {
+        const auto w = lanes.load(wp + (i * kw + j) * C);
+        for (int q = 0; q < kG; ++q) z[q] = at::vec::fmadd(cols[q * K::sw + j], w, z[q]);
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < kw; ++j) {
+      const auto w = lanes.load(wp + (i * kw + j) * C);
+      for (int q = 0; q < kG; ++q) {
+        const T* src = xp + j * col + q * step;
+        if constexpr (kBorder) {
+          const int64_t iw = iw0 + q * g.sw + j * g.dw;
+          if (iw < 0 || iw >= g.width) src = kZeroLanes<T>;
         }
+        z[q] = at::vec::fmadd(lanes.load(src), w, z[q]);
       }
     }
-    for (int q = 0; q < kGroup; ++q) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0, cnt);
   }
 }
 
-// kGroup output pixels from ow (the first `valid` of them stored), for dilation 1 with kernel
-// width and stride known at compile time: each input column of the window is loaded once per
-// kernel row and reused by every pixel and tap. Columns outside the input read from `zeros`
-// (C zero channels), so border pixels take the same path as interior ones.
-template <typename T, int kGroup, int kKW, int kSW>
-inline void forward_pixels_window(const T* x, const T* w_taps, const T* bias, const T* zeros,
-                                  T* orow, const Geometry& g, Act act, int64_t n, int64_t oh,
-                                  int64_t ow, int64_t valid) {
+// One output row of the NHWC forward, channels [c0, c0 + cnt). in_rows[i] is input row
+// oh*sh - ph + i*dh, or null outside the input.
+template <typename T, typename K, Act kAct, bool kFull>
+void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bias,
+                 const Geometry& g, int64_t c0, int64_t cnt, int64_t ow_lo, int64_t ow_hi,
+                 TapScratch<T>& scratch) {
   using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  constexpr int kWindow = (kGroup - 1) * kSW + kKW;
+  const Lanes<T, kFull> lanes{cnt};
   const int64_t C = g.channels;
-  const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * kSW - g.pw;
-  int64_t i_lo, i_hi;
-  tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
-  const T* cols[7][kWindow];  // per kernel row (kh <= 7 here), the window's column pointers
-  for (int64_t i = i_lo; i < i_hi; ++i) {
-    const T* xr = x + (n * g.height + ih0 + i * g.dh) * g.width * C;
-    for (int k = 0; k < kWindow; ++k) {
-      const int64_t iw = iw0 + k;
-      cols[i][k] = iw >= 0 && iw < g.width ? xr + iw * C : zeros;
-    }
-  }
-  for (int64_t c0 = 0; c0 < C; c0 += V) {
-    const int64_t cnt = std::min(V, C - c0);
-    const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
-    Vec acc[kGroup];
-    for (int q = 0; q < kGroup; ++q) acc[q] = bv;
-    for (int64_t i = i_lo; i < i_hi; ++i) {
-      const T* wr = w_taps + i * kKW * C + c0;
-      Vec column[kWindow];
-      for (int k = 0; k < kWindow; ++k) column[k] = Vec::loadu(cols[i][k] + c0, cnt);
-      for (int j = 0; j < kKW; ++j) {
-        const Vec w = Vec::loadu(wr + j * C, cnt);
-        for (int q = 0; q < kGroup; ++q) acc[q] = at::vec::fmadd(column[q * kSW + j], w, acc[q]);
-      }
-    }
-    for (int q = 0; q < kGroup; ++q) {
-      if (q < valid) act_forward(act, acc[q]).store(orow + (ow + q) * C + c0, cnt);
-    }
-  }
-}
-
-// The window path for a whole output row, when the geometry has one (else false).
-template <typename T, int kGroup>
-inline bool forward_row_window(const T* x, const T* w_taps, const T* bias, const T* zeros,
-                               T* orow, const Geometry& g, Act act, int64_t n, int64_t oh) {
-  if (g.dw != 1 || g.kh > 7) return false;
-#define MOBILEFUSE_WINDOW(KW, SW)                                                            \
-  if (g.kw == KW && g.sw == SW) {                                                            \
-    for (int64_t ow = 0; ow < g.out_w; ow += kGroup) {                                       \
-      forward_pixels_window<T, kGroup, KW, SW>(x, w_taps, bias, zeros, orow, g, act, n, oh, ow, \
-                                               std::min<int64_t>(kGroup, g.out_w - ow));     \
-    }                                                                                        \
-    return true;                                                                             \
-  }
-  MOBILEFUSE_WINDOW(3, 1)
-  MOBILEFUSE_WINDOW(3, 2)
-  MOBILEFUSE_WINDOW(5, 1)
-  MOBILEFUSE_WINDOW(5, 2)
-  MOBILEFUSE_WINDOW(7, 1)
-  MOBILEFUSE_WINDOW(7, 2)
-#undef MOBILEFUSE_WINDOW
-  return false;
-}
-
-// kGroup interior pixels at ow through the compile-time kernel width when there is one.
-template <typename T, int kGroup>
-inline void forward_group(const T* x, const T* w_taps, const T* bias, T* orow, const Geometry& g,
-                          Act act, int64_t n, int64_t oh, int64_t ow) {
-  switch (g.kw) {
-    case 3: return forward_pixels<T, kGroup, 3>(x, w_taps, bias, orow, g, act, n, oh, ow);
-    case 5: return forward_pixels<T, kGroup, 5>(x, w_taps, bias, orow, g, act, n, oh, ow);
-    case 7: return forward_pixels<T, kGroup, 7>(x, w_taps, bias, orow, g, act, n, oh, ow);
-    default: return forward_pixels<T, kGroup, 0>(x, w_taps, bias, orow, g, act, n, oh, ow);
-  }
+  const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+  const T* const* rows = rows_at<T, K::kh>(in_rows, K::kh > 0 ? K::kh : g.kh, c0, rows_fixed, scratch);
+  const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+  T* out = orow + c0;
+  for_pixel_groups(g.out_w, ow_lo, ow_hi, [&](int64_t ow, auto group, auto border) {
+    constexpr int kG = decltype(group)::value;
+    Vec z[kG];
+    conv_group<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes,
+                                                               ow, z);
+    for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
+  });
 }
 
 // w_taps is the weight transposed to (kh*kw, C), so a tap's channels are contiguous. Each
-// task is one output row.
-template <typename T>
-void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
-                  Act act) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  constexpr int kGroup = 4;
-  const int64_t C = g.channels;
+// task is one output row, walked one vector of channels at a time: along the row, the taps'
+// input columns advance by a fixed step.
+template <typename T, typename K, Act kAct>
+void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t C = g.channels, full = C / V * V;
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    const std::vector<T> zeros(C + V, T(0));
+    TapScratch<T> scratch(g);
+    std::vector<const T*> rows(g.kh);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+        rows[i] = ih >= 0 && ih < g.height ? x + (n * g.height + ih) * g.width * C : nullptr;
+      }
       T* orow = out + r * g.out_w * C;
-      if (forward_row_window<T, kGroup>(x, w_taps, bias, zeros.data(), orow, g, act, n, oh)) {
-        continue;
+      for (int64_t c0 = 0; c0 < full; c0 += V) {
+        forward_row<T, K, kAct, true>(rows.data(), orow, w_taps, bias, g, c0, V, ow_lo,
+                                           ow_hi, scratch);
       }
-      auto border = [&](int64_t ow) {
-        for (int64_t c0 = 0; c0 < C; c0 += V) {
-          const int64_t cnt = std::min(V, C - c0);
-          const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
-          act_forward(act, conv_pixel(x, w_taps, bv, g, n, oh, ow, c0, cnt))
-              .store(orow + ow * C + c0, cnt);
-        }
-      };
-      int64_t ow = 0;
-      for (; ow < ow_lo; ++ow) border(ow);
-      for (; ow + kGroup <= ow_hi; ow += kGroup) {
-        forward_group<T, kGroup>(x, w_taps, bias, orow, g, act, n, oh, ow);
+      if (full < C) {
+        forward_row<T, K, kAct, false>(rows.data(), orow, w_taps, bias, g, full, C - full,
+                                            ow_lo, ow_hi, scratch);
       }
-      for (; ow < ow_hi; ++ow) forward_pixels<T, 1, 0>(x, w_taps, bias, orow, g, act, n, oh, ow);
-      for (; ow < g.out_w; ++ow) border(ow);
     }
   });
 }
 
-// Rows of output per block of the NHWC weight-gradient sums: fixed by the shape alone, so the
-// blocked partial sums and their final fixed-order reduction give the same bits every run.
-inline int64_t rows_per_block(const Geometry& g) {
-  const int64_t rows = g.batch * g.out_h;
-  return std::max<int64_t>(1, (rows + 63) / 64);
+template <typename T>
+void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
+                  Act act) {
+  with_act(act, [&](auto a) {
+    with_kernel(g, [&](auto k) {
+      forward_nhwc_fixed<T, decltype(k), decltype(a)::value>(x, w_taps, bias, out, g);
+    });
+  });
 }
 
-// Adds kGroup pixels' contribution to every weight-gradient tap: part[t][c] += sum_q d_q * x.
-// The kGroup dz vectors stay in registers, so each tap costs one read-modify-write per group.
-template <typename T, int kGroup>
-inline void weight_grad_pixels(const T* x, const T* drow, T* part, const Geometry& g, int64_t n,
-                               int64_t ih0, int64_t i_lo, int64_t i_hi, int64_t ow, int64_t j_lo,
-                               int64_t j_hi) {
+// Bands of output rows per image, each a block of the NHWC weight-gradient sums: fixed by the
+// shape alone, so the blocked partial sums and their fixed-order reduction give the same bits
+// every run. At least 8 blocks in all, so small batches still spread over the threads.
+inline int64_t bands_per_image(const Geometry& g) {
+  return std::max<int64_t>(1, std::min(g.out_h, (8 + g.batch - 1) / g.batch));
+}
+
+// One output row of the NHWC backward for the channels [c0, c0 + cnt): z recomputed, dz =
+// grad * act'(z) (stored to dz_row when `store`), and with `own` the row's share of the weight
+// and bias gradients, summed in registers along the row and added to `part` once. in_rows[i]
+// is input row oh*sh - ph + i*dh, or null outside the input. With a compile-time kernel
+// shape the tap loops unroll. Pixels go in groups, as in the forward.
+template <typename T, typename K, Act kAct, bool kFull>
+void backward_dz_row(const T* const* in_rows, const T* grow, T* dz_row, const T* w_taps,
+                     const T* bias, T* part, const Geometry& g, int64_t c0, int64_t cnt,
+                     bool own, GradMask mask, bool store, int64_t ow_lo, int64_t ow_hi,
+                     TapScratch<T>& scratch) {
   using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  const int64_t C = g.channels;
-  const int64_t iw0 = ow * g.sw - g.pw;
-  for (int64_t c0 = 0; c0 < C; c0 += V) {
-    const int64_t cnt = std::min(V, C - c0);
-    Vec d[kGroup];
-    for (int q = 0; q < kGroup; ++q) d[q] = Vec::loadu(drow + (ow + q) * C + c0, cnt);
-    for (int64_t i = i_lo; i < i_hi; ++i) {
-      const T* xr = x + ((n * g.height + ih0 + i * g.dh) * g.width + iw0) * C + c0;
-      for (int64_t j = j_lo; j < j_hi; ++j) {
-        T* pw = part + (i * g.kw + j) * C + c0;
-        Vec acc = Vec::loadu(pw, cnt);
-        const T* xp = xr + j * g.dw * C;
-        for (int q = 0; q < kGroup; ++q) {
-          acc = at::vec::fmadd(d[q], Vec::loadu(xp + q * g.sw * C, cnt), acc);
-        }
-        acc.store(pw, cnt);
+  constexpr int kTaps = K::kh * K::kw;
+  const Lanes<T, kFull> lanes{cnt};
+  const int64_t kh = K::kh > 0 ? K::kh : g.kh, kw = K::kw > 0 ? K::kw : g.kw, taps = kh * kw;
+  const int64_t C = g.channels, col = g.dw * C, step = g.sw * C;
+  const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+  const T* const* rows = rows_at<T, K::kh>(in_rows, kh, c0, rows_fixed, scratch);
+  const T* wp = w_taps + c0;
+  grow += c0;
+  if (dz_row) dz_row += c0;
+  Vec dw_fixed[kTaps > 0 ? kTaps : 1];
+  Vec* dw = kTaps > 0 ? dw_fixed : scratch.vecs.data();
+  for (int64_t t = 0; t < taps; ++t) dw[t] = Vec(0);
+  const bool need_dw = own && mask.weight;
+  const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+  Vec db(0);
+  for_pixel_groups(g.out_w, ow_lo, ow_hi, [&](int64_t ow, auto group, auto border) {
+    constexpr int kG = decltype(group)::value;
+    const int64_t iw0 = ow * g.sw - g.pw;
+    Vec d[kG];
+    for (int q = 0; q < kG; ++q) d[q] = lanes.load(grow + (ow + q) * C);
+    if constexpr (kAct != Act::kNone) {
+      Vec z[kG];
+      conv_group<T, K, kG, decltype(border)::value, kFull>(rows, wp, bv, g, lanes, ow, z);
+      for (int q = 0; q < kG; ++q) {
+        d[q] = act_backward(kAct, d[q], z[q]);
+        if (store) lanes.store(d[q], dz_row + (ow + q) * C);
       }
     }
+    if (own) {
+      for (int q = 0; q < kG; ++q) db = db + d[q];
+    }
+    if (!need_dw) return;
+    for (int64_t i = 0; i < kh; ++i) {
+      if (!rows[i]) continue;
+      const T* xp = rows[i] + iw0 * C;
+      if constexpr (K::sw > 0) {
+        Vec cols[window_width<K, kG>()];
+        load_window<T, K, kG, decltype(border)::value>(xp, iw0, g.width, g, lanes, cols);
+        for (int j = 0; j < K::kw; ++j) {
+          Vec acc = dw[i * kw + j];
+          for (int q = 0; q < kG; ++q) acc = at::vec::fmadd(d[q], cols[q * K::sw + j], acc);
+          dw[i * kw + j] = acc;
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < kw; ++j) {
+        Vec acc = dw[i * kw + j];
+        for (int q = 0; q < kG; ++q) {
+          const T* src = xp + j * col + q * step;
+          if constexpr (decltype(border)::value) {
+            const int64_t iw = iw0 + q * g.sw + j * g.dw;
+            if (iw < 0 || iw >= g.width) src = kZeroLanes<T>;
+          }
+          acc = at::vec::fmadd(d[q], lanes.load(src), acc);
+        }
+        dw[i * kw + j] = acc;
+      }
+    }
+  });
+  if (need_dw) {
+    for (int64_t t = 0; t < taps; ++t) {
+      lanes.store(lanes.load(part + t * C + c0) + dw[t], part + t * C + c0);
+    }
+  }
+  if (own && mask.bias) lanes.store(lanes.load(part + taps * C + c0) + db, part + taps * C + c0);
+}
+
+// One input row of grad_x for the channels [c0, c0 + cnt): grad_x[iw] = sum over the taps
+// (i, j) that reach it of w[i, j] * dz[ow], where ow*sw = iw + pw - j*dw. in_rows[i] is the dz
+// row tap row i reads, or null when that tap row reaches no output row. The pixels are walked
+// one column phase (iw mod sw) at a time, so each phase has a fixed set of taps; 4 pixels at a
+// time with independent sums, border groups reading zeros for output columns outside dz.
+template <typename T, typename K, bool kFull>
+void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const Geometry& g,
+                     int64_t c0, int64_t cnt, TapScratch<T>& scratch) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int kTaps = K::kh * K::kw;
+  const Lanes<T, kFull> lanes{cnt};
+  const int64_t kh = K::kh > 0 ? K::kh : g.kh, kw = K::kw > 0 ? K::kw : g.kw, taps = kh * kw;
+  const int64_t C = g.channels;
+  const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+  const T* const* dz_rows = rows_at<T, K::kh>(in_rows, kh, c0, rows_fixed, scratch);
+  Vec wv_fixed[kTaps > 0 ? kTaps : 1];
+  Vec* wv = kTaps > 0 ? wv_fixed : scratch.vecs.data();
+  for (int64_t t = 0; t < taps; ++t) wv[t] = lanes.load(w_taps + t * C + c0);
+  // Pixels whose every tap column that matches their phase reads an output column.
+  const int64_t in_lo = (kw - 1) * g.dw - g.pw, in_hi = (g.out_w - 1) * g.sw - g.pw + 1;
+  for (int64_t p = 0; p < std::min(g.sw, g.width); ++p) {
+    // Tap column j reaches pixel p + k*sw at output column first[j] + k, when phase-valid.
+    constexpr int64_t kNone = INT64_MIN / 2;
+    int64_t first_fixed[K::kw > 0 ? K::kw : 1];
+    int64_t* first = K::kw > 0 ? first_fixed : scratch.cols.data();
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t s = p + g.pw - j * g.dw;
+      first[j] = (s % g.sw + g.sw) % g.sw == 0 ? s / g.sw : kNone;
+    }
+    auto k_of = [&](int64_t iw) { return std::max<int64_t>(0, (iw - p + g.sw - 1) / g.sw); };
+    const int64_t count = k_of(g.width);
+    for_pixel_groups(count, k_of(in_lo), k_of(in_hi), [&](int64_t k, auto group, auto border) {
+      constexpr int kG = decltype(group)::value;
+      Vec acc[kG];
+      for (int q = 0; q < kG; ++q) acc[q] = Vec(0);
+      for (int64_t i = 0; i < kh; ++i) {
+        if (!dz_rows[i]) continue;
+        if constexpr (K::sw == 1) {
+          // Tap column j of pixel k + q reads dz column k + pw - j + q: a window of columns
+          // shared by the group's pixels and taps.
+          const int64_t ow0 = k + g.pw - (K::kw - 1);
+          Vec cols[window_width<K, kG>()];
+          load_window<T, K, kG, decltype(border)::value>(dz_rows[i] + ow0 * C, ow0, g.out_w, g,
+                                                          lanes, cols);
+          for (int j = 0; j < K::kw; ++j) {
+            for (int q = 0; q < kG; ++q) {
+              acc[q] = at::vec::fmadd(wv[i * kw + j], cols[K::kw - 1 - j + q], acc[q]);
+            }
+          }
+          continue;
+        }
+        for (int64_t j = 0; j < kw; ++j) {
+          if (first[j] == kNone) continue;
+          for (int q = 0; q < kG; ++q) {
+            const int64_t ow = first[j] + k + q;
+            const T* src = dz_rows[i] + ow * C;
+            if constexpr (decltype(border)::value) {
+              if (ow < 0 || ow >= g.out_w) src = kZeroLanes<T>;
+            }
+            acc[q] = at::vec::fmadd(wv[i * kw + j], lanes.load(src), acc[q]);
+          }
+        }
+      }
+      for (int q = 0; q < kG; ++q) lanes.store(acc[q], gx_row + (p + (k + q) * g.sw) * C + c0);
+    });
   }
 }
 
-// Pass 1 over row blocks: dz = grad * act'(z) (into dz_out when there is an activation) and
-// per-block partial sums of the weight and bias gradients. Pass 2 over input rows: grad_x
-// gathered from the taps that reach each input pixel, every element written once.
-template <typename T>
-void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* dz_out, T* gx,
-                   T* gw, T* gb, const Geometry& g, Act act, GradMask mask) {
+// One pass over bands of output rows: each band recomputes z for its rows, turns grad into dz,
+// sums its share of the weight and bias gradients, and writes the grad_x rows of its part of
+// the input as soon as the dz rows they read exist. dz lives in a ring of the last few rows
+// (grad itself when there is no activation), so grad and x are read once and dz never goes to
+// memory. A band's grad_x rows may read dz rows of the next or previous band: those are
+// recomputed (not summed again).
+template <typename T, typename K, Act kAct>
+void backward_nhwc_fixed(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
+                         T* gb, const Geometry& g, GradMask mask) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  constexpr int kGroup = 4;
   const int64_t C = g.channels, taps = g.taps();
-  const int64_t rows = g.batch * g.out_h, per_block = rows_per_block(g);
-  const int64_t blocks = (rows + per_block - 1) / per_block;
+  const int64_t bands = bands_per_image(g), blocks = g.batch * bands;
   const bool sums = mask.weight || mask.bias;
+  const bool ring = kAct != Act::kNone && mask.input;
+  // dz rows one grad_x row reads span (kh-1)*dh/sh + 1; one more is being written.
+  const int64_t ring_rows = (g.kh - 1) * g.dh / g.sh + 2;
   std::vector<T> dw_part(sums ? blocks * (taps + 1) * C : 0);  // [block][taps + bias][C]
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
-  if (act != Act::kNone || sums) {
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        T* part = sums ? dw_part.data() + b * (taps + 1) * C : nullptr;
-        if (sums) std::fill(part, part + (taps + 1) * C, T(0));
-        for (int64_t r = b * per_block; r < std::min(rows, (b + 1) * per_block); ++r) {
-          const int64_t n = r / g.out_h, oh = r % g.out_h;
-          const int64_t ih0 = oh * g.sh - g.ph;
-          int64_t i_lo, i_hi;
-          tap_range(ih0, g.kh, g.dh, g.height, i_lo, i_hi);
-          const T* grow = grad + r * g.out_w * C;
-          const T* drow = grow;
-          if (act != Act::kNone) {
-            T* dst = dz_out + r * g.out_w * C;
-            for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              for (int64_t c0 = 0; c0 < C; c0 += V) {
-                const int64_t cnt = std::min(V, C - c0);
-                const Vec bv = bias ? Vec::loadu(bias + c0, cnt) : Vec(0);
-                const Vec z = conv_pixel(x, w_taps, bv, g, n, oh, ow, c0, cnt);
-                act_backward(act, Vec::loadu(grow + ow * C + c0, cnt), z)
-                    .store(dst + ow * C + c0, cnt);
-              }
-            }
-            drow = dst;
-          }
-          if (mask.bias) {
-            for (int64_t c0 = 0; c0 < C; c0 += V) {
-              const int64_t cnt = std::min(V, C - c0);
-              Vec acc = Vec::loadu(part + taps * C + c0, cnt);
-              for (int64_t ow = 0; ow < g.out_w; ++ow) acc = acc + Vec::loadu(drow + ow * C + c0, cnt);
-              acc.store(part + taps * C + c0, cnt);
-            }
-          }
-          if (!mask.weight) continue;
-          auto border = [&](int64_t ow) {
-            int64_t j_lo, j_hi;
-            tap_range(ow * g.sw - g.pw, g.kw, g.dw, g.width, j_lo, j_hi);
-            weight_grad_pixels<T, 1>(x, drow, part, g, n, ih0, i_lo, i_hi, ow, j_lo, j_hi);
-          };
-          int64_t ow = 0;
-          for (; ow < ow_lo; ++ow) border(ow);
-          for (; ow + kGroup <= ow_hi; ow += kGroup) {
-            weight_grad_pixels<T, kGroup>(x, drow, part, g, n, ih0, i_lo, i_hi, ow, 0, g.kw);
-          }
-          for (; ow < g.out_w; ++ow) border(ow);
-        }
+  const int64_t row_len = g.out_w * C, full = C / V * V;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    TapScratch<T> scratch(g);
+    std::vector<T> dz_ring(ring ? ring_rows * row_len : 0);
+    std::vector<const T*> rows(g.kh);  // input rows (dz pass) or dz rows (grad_x pass)
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b / bands, band = b % bands;
+      const int64_t o0 = band * g.out_h / bands, o1 = (band + 1) * g.out_h / bands;
+      const int64_t i0 = band == 0 ? 0 : std::min(g.height, o0 * g.sh);
+      const int64_t i1 = band == bands - 1 ? g.height : std::min(g.height, o1 * g.sh);
+      T* part = sums ? dw_part.data() + b * (taps + 1) * C : nullptr;
+      if (sums) std::fill(part, part + (taps + 1) * C, T(0));
+      // The last output row grad_x row ih reads.
+      auto last_read = [&](int64_t ih) { return std::min(g.out_h - 1, (ih + g.ph) / g.sh); };
+      // dz rows: the band's own, and those its grad_x rows read.
+      int64_t r_lo = sums ? o0 : g.out_h, r_hi = sums ? o1 : 0;
+      if (mask.input && i1 > i0) {
+        const int64_t s = i0 + g.ph - (g.kh - 1) * g.dh;
+        r_lo = std::min(r_lo, s <= 0 ? 0 : (s + g.sh - 1) / g.sh);
+        r_hi = std::max(r_hi, last_read(i1 - 1) + 1);
       }
-    });
-  }
+      const T* xn = x + n * g.height * g.width * C;
+      const T* gn = grad + n * g.out_h * row_len;
+      auto dz_row = [&](int64_t oh) -> const T* {
+        return ring ? dz_ring.data() + (oh % ring_rows) * row_len : gn + oh * row_len;
+      };
+      int64_t ih = i0;
+      auto emit_gx = [&](int64_t upto) {  // grad_x rows whose dz rows are all <= upto
+        for (; ih < i1 && last_read(ih) <= upto; ++ih) {
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t s = ih + g.ph - i * g.dh;
+            rows[i] = s >= 0 && s % g.sh == 0 && s / g.sh < g.out_h ? dz_row(s / g.sh) : nullptr;
+          }
+          T* gx_row = gx + ((n * g.height + ih) * g.width) * C;
+          for (int64_t c0 = 0; c0 < full; c0 += V) {
+            backward_gx_row<T, K, true>(rows.data(), gx_row, w_taps, g, c0, V, scratch);
+          }
+          if (full < C) {
+            backward_gx_row<T, K, false>(rows.data(), gx_row, w_taps, g, full, C - full,
+                                              scratch);
+          }
+        }
+      };
+      for (int64_t oh = r_lo; oh < r_hi; ++oh) {
+        const bool own = sums && oh >= o0 && oh < o1;
+        if (own || ring) {
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t ihx = oh * g.sh - g.ph + i * g.dh;
+            rows[i] = ihx >= 0 && ihx < g.height ? xn + ihx * g.width * C : nullptr;
+          }
+          T* dzr = ring ? dz_ring.data() + (oh % ring_rows) * row_len : nullptr;
+          const T* grow = gn + oh * row_len;
+          for (int64_t c0 = 0; c0 < full; c0 += V) {
+            backward_dz_row<T, K, kAct, true>(rows.data(), grow, dzr, w_taps, bias, part, g,
+                                                   c0, V, own, mask, ring, ow_lo, ow_hi,
+                                                   scratch);
+          }
+          if (full < C) {
+            backward_dz_row<T, K, kAct, false>(rows.data(), grow, dzr, w_taps, bias, part,
+                                                    g, full, C - full, own, mask, ring, ow_lo,
+                                                    ow_hi, scratch);
+          }
+        }
+        if (mask.input) emit_gx(oh);
+      }
+      if (mask.input) emit_gx(g.out_h);  // rows no output row reads, or past the band's dz rows
+    }
+  });
   // Fixed-order reduction of the block partials, in double.
   if (sums) {
     for (int64_t c = 0; c < C; ++c) {
@@ -648,38 +879,16 @@ void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T*
       }
     }
   }
-  if (!mask.input) return;
-  const T* dz = act != Act::kNone ? dz_out : grad;
-  at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap_of(taps), dz_at(taps);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / g.height, ih = r % g.height;
-      for (int64_t iw = 0; iw < g.width; ++iw) {
-        // The taps that reach (ih, iw), found once per pixel rather than per channel vector.
-        int64_t count = 0;
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t oh_s = ih + g.ph - i * g.dh;  // oh * sh when tap row i reaches ih
-          if (oh_s < 0 || oh_s % g.sh || oh_s / g.sh >= g.out_h) continue;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t ow_s = iw + g.pw - j * g.dw;
-            if (ow_s < 0 || ow_s % g.sw || ow_s / g.sw >= g.out_w) continue;
-            tap_of[count] = (i * g.kw + j) * C;
-            dz_at[count] = ((n * g.out_h + oh_s / g.sh) * g.out_w + ow_s / g.sw) * C;
-            ++count;
-          }
-        }
-        T* dst = gx + (r * g.width + iw) * C;
-        for (int64_t c0 = 0; c0 < C; c0 += V) {
-          const int64_t cnt = std::min(V, C - c0);
-          Vec acc(0);
-          for (int64_t k = 0; k < count; ++k) {
-            acc = at::vec::fmadd(Vec::loadu(w_taps + tap_of[k] + c0, cnt),
-                                 Vec::loadu(dz + dz_at[k] + c0, cnt), acc);
-          }
-          acc.store(dst + c0, cnt);
-        }
-      }
-    }
+}
+
+template <typename T>
+void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
+                   T* gb, const Geometry& g, Act act, GradMask mask) {
+  with_act(act, [&](auto a) {
+    with_kernel(g, [&](auto k) {
+      backward_nhwc_fixed<T, decltype(k), decltype(a)::value>(grad, x, w_taps, bias, gx, gw, gb,
+                                                              g, mask);
+    });
   });
 }
 
@@ -813,11 +1022,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
       scalar_t* gwp = mask.weight ? gw.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gbp = mask.bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
       if (nhwc) {
-        // With an activation dz differs from grad: pass 1 writes it for the grad_x pass.
-        at::Tensor dz = act != Act::kNone ? at::empty_like(gc) : at::Tensor();
-        scalar_t* dzp = dz.defined() ? dz.mutable_data_ptr<scalar_t>() : nullptr;
         backward_nhwc(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                      w.const_data_ptr<scalar_t>(), bp, dzp, gxp, gwp, gbp, g, act, mask);
+                      w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
       } else {
         backward_nchw(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                       w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
