@@ -108,6 +108,9 @@ def build_block(impl: str, case: BlockCase, dtype: torch.dtype, layout: str,
     if impl == cases.EAGER:
         return block
     if impl == cases.COMPILE:
+        # Every block of a network shares its class's forward code: without a reset, dynamo's
+        # per-code recompile limit (8) would send the later blocks to eager unnoticed.
+        torch._dynamo.reset()
         return torch.compile(block, dynamic=False)
     raise ValueError(f"unknown implementation {impl!r} of a block")
 
