@@ -21,6 +21,11 @@ def conv_output_hw(x: torch.Tensor, kernel: tuple[int, int], stride: list[int],
     return h, w
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The layout the kernels write ``x``'s results in (see :func:`uses_channels_last`)."""
+    return torch.channels_last if uses_channels_last(x) else torch.contiguous_format
+
+
 def uses_channels_last(x: torch.Tensor) -> bool:
     """Whether the NCHW kernels (channel_shuffle, depthwise_conv2d) work on ``x`` in channels_last
     layout (a 4-D channels_last-contiguous tensor that is not also contiguous), else contiguous."""

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mobilefuse.kernels.layout import uses_channels_last
+from mobilefuse.kernels.layout import memory_format_of
 
 _AFFINE_BLOCK = 1024
 
@@ -58,15 +58,11 @@ def _compute(dtype: torch.dtype) -> tl.dtype:
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if uses_channels_last(x) else torch.contiguous_format
-
-
 def channel_sum(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """``(x * y).sum((2, 3))`` (``x.sum((2, 3))`` without ``y``) as an ``(N, C)`` float32
     (float64 for float64) tensor. ``x`` is contiguous or channels_last; ``y`` is made alike."""
     n, c, h, w = x.shape
-    fmt = _layout(x)
+    fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     if y is not None:
         y = y.contiguous(memory_format=fmt)
@@ -92,7 +88,7 @@ def channel_affine(x: torch.Tensor, scale: torch.Tensor,
     """``x * scale[n, c] (+ shift[n, c])`` in ``x``'s dtype and layout (contiguous or
     channels_last); ``scale``/``shift`` are ``(N, C)``, computed in float32 (float64)."""
     n, c, h, w = x.shape
-    fmt = _layout(x)
+    fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     out = torch.empty_like(x, memory_format=fmt)
     total = x.numel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mobilefuse.kernels.layout import conv_output_hw, uses_channels_last
+from mobilefuse.kernels.layout import conv_output_hw, memory_format_of
 
 
 def activation_fake(x: torch.Tensor) -> torch.Tensor:
@@ -35,19 +35,13 @@ def channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
     torch._check(groups > 0, lambda: f"groups must be positive, got {groups}")
     torch._check(x.shape[1] % groups == 0,
                  lambda: f"groups ({groups}) must divide C={x.shape[1]}")
-    if uses_channels_last(x):
-        return torch.empty_like(x, memory_format=torch.channels_last)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
 def _conv_out_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int],
                     padding: list[int], dilation: list[int]) -> tuple[int, ...]:
     kernel = (weight.shape[2], weight.shape[3])
     return (x.shape[0], weight.shape[0], *conv_output_hw(x, kernel, stride, padding, dilation))
-
-
-def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if uses_channels_last(x) else torch.contiguous_format
 
 
 def depthwise_conv2d_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -59,7 +53,7 @@ def depthwise_conv2d_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                  lambda: f"weight must be (C, 1, kh, kw) with C={x.shape[1]}, got "
                          f"{tuple(weight.shape)}")
     return torch.empty(_conv_out_shape(x, weight, stride, padding, dilation), dtype=x.dtype,
-                       device=x.device, memory_format=_layout_of(x))
+                       device=x.device, memory_format=memory_format_of(x))
 
 
 def depthwise_conv2d_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
@@ -72,7 +66,7 @@ def depthwise_conv2d_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
                  lambda: f"grad_out has shape {tuple(grad_out.shape)}, expected the output's")
     empty = x.new_empty(0)
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                         memory_format=_layout_of(x)) if output_mask[0] else empty
+                         memory_format=memory_format_of(x)) if output_mask[0] else empty
     grad_w = torch.empty(weight.shape, dtype=x.dtype, device=x.device) if output_mask[1] else (
         x.new_empty(0))
     grad_b = x.new_empty(weight.shape[0]) if output_mask[2] and bias is not None else (
@@ -96,4 +90,4 @@ def se_channel_affine_fake(x: torch.Tensor, scale: torch.Tensor,
     torch._check(tuple(scale.shape) == (x.shape[0], x.shape[1]),
                  lambda: f"scale must be (N, C) = {(x.shape[0], x.shape[1])}, got "
                          f"{tuple(scale.shape)}")
-    return torch.empty_like(x, memory_format=_layout_of(x))
+    return torch.empty_like(x, memory_format=memory_format_of(x))

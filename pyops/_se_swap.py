@@ -34,9 +34,15 @@ def _is_pointwise(conv: nn.Module) -> bool:
             and conv.groups == 1)
 
 
+def se_layout(module: nn.Module) -> tuple[str, str, str, str] | None:
+    """``module``'s (reduce, activation, expand, gate) child names if its class is a known
+    squeeze-and-excitation layout, else None."""
+    return SE_LAYOUTS.get((type(module).__module__, type(module).__name__))
+
+
 def se_gap(module: nn.Module) -> str | None:
     """Why ``module`` cannot become a SqueezeExcite, or None (it can). Unknown classes too."""
-    layout = SE_LAYOUTS.get((type(module).__module__, type(module).__name__))
+    layout = se_layout(module)
     if layout is None:
         return "not a known squeeze-and-excitation layout"
     reduce_name, act_name, expand_name, gate_name = layout
@@ -65,8 +71,7 @@ def se_gap(module: nn.Module) -> str | None:
 
 def to_squeeze_excite(module: nn.Module, backend: str) -> SqueezeExcite:
     """The SqueezeExcite taking ``module``'s place (``se_gap(module)`` must be None)."""
-    reduce_name, act_name, expand_name, gate_name = SE_LAYOUTS[
-        (type(module).__module__, type(module).__name__)]
+    reduce_name, act_name, expand_name, gate_name = se_layout(module)
     return clone_as(module, SqueezeExcite, reduce_name=reduce_name, expand_name=expand_name,
                     act_name=_ACTIVATIONS[type(module._modules[act_name])],
                     gate_name=_GATES[type(module._modules[gate_name])], backend=backend)

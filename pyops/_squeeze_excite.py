@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mobilefuse.kernels.layout import uses_channels_last
+from mobilefuse.kernels.layout import memory_format_of
 
 
 def _channel_sum(backend: str, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -81,8 +81,7 @@ def squeeze_excite_op(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.T
 
 @squeeze_excite_op.register_fake
 def _(x, w_reduce, b_reduce, w_expand, b_expand, activation, gate, backend):
-    fmt = torch.channels_last if uses_channels_last(x) else torch.contiguous_format
-    return (torch.empty_like(x, memory_format=fmt),
+    return (torch.empty_like(x, memory_format=memory_format_of(x)),
             x.new_empty((x.shape[0], x.shape[1]), dtype=opmath_dtype(x.dtype)))
 
 
@@ -118,7 +117,7 @@ def squeeze_excite_backward_op(grad_out: torch.Tensor, x: torch.Tensor, pooled: 
 @squeeze_excite_backward_op.register_fake
 def _(grad_out, x, pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate, backend,
       output_mask):
-    fmt = torch.channels_last if uses_channels_last(x) else torch.contiguous_format
+    fmt = memory_format_of(x)
     shapes = [x, w_reduce, b_reduce, w_expand, b_expand]
     return tuple(
         (torch.empty_like(t, memory_format=fmt) if i == 0 else torch.empty_like(t))
@@ -141,9 +140,9 @@ def _backward(ctx: Any, grad_out: torch.Tensor, _grad_pooled: torch.Tensor | Non
             needs[4] and ctx.has_bias[1]]
     if not any(mask):
         return (None,) * 8
-    grads = squeeze_excite_backward_op(grad_out.contiguous(
-        memory_format=torch.channels_last if uses_channels_last(x) else torch.contiguous_format),
-        x, pooled, w_reduce, b_reduce, w_expand, b_expand, *ctx.settings, mask)
+    grads = squeeze_excite_backward_op(grad_out.contiguous(memory_format=memory_format_of(x)),
+                                       x, pooled, w_reduce, b_reduce, w_expand, b_expand,
+                                       *ctx.settings, mask)
     return (*(g if m else None for g, m in zip(grads, mask, strict=True)), None, None, None)
 
 

@@ -14,14 +14,11 @@ from mobilefuse._fusion import (
     FoldedConv2d,
     FusedActivation,
 )
-from mobilefuse._se_swap import se_gap
+from mobilefuse._se_swap import se_gap, se_layout
 from mobilefuse._swap import origin_class
 from mobilefuse.accelerate import LEAF_SWAPS, _check_call, accelerate, conv_gap
 
 __all__ = ["AccelerateReport", "ReportRow", "accelerate_report"]
-
-
-_UNKNOWN_SE = "not a known squeeze-and-excitation layout"
 
 
 @dataclass(frozen=True)
@@ -80,9 +77,8 @@ def _swapped_detail(module: nn.Module) -> str:
 def _kept_reason(module: nn.Module) -> str:
     """Why accelerate() leaves ``module`` as it is."""
     kind = type(module)
-    gap = se_gap(module)
-    if gap != _UNKNOWN_SE:
-        return gap or "no fused backend takes the model's device and dtype"
+    if se_layout(module) is not None:
+        return se_gap(module) or "no fused backend takes the model's device and dtype"
     if isinstance(module, (mfnn.DepthwiseConv2d, mfnn.HardSwish, mfnn.HardSigmoid,
                            mfnn.ChannelShuffle)):
         return "already a mobilefuse module"
@@ -120,7 +116,7 @@ def accelerate_report(model: nn.Module, *, show: bool = True) -> AccelerateRepor
     for path, module in model.named_modules():
         # Leaves, plus the containers swapped whole (squeeze-and-excitation); not the weight
         # holders inside a fused SqueezeExcite.
-        se_like = isinstance(module, mfnn.SqueezeExcite) or se_gap(module) != _UNKNOWN_SE
+        se_like = isinstance(module, mfnn.SqueezeExcite) or se_layout(module) is not None
         if (module._modules and not se_like) or id(module) in inside_se:
             continue
         name = type(module).__name__
