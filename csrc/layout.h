@@ -23,6 +23,16 @@ inline bool uses_channels_last(const at::Tensor& x) {
          x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// The memory format the kernels work and write in (see uses_channels_last).
+inline at::MemoryFormat kernel_format(const at::Tensor& x) {
+  return uses_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// The type the kernels accumulate in: double for double inputs, float for the other floats.
+inline at::ScalarType accumulate_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 inline void check_channel_shuffle_args(const at::Tensor& x, int64_t groups) {
   TORCH_CHECK(x.dim() >= 3, "channel_shuffle: x must have rank >= 3 (N, C, *), got rank ",
               x.dim());
@@ -46,8 +56,7 @@ inline ShuffleProblem prepare_channel_shuffle(const at::Tensor& x, int64_t group
   check_channel_shuffle_args(x, groups);
   const bool channels_last = uses_channels_last(x);
   at::Tensor in = channels_last ? x : x.contiguous();
-  at::Tensor out = at::empty_like(
-      in, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty_like(in, kernel_format(x));
   const int64_t batch = in.size(0);
   const int64_t channels = in.size(1);
   const int64_t spatial = in.numel() == 0 ? 0 : in.numel() / (batch * channels);

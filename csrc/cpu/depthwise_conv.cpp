@@ -947,14 +947,6 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArr
 }
 
 // Float16/bfloat16 compute in float32; float32/float64 as they are.
-at::ScalarType compute_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::MemoryFormat kernel_format(const at::Tensor& x) {
-  return uses_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // The weight as (kh*kw, C): each tap's channels contiguous, for the NHWC kernels.
 at::Tensor weight_by_tap(const at::Tensor& w) {
   return w.reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
@@ -970,7 +962,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
   const Geometry g = make_geometry(x, weight, stride, padding, dilation);
   const at::MemoryFormat fmt = kernel_format(x);
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
-  const at::ScalarType ct = compute_type(x);
+  const at::ScalarType ct = accumulate_type(x);
   const at::Tensor xc = x.to(ct).contiguous(fmt);
   const at::Tensor w = nhwc ? weight_by_tap(weight.to(ct)) : weight.to(ct).contiguous();
   const at::Tensor b = bias.has_value() ? bias->to(ct).contiguous() : at::Tensor();
@@ -1005,7 +997,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
   const GradMask mask{output_mask[0], output_mask[1], output_mask[2] && bias.has_value()};
   const at::MemoryFormat fmt = kernel_format(x);
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
-  const at::ScalarType ct = compute_type(x);
+  const at::ScalarType ct = accumulate_type(x);
   const at::TensorOptions opts = x.options().dtype(ct);
   const at::Tensor xc = x.to(ct).contiguous(fmt);
   const at::Tensor gc = grad_out.to(ct).contiguous(fmt);

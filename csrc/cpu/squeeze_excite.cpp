@@ -28,14 +28,6 @@ void check_se_input(const char* op, const char* name, const at::Tensor& t) {
               t.device());
 }
 
-at::ScalarType opmath_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::MemoryFormat layout_of(const at::Tensor& x) {
-  return uses_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // out[i] = sum over the p values of plane i of x (times y): NCHW planes are contiguous runs.
 // Four independent accumulators hide the add latency.
 template <typename T>
@@ -111,8 +103,8 @@ void sum_pixels(const T* x, const T* y, T* out, int64_t batch, int64_t channels,
 at::Tensor se_channel_sum_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in) {
   const char* op = "se_channel_sum";
   check_se_input(op, "x", x_in);
-  const at::MemoryFormat fmt = layout_of(x_in);
-  const at::ScalarType acc_type = opmath_type(x_in.scalar_type());
+  const at::MemoryFormat fmt = kernel_format(x_in);
+  const at::ScalarType acc_type = accumulate_type(x_in);
   // Float16/bfloat16 are summed from a float32 copy.
   at::Tensor x = x_in.to(acc_type).contiguous(fmt);
   at::Tensor y;
@@ -172,7 +164,7 @@ at::Tensor se_channel_affine_cpu(const at::Tensor& x_in, const at::Tensor& scale
                                  const c10::optional<at::Tensor>& shift_in) {
   const char* op = "se_channel_affine";
   check_se_input(op, "x", x_in);
-  const at::ScalarType acc_type = opmath_type(x_in.scalar_type());
+  const at::ScalarType acc_type = accumulate_type(x_in);
   const int64_t batch = x_in.size(0), channels = x_in.size(1);
   auto check_nc = [&](const char* name, const at::Tensor& t) {
     TORCH_CHECK(t.dim() == 2 && t.size(0) == batch && t.size(1) == channels, op, ": ", name,
@@ -183,7 +175,7 @@ at::Tensor se_channel_affine_cpu(const at::Tensor& x_in, const at::Tensor& scale
   };
   const at::Tensor scale = check_nc("scale", scale_in);
   const at::Tensor shift = shift_in.has_value() ? check_nc("shift", *shift_in) : at::Tensor();
-  const at::MemoryFormat fmt = layout_of(x_in);
+  const at::MemoryFormat fmt = kernel_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   at::Tensor out = at::empty_like(x, fmt);
   const int64_t p = x.size(2) * x.size(3);

@@ -4,25 +4,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "float_math.cuh"
 #include "launch_config.cuh"
 #include "launchers.h"
 
 namespace mobilefuse::cuda {
 namespace {
-
-template <typename T> struct MathType { using type = float; };
-template <> struct MathType<double> { using type = double; };
-
-template <typename M> __device__ __forceinline__ M to_math(float v) { return v; }
-template <typename M> __device__ __forceinline__ M to_math(double v) { return v; }
-template <typename M> __device__ __forceinline__ M to_math(__half v) { return __half2float(v); }
-template <typename M> __device__ __forceinline__ M to_math(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_math(float v);
-template <> __device__ __forceinline__ float from_math<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_math<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_math<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <typename T> __device__ __forceinline__ T from_math(double v) { return v; }
 
 struct HardSwishOp {
   template <typename M> __device__ __forceinline__ static M forward(M x) {
@@ -47,7 +34,7 @@ struct HardSigmoidOp {
 
 template <typename Op, typename T, int VEC>
 __global__ void activation_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  using M = typename MathType<T>::type;
+  using M = accumulate_t<T>;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   const int64_t packs = n / VEC;
@@ -57,18 +44,18 @@ __global__ void activation_forward_kernel(const T* __restrict__ x, T* __restrict
     Pack<T, VEC> in = xv[i];
     Pack<T, VEC> out;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) out.v[k] = from_math<T>(Op::forward(to_math<M>(in.v[k])));
+    for (int k = 0; k < VEC; ++k) out.v[k] = narrow<T>(Op::forward(widen(in.v[k])));
     yv[i] = out;
   }
   for (int64_t i = packs * VEC + first; i < n; i += stride) {
-    y[i] = from_math<T>(Op::forward(to_math<M>(x[i])));
+    y[i] = narrow<T>(Op::forward(widen(x[i])));
   }
 }
 
 template <typename Op, typename T, int VEC>
 __global__ void activation_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
                                            T* __restrict__ gx, int64_t n) {
-  using M = typename MathType<T>::type;
+  using M = accumulate_t<T>;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   const int64_t packs = n / VEC;
@@ -81,12 +68,12 @@ __global__ void activation_backward_kernel(const T* __restrict__ g, const T* __r
     Pack<T, VEC> out;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      out.v[k] = from_math<T>(Op::backward(to_math<M>(gi.v[k]), to_math<M>(xi.v[k])));
+      out.v[k] = narrow<T>(Op::backward(widen(gi.v[k]), widen(xi.v[k])));
     }
     ov[i] = out;
   }
   for (int64_t i = packs * VEC + first; i < n; i += stride) {
-    gx[i] = from_math<T>(Op::backward(to_math<M>(g[i]), to_math<M>(x[i])));
+    gx[i] = narrow<T>(Op::backward(widen(g[i]), widen(x[i])));
   }
 }
 

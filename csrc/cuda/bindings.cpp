@@ -187,7 +187,7 @@ DepthwiseCall prepare_depthwise(const char* op, const at::Tensor& x, const at::T
   return {channels_last ? x : x.contiguous(),
           weight.contiguous(),
           b,
-          channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous,
+          kernel_format(x),
           g,
           conv_activation(activation),
           type};
@@ -264,14 +264,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   return {grad_x, grad_w, grad_b};
 }
 
-at::MemoryFormat se_format(const at::Tensor& x) {
-  return uses_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-at::ScalarType se_accumulate_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 void check_se_x(const char* op, const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 4, op, ": x must have rank 4 (N, C, H, W), got rank ", x.dim());
   TORCH_CHECK(x.is_cuda(), op, ": expected a CUDA tensor, got ", x.device());
@@ -281,7 +273,7 @@ at::Tensor se_channel_sum_cuda(const at::Tensor& x_in, const std::optional<at::T
   constexpr const char* op = "se_channel_sum";
   check_se_x(op, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::MemoryFormat fmt = se_format(x_in);
+  const at::MemoryFormat fmt = kernel_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   at::Tensor y;
   if (y_in.has_value()) {
@@ -289,7 +281,7 @@ at::Tensor se_channel_sum_cuda(const at::Tensor& x_in, const std::optional<at::T
     y = y_in->contiguous(fmt);
   }
   const int64_t n = x.size(0), c = x.size(1), p = x.size(2) * x.size(3);
-  at::Tensor sums = at::empty({n, c}, x.options().dtype(se_accumulate_type(x)));
+  at::Tensor sums = at::empty({n, c}, x.options().dtype(accumulate_type(x)));
   if (sums.numel() == 0) {
     return sums;
   }
@@ -313,11 +305,11 @@ at::Tensor se_channel_affine_cuda(const at::Tensor& x_in, const at::Tensor& scal
                 " must have shape (N, C) = (", n, ", ", c, "), got ", t.sizes());
     TORCH_CHECK(t.device() == x_in.device(), op, ": ", name, " is on ", t.device(),
                 " but x is on ", x_in.device());
-    return t.to(se_accumulate_type(x_in)).contiguous();
+    return t.to(accumulate_type(x_in)).contiguous();
   };
   const at::Tensor scale = per_channel("scale", scale_in);
   const at::Tensor shift = shift_in.has_value() ? per_channel("shift", *shift_in) : at::Tensor();
-  const at::MemoryFormat fmt = se_format(x_in);
+  const at::MemoryFormat fmt = kernel_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   at::Tensor out = at::empty_like(x, fmt);
   check_launch(cuda::se_channel_affine(float_type(x, op), x.const_data_ptr(),

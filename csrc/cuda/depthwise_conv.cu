@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "float_math.cuh"
 #include "launch_config.cuh"
 #include "launchers.h"
 
@@ -36,29 +37,6 @@ constexpr int kWgradChunk = 8192;         // dz elements per grad_w partial (per
 constexpr size_t kWorkspaceAlign = 256;
 
 // ---------------------------------------------------------------- numbers
-
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_t = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> struct Store;
-template <> struct Store<float> {
-  __device__ __forceinline__ static float from(float v) { return v; }
-};
-template <> struct Store<double> {
-  __device__ __forceinline__ static double from(double v) { return v; }
-};
-template <> struct Store<__half> {
-  __device__ __forceinline__ static __half from(float v) { return __float2half_rn(v); }
-};
-template <> struct Store<__nv_bfloat16> {
-  __device__ __forceinline__ static __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
-};
 
 // Clamps that let NaN through, as torch's clamp does.
 template <typename A> __device__ __forceinline__ A clamp_nan(A v, A lo, A hi) {
@@ -156,7 +134,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 template <typename T_>
 struct ForwardEpilogue {
   using T = T_;
-  using A = acc_t<T>;
+  using A = accumulate_t<T>;
   T* out;
   const T* bias;
   ConvActivation act;
@@ -168,8 +146,8 @@ struct ForwardEpilogue {
     Pack<T, V> o;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      const A z = acc[v] + (bias != nullptr ? to_acc(bias[c + v]) : A(0));
-      o.v[v] = Store<T>::from(act_forward(act, z));
+      const A z = acc[v] + (bias != nullptr ? widen(bias[c + v]) : A(0));
+      o.v[v] = narrow<T>(act_forward(act, z));
     }
     store_pack<T, V>(out + idx, o);
   }
@@ -179,7 +157,7 @@ struct ForwardEpilogue {
 template <typename T_>
 struct GradEpilogue {
   using T = T_;
-  using A = acc_t<T>;
+  using A = accumulate_t<T>;
   const T* grad_out;
   A* dz;
   const T* bias;
@@ -195,8 +173,8 @@ struct GradEpilogue {
     Pack<A, V> d;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      const A z = acc[v] + (bias != nullptr ? to_acc(bias[c + v]) : A(0));
-      d.v[v] = act_backward(act, z, to_acc(g.v[v]));
+      const A z = acc[v] + (bias != nullptr ? widen(bias[c + v]) : A(0));
+      d.v[v] = act_backward(act, z, widen(g.v[v]));
     }
     store_pack<A, V>(dz + idx, d);
   }
@@ -206,7 +184,7 @@ struct GradEpilogue {
 template <typename T_>
 struct GradInputEpilogue {
   using T = T_;
-  using A = acc_t<T>;
+  using A = accumulate_t<T>;
   T* grad_x;
 
   bool aligned(size_t vec_elems) const { return aligned_to(grad_x, vec_elems * sizeof(T)); }
@@ -215,7 +193,7 @@ struct GradInputEpilogue {
   __device__ __forceinline__ void store(int64_t idx, int, const A (&acc)[V]) const {
     Pack<T, V> o;
 #pragma unroll
-    for (int v = 0; v < V; ++v) o.v[v] = Store<T>::from(acc[v]);
+    for (int v = 0; v < V; ++v) o.v[v] = narrow<T>(acc[v]);
     store_pack<T, V>(grad_x + idx, o);
   }
 };
@@ -273,13 +251,13 @@ dw_nchw_tile_kernel(const In* __restrict__ in, const typename Epi::T* __restrict
         for (int col = threadIdx.x; col < in_tw; col += blockDim.x) {
           const int x = ix0 + col;
           tile[r * in_tw + col] =
-              (row_ok && x >= 0 && x < g.in_w) ? to_acc(src[int64_t{y} * g.in_w + x]) : A(0);
+              (row_ok && x >= 0 && x < g.in_w) ? widen(src[int64_t{y} * g.in_w + x]) : A(0);
         }
       }
       if constexpr (S == 0) {
         for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < taps;
              i += blockDim.x * blockDim.y) {
-          wsm[i] = to_acc(weight[int64_t{c} * taps + (flip ? taps - 1 - i : i)]);
+          wsm[i] = widen(weight[int64_t{c} * taps + (flip ? taps - 1 - i : i)]);
         }
       }
     }
@@ -294,7 +272,7 @@ dw_nchw_tile_kernel(const In* __restrict__ in, const typename Epi::T* __restrict
       A w[K * K];
 #pragma unroll
       for (int i = 0; i < K * K; ++i) {
-        w[i] = to_acc(weight[int64_t{c} * (K * K) + (flip ? K * K - 1 - i : i)]);
+        w[i] = widen(weight[int64_t{c} * (K * K) + (flip ? K * K - 1 - i : i)]);
       }
       // Rows ty*kRows*S .. + NR of column tx*S + kj feed all kRows outputs.
       constexpr int NR = (kRows - 1) * S + K;
@@ -366,7 +344,7 @@ dw_nchw_direct_kernel(const In* __restrict__ in, const typename Epi::T* __restri
         const int x = ox * g.sw - g.pw + kj * g.dw;
         if (x < 0 || x >= g.in_w) continue;
         const int tap = ki * g.kw + kj;
-        acc += to_acc(w[flip ? taps - 1 - tap : tap]) * to_acc(src[int64_t{y} * g.in_w + x]);
+        acc += widen(w[flip ? taps - 1 - tap : tap]) * widen(src[int64_t{y} * g.in_w + x]);
       }
     }
     const A one[1] = {acc};
@@ -404,7 +382,7 @@ dw_nhwc_kernel(const In* __restrict__ in, const typename Epi::T* __restrict__ we
            i += blockDim.x * blockDim.y) {
         const int tap = i / chunk;
         const int ch = c0 + (i - tap * chunk);
-        wsm[i] = ch < g.c ? to_acc(weight[int64_t{ch} * taps + (flip ? taps - 1 - tap : tap)])
+        wsm[i] = ch < g.c ? widen(weight[int64_t{ch} * taps + (flip ? taps - 1 - tap : tap)])
                           : A(0);
       }
       __syncthreads();
@@ -443,7 +421,7 @@ dw_nhwc_kernel(const In* __restrict__ in, const typename Epi::T* __restrict__ we
             if (x >= 0 && x < g.in_w) {
               const Pack<In, VEC> pk = load_pack<In, VEC>(src + int64_t{x} * g.c);
 #pragma unroll
-              for (int v = 0; v < VEC; ++v) win[i][v] = to_acc(pk.v[v]);
+              for (int v = 0; v < VEC; ++v) win[i][v] = widen(pk.v[v]);
             } else {
 #pragma unroll
               for (int v = 0; v < VEC; ++v) win[i][v] = A(0);
@@ -476,7 +454,7 @@ dw_nhwc_kernel(const In* __restrict__ in, const typename Epi::T* __restrict__ we
               if constexpr (K > 0) {
                 wv[v] = wcol[tap * chunk + v];
               } else {
-                wv[v] = to_acc(weight[int64_t{c + v} * taps + (flip ? taps - 1 - tap : tap)]);
+                wv[v] = widen(weight[int64_t{c + v} * taps + (flip ? taps - 1 - tap : tap)]);
               }
             }
 #pragma unroll
@@ -485,7 +463,7 @@ dw_nhwc_kernel(const In* __restrict__ in, const typename Epi::T* __restrict__ we
               if (x < 0 || x >= g.in_w) continue;
               const Pack<In, VEC> pk = load_pack<In, VEC>(src + int64_t{x} * g.c);
 #pragma unroll
-              for (int v = 0; v < VEC; ++v) acc[p][v] += wv[v] * to_acc(pk.v[v]);
+              for (int v = 0; v < VEC; ++v) acc[p][v] += wv[v] * widen(pk.v[v]);
             }
           }
         }
@@ -509,7 +487,7 @@ template <typename G, typename T, int VEC, bool CL>
 __global__ void __launch_bounds__(256)
 dw_grad_input_gather_kernel(const G* __restrict__ dz, const T* __restrict__ weight,
                             T* __restrict__ grad_x, Geom g) {
-  using A = acc_t<T>;
+  using A = accumulate_t<T>;
   const int taps = g.kh * g.kw;
   const int cvecs = g.c / VEC;
   const int64_t total = int64_t{g.n} * g.in_h * g.in_w * cvecs;
@@ -556,13 +534,13 @@ dw_grad_input_gather_kernel(const G* __restrict__ dz, const T* __restrict__ weig
         const int tap = ki * g.kw + kj;
 #pragma unroll
         for (int v = 0; v < VEC; ++v) {
-          acc[v] += to_acc(weight[int64_t{c + v} * taps + tap]) * to_acc(d.v[v]);
+          acc[v] += widen(weight[int64_t{c + v} * taps + tap]) * widen(d.v[v]);
         }
       }
     }
     Pack<T, VEC> o;
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) o.v[v] = Store<T>::from(acc[v]);
+    for (int v = 0; v < VEC; ++v) o.v[v] = narrow<T>(acc[v]);
     store_pack<T, VEC>(grad_x + i * VEC, o);
   }
 }
@@ -579,8 +557,8 @@ template <typename G, typename T, int K>
 __global__ void __launch_bounds__(256)
 dw_nchw_wgrad_partial_kernel(const G* __restrict__ dz, const T* __restrict__ x, Geom g,
                              int rows_per_chunk, int chunks, bool need_w,
-                             acc_t<T>* __restrict__ partial) {
-  using A = acc_t<T>;
+                             accumulate_t<T>* __restrict__ partial) {
+  using A = accumulate_t<T>;
   constexpr int TP = TapsPerPass<K>::value;
   constexpr int kWarps = 256 / 32;
   __shared__ A red[TP + 1][kWarps];
@@ -616,7 +594,7 @@ dw_nchw_wgrad_partial_kernel(const G* __restrict__ dz, const T* __restrict__ x, 
         const int n_step = oy_run / g.out_h;
         const int oy = oy_run - n_step * g.out_h;
         const int64_t plane = (n0 + n_step) * g.c + c;
-        const A d = to_acc(dz[(plane * g.out_h + oy) * g.out_w + ox]);
+        const A d = widen(dz[(plane * g.out_h + oy) * g.out_w + ox]);
         acc_b += d;
         if (!need_w) continue;
         const T* src = x + plane * g.in_h * g.in_w;
@@ -629,7 +607,7 @@ dw_nchw_wgrad_partial_kernel(const G* __restrict__ dz, const T* __restrict__ x, 
           const int y = oy * g.sh - g.ph + ki * g.dh;
           const int xx = ox * g.sw - g.pw + kj * g.dw;
           if (y >= 0 && y < g.in_h && xx >= 0 && xx < g.in_w) {
-            acc[j] += d * to_acc(src[int64_t{y} * g.in_w + xx]);
+            acc[j] += d * widen(src[int64_t{y} * g.in_w + xx]);
           }
         }
       }
@@ -662,8 +640,8 @@ template <typename G, typename T, int K>
 __global__ void __launch_bounds__(256)
 dw_nhwc_wgrad_partial_kernel(const G* __restrict__ dz, const T* __restrict__ x, Geom g,
                              int pixels_per_chunk, int chunks, bool need_w,
-                             acc_t<T>* __restrict__ partial) {
-  using A = acc_t<T>;
+                             accumulate_t<T>* __restrict__ partial) {
+  using A = accumulate_t<T>;
   constexpr int TP = TapsPerPass<K>::value;
   __shared__ A red[256];
   const int kw = K > 0 ? K : g.kw;
@@ -701,7 +679,7 @@ dw_nhwc_wgrad_partial_kernel(const G* __restrict__ dz, const T* __restrict__ x, 
           const int n_step = oy_run / g.out_h;
           const int oy = oy_run - n_step * g.out_h;
           const int64_t n = n0 + n_step;
-          const A d = to_acc(dz[(p0 + lp) * g.c + c]);
+          const A d = widen(dz[(p0 + lp) * g.c + c]);
           acc_b += d;
           if (!need_w) continue;
           const T* img = x + n * g.in_h * g.in_w * g.c + c;
@@ -714,7 +692,7 @@ dw_nhwc_wgrad_partial_kernel(const G* __restrict__ dz, const T* __restrict__ x, 
             const int y = oy * g.sh - g.ph + ki * g.dh;
             const int xx = ox * g.sw - g.pw + kj * g.dw;
             if (y >= 0 && y < g.in_h && xx >= 0 && xx < g.in_w) {
-              acc[j] += d * to_acc(img[(int64_t{y} * g.in_w + xx) * g.c]);
+              acc[j] += d * widen(img[(int64_t{y} * g.in_w + xx) * g.c]);
             }
           }
         }
@@ -741,9 +719,9 @@ dw_nhwc_wgrad_partial_kernel(const G* __restrict__ dz, const T* __restrict__ x, 
 // depends only on the shapes, so repeated runs give identical bits.
 template <typename T>
 __global__ void __launch_bounds__(256)
-dw_wgrad_reduce_kernel(const acc_t<T>* __restrict__ partial, int channels, int taps, int chunks,
+dw_wgrad_reduce_kernel(const accumulate_t<T>* __restrict__ partial, int channels, int taps, int chunks,
                        T* __restrict__ grad_w, T* __restrict__ grad_b) {
-  using A = acc_t<T>;
+  using A = accumulate_t<T>;
   const int lane = threadIdx.x & 31;
   const int64_t items = int64_t{channels} * (taps + 1);
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
@@ -757,7 +735,7 @@ dw_wgrad_reduce_kernel(const acc_t<T>* __restrict__ partial, int channels, int t
     const A* src = partial + item * chunks;  // item == c * (taps + 1) + t
     for (int k = lane; k < chunks; k += 32) s += src[k];
     s = warp_sum(s);
-    if (lane == 0) dst[t < taps ? int64_t{c} * taps + t : c] = Store<T>::from(s);
+    if (lane == 0) dst[t < taps ? int64_t{c} * taps + t : c] = narrow<T>(s);
   }
 }
 
@@ -924,9 +902,9 @@ WorkspaceLayout workspace_layout(size_t acc_size, ConvActivation act, const Dept
 // is in memory, in the output's layout.
 template <typename T, typename G>
 cudaError_t backward_from_dz(const DepthwiseGeometry& d, const G* dz, const T* x, const T* w,
-                             T* grad_x, T* grad_w, T* grad_b, acc_t<T>* partial,
+                             T* grad_x, T* grad_w, T* grad_b, accumulate_t<T>* partial,
                              cudaStream_t stream) {
-  using A = acc_t<T>;
+  using A = accumulate_t<T>;
   const Geom g = to_geom(d);
   const bool cl = d.channels_last;
   cudaError_t err = cudaSuccess;
@@ -1001,7 +979,7 @@ cudaError_t backward_typed(ConvActivation act, const DepthwiseGeometry& d, const
                            const void* x_, const void* weight, const void* bias_, void* grad_x,
                            void* grad_w, void* grad_b, void* workspace, size_t workspace_bytes,
                            cudaStream_t stream) {
-  using A = acc_t<T>;
+  using A = accumulate_t<T>;
   const auto* x = static_cast<const T*>(x_);
   const auto* w = static_cast<const T*>(weight);
   const auto* bias = static_cast<const T*>(bias_);
