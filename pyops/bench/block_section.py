@@ -34,7 +34,7 @@ def time_block(case: blocks.BlockCase, dtype: torch.dtype, layout: str,
                 call = blocks.build_call(impl, case, args.block_batch, dtype, layout, device,
                                          pass_)
             except Exception as exc:  # noqa: BLE001  (one broken case must not stop the run)
-                entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                entry["error"] = timing.error_text(exc)
                 timed.append(entry)
                 continue
             timing.measure(entry, call, device, reps, args.warmup)

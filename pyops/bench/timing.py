@@ -174,6 +174,11 @@ def time_fn(fn: Callable[[], object], device: torch.device, reps: int,
     return timer(fn, reps, warmup_s)
 
 
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message``, first line only, at most ``limit`` characters: for result files."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:limit]
+
+
 def measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.device, reps: int,
             warmup_s: float = WARMUP_S) -> None:
     """Time ``fn`` into ``entry`` (ms, quantiles, warm-up, and GB/s of ``entry["bytes"]``), or
@@ -181,7 +186,7 @@ def measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.devic
     try:
         t = time_fn(fn, device, reps, warmup_s)
     except Exception as exc:  # noqa: BLE001
-        entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        entry["error"] = error_text(exc)
         return
     entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
                  method=t.method, warmup_calls=t.warmup_calls, warmup_s=t.warmup_s,

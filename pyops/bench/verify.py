@@ -16,6 +16,7 @@ import torch
 from mobilefuse import ops, reference, use_backend
 from mobilefuse.backends import available_backends, unsupported_reasons
 from mobilefuse.bench.cases import LAYOUTS, OPS, make_input
+from mobilefuse.bench.timing import error_text
 
 # Odd sizes, so no kernel gets away with assuming a multiple of its block or vector width.
 ACTIVATION_SHAPE: tuple[int, ...] = (3, 7, 9, 11)
@@ -212,7 +213,7 @@ def _run_check(check: Check, backend: str, device: torch.device, dtype: torch.dt
             body()
         except Exception as exc:  # noqa: BLE001  (any error is a FAIL with its message)
             check.status = "FAIL"
-            check.detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            check.detail = error_text(exc, 200)
     return check
 
 
