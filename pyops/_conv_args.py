@@ -29,6 +29,14 @@ class DepthwiseArgs:
     reference_padding: tuple[int, int] | str = (0, 0)
 
 
+def same_padding_gap(span: tuple[int, ...]) -> str | None:
+    """Why no kernel takes ``padding="same"`` for these dilated kernel spans
+    (``dilation * (k - 1)`` per dimension): an odd span needs more padding on one side."""
+    if any(s % 2 for s in span):
+        return "padding='same' with an even kernel span pads one side more"
+    return None
+
+
 def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     items = (value, value) if isinstance(value, int) else value
     if (not isinstance(items, (tuple, list)) or len(items) != 2
@@ -84,8 +92,7 @@ def check_depthwise_args(x: object, weight: object, bias: object, stride: object
                 raise ValueError(f"mobilefuse.{OP}: padding='same' needs stride 1, got stride "
                                  f"{stride!r}")
             pad_hw, reference_padding = (span[0] // 2, span[1] // 2), "same"
-            if span[0] % 2 or span[1] % 2:
-                gap = "padding='same' with an even kernel span pads one side more"
+            gap = same_padding_gap(span)
         else:
             raise ValueError(f"mobilefuse.{OP}: padding must be an int, a pair of ints, 'same' or "
                              f"'valid', got {padding!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mobilefuse._swap import clone_as
+from mobilefuse._swap import clone_as, has_hooks
 from mobilefuse.nn import SqueezeExcite
 
 # (module, class) -> (reduce conv, activation, expand conv, gate) child names.
@@ -64,7 +64,7 @@ def se_gap(module: nn.Module) -> str | None:
         return f"activation {type(children.get(act_name)).__name__} is not ReLU or SiLU"
     if type(children.get(gate_name)) not in _GATES:
         return f"gate {type(children.get(gate_name)).__name__} is not Hardsigmoid or Sigmoid"
-    if any(c._forward_hooks or c._forward_pre_hooks for c in children.values() if c is not None):
+    if any(has_hooks(c) for c in children.values() if c is not None):
         return "a child has hooks, which the fused op would skip"
     return None
 

@@ -24,6 +24,13 @@ def _is_state_key(key: str) -> bool:
     return key in _STATE_KEYS or "hook" in key
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks of its own (which a fused replacement
+    that never calls it would skip)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
 def clone_as(module: nn.Module, cls: type[ModuleT], **attrs: Any) -> ModuleT:
     """A ``cls`` instance sharing ``module``'s tensors, submodules and hooks, plus ``attrs``.
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mobilefuse import nn as mfnn
+from mobilefuse._conv_args import same_padding_gap
 from mobilefuse._fusion import (
     FUSABLE_ACTIVATIONS,
     FoldedBatchNorm2d,
@@ -28,7 +29,7 @@ from mobilefuse._fusion import (
 )
 from mobilefuse._graph_runs import child_chains
 from mobilefuse._se_swap import se_gap, to_squeeze_excite
-from mobilefuse._swap import clone_as, origin_class, revert
+from mobilefuse._swap import clone_as, has_hooks, origin_class, revert
 from mobilefuse.backends import AUTO_ORDER, BACKENDS, FLOAT_DTYPES, unsupported_reasons
 
 __all__ = ["accelerate", "restore"]
@@ -48,11 +49,6 @@ def _check_call(model: object, backend: object, fn: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"mobilefuse.{fn}: backend must be one of {', '.join(BACKENDS)}, "
                          f"got {backend!r}")
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
 
 
 def _backend_gap(device: torch.device, dtype: torch.dtype, backend: str) -> str | None:
@@ -80,9 +76,11 @@ def conv_gap(conv: nn.Module, backend: str) -> str | None:
         return f"channel multiplier {conv.out_channels // conv.in_channels}: no fused kernel"
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r}: the kernels pad with zeros"
-    if conv.padding == "same" and any(
-            d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True)):
-        return "padding='same' with an even kernel span pads one side more"
+    if conv.padding == "same":
+        gap = same_padding_gap(tuple(d * (k - 1) for d, k in zip(conv.dilation,
+                                                                 conv.kernel_size, strict=True)))
+        if gap is not None:
+            return gap
     if conv.weight.dtype not in FLOAT_DTYPES:
         return f"dtype {conv.weight.dtype} is not a float dtype"
     return _backend_gap(conv.weight.device, conv.weight.dtype, backend)
@@ -123,7 +121,7 @@ def _norm_gap(norm: nn.Module, conv: nn.Module, shared: Counter[int]) -> str | N
 
 
 def _fusion_gap(module: nn.Module, shared: Counter[int]) -> str | None:
-    if _has_hooks(module):
+    if has_hooks(module):
         return "it has hooks, which fusing would skip"
     if shared[id(module)] > 1:
         return "the same module object appears more than once in the model"
