@@ -22,7 +22,6 @@ BatchNorm's and the activation's passes over memory.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mobilefuse import ops
@@ -33,12 +32,6 @@ from mobilefuse.backends import run_on_backend
 FUSABLE_ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
 
-_ACTIVATION_FUNCTIONS = {
-    "relu": F.relu, "relu6": F.relu6, "hardswish": ops.hardswish, "silu": F.silu}
-# In-place forms, for a tensor nothing else refers to and no gradient is recorded for.
-_INPLACE_ACTIVATIONS = {
-    "relu": torch.relu_, "relu6": lambda y: F.relu6(y, inplace=True),
-    "hardswish": lambda y: F.hardswish(y, inplace=True), "silu": lambda y: F.silu(y, inplace=True)}
 
 
 class Fusion:
@@ -139,7 +132,7 @@ class FusedActivation(nn.Module):
         """``x`` while fused, else the activation of ``x``."""
         if self.fusion.active():
             return x
-        return run_on_backend(self.backend, _ACTIVATION_FUNCTIONS[self.name], x)
+        return run_on_backend(self.backend, ops.ACTIVATION_FUNCTIONS[self.name], x)
 
     def extra_repr(self) -> str:
         """The activation and when it is fused."""
@@ -168,8 +161,8 @@ class FoldedConv2d(nn.Conv2d):
         if name is None:
             return y
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return _ACTIVATION_FUNCTIONS[name](y)
-        return _INPLACE_ACTIVATIONS[name](y)
+            return ops.ACTIVATION_FUNCTIONS[name](y)
+        return ops.INPLACE_ACTIVATIONS[name](y)
 
     def extra_repr(self) -> str:
         """nn.Conv2d's description plus what is folded into it."""

@@ -20,14 +20,16 @@ import torch.nn.functional as F
 from mobilefuse.kernels.layout import memory_format_of
 
 
-def _channel_sum(backend: str, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+def channel_sum(backend: str, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """Per-(n, c) sums over H, W of ``x`` (of ``x * y``), float32 (float64 for float64)."""
     if backend == "triton":
         return torch.ops.mobilefuse.triton_se_channel_sum(x, y)
     return torch.ops.mobilefuse.se_channel_sum(x, y)
 
 
-def _channel_affine(backend: str, x: torch.Tensor, scale: torch.Tensor,
+def channel_affine(backend: str, x: torch.Tensor, scale: torch.Tensor,
                     shift: torch.Tensor | None) -> torch.Tensor:
+    """``x * scale[n, c] (+ shift[n, c])`` in ``x``'s dtype and memory format, one pass."""
     if backend == "triton":
         return torch.ops.mobilefuse.triton_se_channel_affine(x, scale, shift)
     return torch.ops.mobilefuse.se_channel_affine(x, scale, shift)
@@ -38,7 +40,7 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _excite(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+def excite(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
             b2: torch.Tensor | None, activation: str, gate: str
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pre-activation, hidden, pre-gate, gate) for the pooled means, in pooled's dtype."""
@@ -74,9 +76,9 @@ def squeeze_excite_op(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.T
                       gate: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(``x * gate``, pooled means ``(N, C)``); weights as matrices; ``backend`` is
     ``"cpu"``, ``"cuda"`` or ``"triton"`` (which kernels run the heavy passes)."""
-    pooled = _channel_sum(backend, x, None) / max(_spatial(x), 1)
-    s = _excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate)[3]
-    return _channel_affine(backend, x, s, None), pooled
+    pooled = channel_sum(backend, x, None) / max(_spatial(x), 1)
+    s = excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate)[3]
+    return channel_affine(backend, x, s, None), pooled
 
 
 @squeeze_excite_op.register_fake
@@ -94,15 +96,15 @@ def squeeze_excite_backward_op(grad_out: torch.Tensor, x: torch.Tensor, pooled: 
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                           torch.Tensor]:
     """Gradients of x, w_reduce, b_reduce, w_expand, b_expand (empty where not asked for)."""
-    pre, hidden, z, s = _excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation,
+    pre, hidden, z, s = excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation,
                                 gate)
-    dz = _channel_sum(backend, grad_out, x) * _gate_slope(z, s, gate)
+    dz = channel_sum(backend, grad_out, x) * _gate_slope(z, s, gate)
     dpre = (dz @ w_expand.to(dz.dtype)) * _activation_slope(pre, activation)
     # Distinct empty tensors: a custom op's outputs must not alias each other.
     grads = [x.new_empty(0) for _ in range(5)]
     if output_mask[0]:
         dpooled = dpre @ w_reduce.to(dz.dtype)
-        grads[0] = _channel_affine(backend, grad_out, s, dpooled / max(_spatial(x), 1))
+        grads[0] = channel_affine(backend, grad_out, s, dpooled / max(_spatial(x), 1))
     if output_mask[1]:
         grads[1] = (dpre.T @ pooled).to(w_reduce.dtype)
     if output_mask[2] and b_reduce is not None:

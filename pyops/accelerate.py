@@ -3,7 +3,7 @@
 The walk is generic over module *types*, never a per-model list: a module is swapped when its
 type is exactly one that mobilefuse serves (``nn.Conv2d`` with ``groups == in == out``,
 ``nn.Hardswish``, ``nn.Hardsigmoid``, ``nn.ChannelShuffle``, and the squeeze-and-excitation
-layouts of :mod:`mobilefuse._se_swap`); subclasses are left alone, since their ``forward`` may
+layouts of :mod:`mobilefuse._se_layout`); subclasses are left alone, since their ``forward`` may
 differ. Inside an ``nn.Sequential`` a depthwise convolution followed by
 ``BatchNorm2d`` and/or an activation is fused (see :mod:`mobilefuse._fusion`). Swapped modules
 share the original's parameters, buffers and hooks, so ``state_dict`` keys, optimizers and hook
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mobilefuse import nn as mfnn
+from mobilefuse._block_layout import block_gap, block_layout
 from mobilefuse._conv_args import same_padding_gap
 from mobilefuse._fusion import (
     FUSABLE_ACTIVATIONS,
@@ -28,7 +29,8 @@ from mobilefuse._fusion import (
     Fusion,
 )
 from mobilefuse._graph_runs import child_chains
-from mobilefuse._se_swap import se_gap, to_squeeze_excite
+from mobilefuse._se_layout import se_gap
+from mobilefuse._se_swap import to_squeeze_excite
 from mobilefuse._swap import clone_as, has_hooks, origin_class, revert
 from mobilefuse.backends import AUTO_ORDER, BACKENDS, FLOAT_DTYPES, unsupported_reasons
 
@@ -217,6 +219,22 @@ def _swap_leaf(module: nn.Module, backend: str, dtype: torch.dtype,
     return new
 
 
+def _to_block(module: nn.Module, backend: str) -> mfnn.InvertedResidual:
+    """The InvertedResidual taking ``module``'s place (``block_gap(module)`` must be None)."""
+    return clone_as(module, mfnn.InvertedResidual, layout=block_layout(module), backend=backend)
+
+
+def _outside_blocks(module: nn.Module) -> list[nn.Module]:
+    """``module`` and its descendants, leaving out fused blocks and everything inside them
+    (a block reads its layers' parameters itself; they stay as they are)."""
+    if isinstance(module, mfnn.InvertedResidual):
+        return []
+    found = [module]
+    for child in module.children():
+        found += _outside_blocks(child)
+    return found
+
+
 def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False) -> nn.Module:
     """Swap every submodule mobilefuse can serve for its fused module; leave the rest as is.
 
@@ -241,11 +259,18 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
     dtype, device = _model_dtype_device(model)
     shared = Counter(id(m) for m in model.modules(remove_duplicate=False))
     if _backend_gap(device, dtype, backend) is None:
-        for module in list(model.modules()):
+        if block_gap(model) is None:
+            model = _to_block(model, backend)
+        for module in _outside_blocks(model):
+            for name, child in list(module._modules.items()):
+                if child is not None and block_gap(child) is None and not _fusion_gap(child,
+                                                                                      shared):
+                    module._modules[name] = _to_block(child, backend)
+        for module in _outside_blocks(model):
             for name, child in list(module._modules.items()):
                 if child is not None and se_gap(child) is None and not _fusion_gap(child, shared):
                     module._modules[name] = to_squeeze_excite(child, backend)
-    for module in list(model.modules()):
+    for module in _outside_blocks(model):
         if isinstance(module, mfnn.SqueezeExcite):
             continue
         if type(module) is nn.Sequential or (isinstance(module, nn.Sequential)
@@ -253,7 +278,7 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
             _fuse_sequential(module, backend, shared)
         elif any(type(child) is nn.Conv2d for child in module.children()):
             _fuse_traced(module, backend, shared)
-    for module in list(model.modules()):
+    for module in _outside_blocks(model):
         if isinstance(module, mfnn.SqueezeExcite):
             continue  # its children only hold the weights the fused op reads
         for name, child in list(module._modules.items()):

@@ -14,7 +14,7 @@ from mobilefuse._fusion import (
     FoldedConv2d,
     FusedActivation,
 )
-from mobilefuse._se_swap import se_gap, se_layout
+from mobilefuse._se_layout import se_gap, se_layout
 from mobilefuse._swap import origin_class
 from mobilefuse.accelerate import LEAF_SWAPS, _check_call, accelerate, conv_gap
 

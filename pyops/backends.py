@@ -129,6 +129,18 @@ def unsupported_reasons(backend: str, device: torch.device, dtype: torch.dtype,
     return reasons
 
 
+def kernel_backend(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The backend whose kernels would run on these tensors now, or None (the reference);
+    like :func:`select_backend` but silent."""
+    if _current == "reference":
+        return None
+    candidates = AUTO_ORDER.get(device.type, ()) if _current == "auto" else (_current,)
+    for name in candidates:
+        if not unsupported_reasons(name, device, dtype):
+            return name
+    return None
+
+
 def select_backend(op: str, device: torch.device, dtype: torch.dtype,
                    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES,
                    op_reason: str | None = None) -> str:

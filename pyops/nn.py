@@ -6,11 +6,16 @@ import torch
 from torch import nn
 
 from mobilefuse import ops
-from mobilefuse._fusion import Fusion
+from mobilefuse._block_args import BlockArgs
+from mobilefuse._block_layout import BlockLayout, Stage
+from mobilefuse._block_train import BlockTrainFunction, TrainPlan
+from mobilefuse._fusion import FUSABLE_ACTIVATIONS, Fusion
+from mobilefuse._se_layout import se_layout, se_options
 from mobilefuse._swap import clone_as
-from mobilefuse.backends import run_on_backend
+from mobilefuse.backends import kernel_backend, run_on_backend, use_backend
 
-__all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite"]
+__all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite",
+           "InvertedResidual"]
 
 
 class HardSwish(nn.Module):
@@ -184,3 +189,249 @@ class SqueezeExcite(nn.Module):
         """The fused activation and gate."""
         text = f"activation={self.act_name!r}, gate={self.gate_name!r}"
         return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+
+
+_ACTIVATION_MODULES = {name: cls for cls, name in FUSABLE_ACTIVATIONS.items()}
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero whole samples with probability ``p`` and scale the
+    rest by ``1 / (1 - p)``; the identity in eval mode."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"mobilefuse.nn.DropPath: p must be in [0, 1), got {p!r}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with whole samples dropped (training only)."""
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        """The drop probability."""
+        return f"p={self.p}"
+
+
+class InvertedResidual(nn.Module):
+    """An MBConv (inverted residual) block run by :func:`mobilefuse.ops.inverted_residual`.
+
+    ``[1x1 expand → BN → act]``, ``depthwise → BN → act``, ``[squeeze-excite]``,
+    ``1x1 project → BN``, plus the input (through stochastic depth) on residual blocks.
+
+    - Eval mode: the BatchNorms are folded into the convolutions (cached while the weights do
+      not change) and the block runs as the fused op: the depthwise kernel applies bias and
+      activation in its epilogue, the activations after the 1x1 convolutions and the residual
+      add happen in place on fresh outputs.
+    - Training mode: BatchNorms use batch statistics and update their running statistics as
+      ``nn.BatchNorm2d`` does; the backward keeps two tensors of the expanded width (the
+      expansion's and depthwise convolution's raw outputs) instead of eager's six or seven and
+      recomputes the BatchNorm-activation maps from them (:mod:`mobilefuse._block_train`).
+    - Anything else (BatchNorms in different modes, ``torch.compile`` tracing in training
+      mode, a dtype no kernel takes) runs the layers one after the other, as the replaced
+      block's own forward does.
+
+    Built directly it has timm's flat layout (``conv_pw``, ``bn1``, ``act1``, ``conv_dw``,
+    ``bn2``, ``act2``, ``se``, ``conv_pwl``, ``bn3``, ``drop_path``).
+    :func:`mobilefuse.accelerate` puts it in place of torchvision's MobileNetV2/V3
+    ``InvertedResidual`` and EfficientNet ``MBConv``, timm's ``InvertedResidual`` and
+    ``DepthwiseSeparableConv`` and the model zoo's blocks, keeping *their* children and
+    names (``layout`` says which child plays which role), so ``state_dict`` keys do not change.
+    """
+
+    backend: str = "auto"
+    layout: BlockLayout
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, expand_ratio: float = 6.0, activation: str = "relu6",
+                 se_channels: int | None = None, se_activation: str = "relu",
+                 se_gate: str = "hardsigmoid", drop_path: float = 0.0,
+                 residual: bool | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        where = "mobilefuse.nn.InvertedResidual"
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("kernel_size", kernel_size), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"{where}: kernel_size must be odd, got {kernel_size}")
+        if activation not in _ACTIVATION_MODULES:
+            raise ValueError(f"{where}: activation must be one of "
+                             f"{', '.join(map(repr, _ACTIVATION_MODULES))}, got {activation!r}")
+        if not expand_ratio >= 1.0:
+            raise ValueError(f"{where}: expand_ratio must be >= 1, got {expand_ratio!r}")
+        can_add = stride == 1 and in_channels == out_channels
+        if residual and not can_add:
+            raise ValueError(f"{where}: residual=True needs stride 1 and in_channels == "
+                             f"out_channels, got stride {stride}, {in_channels} -> "
+                             f"{out_channels}")
+        factory = {"device": device, "dtype": dtype}
+        mid = int(round(in_channels * expand_ratio))
+        sequence = []
+        expand = None
+        if mid != in_channels:
+            self.conv_pw = nn.Conv2d(in_channels, mid, 1, bias=False, **factory)
+            self.bn1 = nn.BatchNorm2d(mid, **factory)
+            self.act1 = _ACTIVATION_MODULES[activation]()
+            expand = Stage("conv_pw", "bn1", activation)
+            sequence += ["conv_pw", "bn1", "act1"]
+        self.conv_dw = nn.Conv2d(mid, mid, kernel_size, stride, kernel_size // 2, groups=mid,
+                                 bias=False, **factory)
+        self.bn2 = nn.BatchNorm2d(mid, **factory)
+        self.act2 = _ACTIVATION_MODULES[activation]()
+        sequence += ["conv_dw", "bn2", "act2"]
+        if se_channels is not None:
+            self.se = SqueezeExcite(mid, se_channels, se_activation, se_gate, **factory)
+            sequence.append("se")
+        self.conv_pwl = nn.Conv2d(mid, out_channels, 1, bias=False, **factory)
+        self.bn3 = nn.BatchNorm2d(out_channels, **factory)
+        sequence += ["conv_pwl", "bn3"]
+        residual = can_add if residual is None else residual
+        self.drop_path = DropPath(drop_path) if drop_path > 0 and residual else nn.Identity()
+        self.layout = BlockLayout(
+            tuple(sequence), expand, Stage("conv_dw", "bn2", activation),
+            "se" if se_channels is not None else None, Stage("conv_pwl", "bn3", None),
+            "drop_path" if drop_path > 0 and residual else None, residual)
+
+    def _child(self, path: str) -> nn.Module:
+        """The layer at dotted ``path``, through a cache checked link by link on every call
+        (``get_submodule`` costs microseconds per call, which small blocks notice)."""
+        cache = self.__dict__.setdefault("_child_cache", {})
+        links = cache.get(path)
+        if links is not None and all(parent._modules.get(name) is child
+                                     for parent, name, child in links):
+            return links[-1][2]
+        links, parent = [], self
+        for name in path.split("."):
+            child = parent._modules.get(name)
+            if child is None:
+                raise AttributeError(f"mobilefuse.nn.InvertedResidual: its layout names layer "
+                                     f"{path!r}, which it no longer has")
+            links.append((parent, name, child))
+            parent = child
+        cache[path] = links
+        return parent
+
+    def _stages(self) -> tuple[Stage | None, Stage, Stage]:
+        layout = self.layout
+        return layout.expand, layout.depthwise, layout.project
+
+    def _norms(self) -> list[nn.Module]:
+        return [self._child(s.norm) for s in self._stages() if s is not None]
+
+    def _route(self, x: torch.Tensor) -> str:
+        """"folded", "train" or "layers": which forward serves this call."""
+        norms = self._norms()
+        drop = None if self.layout.drop is None else self._child(self.layout.drop)
+        if not any(n.training for n in norms):
+            usable = all(n.track_running_stats and n.running_mean is not None for n in norms)
+            return "folded" if usable and (drop is None or not drop.training) else "layers"
+        if not all(n.training for n in norms) or torch.compiler.is_compiling():
+            return "layers"
+        conv = self._child(self.layout.depthwise.conv)
+        if conv.weight.dtype != x.dtype:
+            return "layers"
+        return "train" if self._kernel_backend(x) is not None else "layers"
+
+    def _kernel_backend(self, x: torch.Tensor) -> str | None:
+        if self.backend == "auto":
+            return kernel_backend(x.device, x.dtype)
+        with use_backend(self.backend):
+            return kernel_backend(x.device, x.dtype)
+
+    def _se_weights(self) -> tuple[tuple[torch.Tensor | None, ...], tuple[str, str]] | None:
+        if self.layout.se is None:
+            return None
+        se = self._child(self.layout.se)
+        if isinstance(se, SqueezeExcite):
+            reduce, expand = se._modules[se.reduce_name], se._modules[se.expand_name]
+            options = (se.act_name, se.gate_name)
+        else:
+            reduce_name, _, expand_name, _ = se_layout(se)
+            reduce, expand = se._modules[reduce_name], se._modules[expand_name]
+            options = se_options(se)
+        return (reduce.weight, reduce.bias, expand.weight, expand.bias), options
+
+    def _fusion(self, stage: Stage) -> Fusion:
+        # One Fusion per stage, kept so that its folded-weight cache lives across calls.
+        cache = self.__dict__.setdefault("_fusions", {})
+        norm = self._child(stage.norm)
+        fusion = cache.get(stage.norm)
+        if fusion is None or fusion.norm is not norm:
+            fusion = cache[stage.norm] = Fusion(norm, stage.activation)
+        return fusion
+
+    def _folded(self, stage: Stage | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if stage is None:
+            return None, None
+        conv = self._child(stage.conv)
+        return self._fusion(stage).fold(conv.weight, conv.bias)
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        expand, depthwise, project = self._stages()
+        dw = self._child(depthwise.conv)
+        se = self._se_weights()
+        se_weights, (se_act, se_gate) = se if se is not None else (None, ("relu", "sigmoid"))
+        args = BlockArgs(dw.stride, dw.padding, dw.dilation,
+                         (expand.activation if expand else None, depthwise.activation),
+                         project.activation, self.layout.residual)
+        return run_on_backend(
+            self.backend, lambda: ops.run_inverted_residual(
+                x, *self._folded(expand), *self._folded(depthwise), *self._folded(project),
+                se_weights, args, se_act, se_gate))
+
+    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        expand, depthwise, project = self._stages()
+        dw = self._child(depthwise.conv)
+        norms = [None if s is None else self._child(s.norm) for s in self._stages()]
+        se = self._se_weights()
+        plan = TrainPlan(tuple(norms), tuple(s.activation if s else None for s in self._stages()),
+                         dw.stride, dw.padding, dw.dilation, None if se is None else se[1],
+                         self._kernel_backend(x))
+        params: list[torch.Tensor | None] = []
+        for stage in (expand, depthwise):
+            conv = None if stage is None else self._child(stage.conv)
+            norm = None if stage is None else self._child(stage.norm)
+            params += [getattr(conv, "weight", None), getattr(conv, "bias", None),
+                       getattr(norm, "weight", None), getattr(norm, "bias", None)]
+        params += list(se[0]) if se is not None else [None] * 4
+        conv, norm = self._child(project.conv), self._child(project.norm)
+        params += [conv.weight, conv.bias, norm.weight, norm.bias]
+        out = BlockTrainFunction.apply(plan, x, *params)
+        return self._add_input(x, out)
+
+    def _add_input(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if not self.layout.residual:
+            return out
+        if self.layout.drop is not None:
+            out = self._child(self.layout.drop)(out)
+        return x + out
+
+    def _forward_layers(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for path in self.layout.sequence:
+            out = self._child(path)(out)
+        return self._add_input(x, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output (see the class description for which path runs)."""
+        route = self._route(x)
+        if route == "folded":
+            return self._forward_folded(x)
+        if route == "train":
+            return self._forward_train(x)
+        return self._forward_layers(x)
+
+    def extra_repr(self) -> str:
+        """The roles and whether the input is added."""
+        roles = [f"residual={self.layout.residual}"]
+        if self.layout.se is not None:
+            roles.append(f"se={self.layout.se!r}")
+        if self.backend != "auto":
+            roles.append(f"backend={self.backend!r}")
+        return ", ".join(roles)

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from mobilefuse import _native_ops, _triton_ops, reference  # noqa: F401  (registers the ops)
+from mobilefuse._block_args import OP as INVERTED_RESIDUAL
+from mobilefuse._block_args import BlockArgs, SEWeights, check_block_args
 from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
 from mobilefuse._conv_args import OP as DEPTHWISE
 from mobilefuse._conv_args import check_depthwise_args
@@ -20,7 +23,8 @@ from mobilefuse._se_args import check_squeeze_excite_args
 from mobilefuse._squeeze_excite import squeeze_excite_op
 from mobilefuse.backends import FLOAT_DTYPES, select_backend
 
-__all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "depthwise_conv2d", "squeeze_excite"]
+__all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "depthwise_conv2d", "squeeze_excite",
+           "inverted_residual"]
 
 # channel_shuffle only moves bits, so its kernels take every dtype 1, 2, 4 or 8 bytes wide.
 SHUFFLE_DTYPES: tuple[torch.dtype, ...] = FLOAT_DTYPES + (
@@ -72,6 +76,15 @@ def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
     """
     check_float_tensor("hardsigmoid", "x", x)
     return _HARDSIGMOID[select_backend("hardsigmoid", x.device, x.dtype)](x)
+
+
+# The activations a block may apply, by name (hard-swish through mobilefuse), and their in-place
+# forms for a fresh tensor that nothing else refers to and no gradient is recorded for.
+ACTIVATION_FUNCTIONS: dict[str, _Impl] = {
+    "relu": F.relu, "relu6": F.relu6, "hardswish": hardswish, "silu": F.silu}
+INPLACE_ACTIVATIONS: dict[str, _Impl] = {
+    "relu": torch.relu_, "relu6": lambda y: F.relu6(y, inplace=True),
+    "hardswish": lambda y: F.hardswish(y, inplace=True), "silu": lambda y: F.silu(y, inplace=True)}
 
 
 def _kernel_layout(x: torch.Tensor) -> torch.Tensor:
@@ -162,3 +175,95 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
     out, _ = squeeze_excite_op(_kernel_layout(x), args.w_reduce, b_reduce, args.w_expand,
                                b_expand, args.activation, args.gate, backend)
     return out
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               activation: str | None, inplace: bool) -> torch.Tensor:
+    """``act(conv1x1(x))`` through the vendor convolution (a GEMM), the activation in place on
+    its fresh output when no gradient is recorded."""
+    y = F.conv2d(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias)
+    if activation is None:
+        return y
+    return (INPLACE_ACTIVATIONS if inplace else ACTIVATION_FUNCTIONS)[activation](y)
+
+
+def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
+                      expand_bias: torch.Tensor | None, dw_weight: torch.Tensor,
+                      dw_bias: torch.Tensor | None, project_weight: torch.Tensor,
+                      project_bias: torch.Tensor | None, se_weights: SEWeights | None = None, *,
+                      stride: int | tuple[int, int] = 1,
+                      padding: int | tuple[int, int] | None = None,
+                      dilation: int | tuple[int, int] = 1,
+                      activation: str | None | tuple[str | None, str | None] = "relu6",
+                      se_activation: str = "relu", se_gate: str = "hardsigmoid",
+                      project_activation: str | None = None,
+                      residual: bool | None = None) -> torch.Tensor:
+    """One MBConv (inverted residual) block, its BatchNorms already folded into the convolutions.
+
+    Same result as::
+
+        h = act(conv1x1(x, expand_weight, expand_bias))            # when expand_weight is given
+        h = act(depthwise_conv2d(h, dw_weight, dw_bias, stride, padding, dilation))
+        h = squeeze_excite(h, *se_weights, se_activation, se_gate)  # when se_weights is given
+        out = project_act(conv1x1(h, project_weight, project_bias))
+        out = out + x                                              # when residual
+
+    The 1x1 convolutions run on the vendor GEMM (oneDNN on CPU, cuDNN/cuBLAS on GPU) with the
+    activation applied in place on their output when no gradient is recorded; the depthwise
+    convolution runs its fused kernel with bias and activation in its epilogue; the
+    squeeze-and-excitation is one fused op (two passes over its input); the residual add
+    accumulates into the projection's output. All of it is differentiable.
+    :class:`mobilefuse.nn.InvertedResidual` calls this with BatchNorms folded in eval mode.
+
+    Args:
+        x: ``(N, C, H, W)``, float16/bfloat16/float32/float64, contiguous or channels_last;
+            the output keeps its memory format.
+        expand_weight: ``(M, C)`` or ``(M, C, 1, 1)``, or None for a block without expansion
+            (then ``M = C``); expand_bias: ``(M,)`` or None.
+        dw_weight: ``(M, 1, kh, kw)``; dw_bias: ``(M,)`` or None.
+        project_weight: ``(O, M)`` or ``(O, M, 1, 1)``; project_bias: ``(O,)`` or None.
+        se_weights: None, or ``(w_reduce (R, M), b_reduce, w_expand (M, R), b_expand)`` as
+            :func:`squeeze_excite` takes them.
+        stride, dilation: the depthwise convolution's, an int or a pair.
+        padding: the depthwise convolution's, an int or a pair; None pads ``dilation * (k - 1)
+            // 2`` (the output keeps the input's size at stride 1).
+        activation: after the expansion and after the depthwise convolution: None, ``"relu"``,
+            ``"relu6"``, ``"hardswish"`` or ``"silu"``; or a pair of them (expansion,
+            depthwise).
+        se_activation, se_gate: as :func:`squeeze_excite`'s ``activation`` and ``gate``.
+        project_activation: after the projection (timm's ``pw_act``), usually None.
+        residual: add ``x`` to the output. None adds it when the shapes allow (stride 1,
+            ``O == C``); True raises ValueError when they do not.
+    """
+    args = check_block_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                            project_bias, se_weights, stride, padding, dilation, activation,
+                            se_activation, se_gate, project_activation, residual)
+    return run_inverted_residual(x, expand_weight, expand_bias, dw_weight, dw_bias,
+                                 project_weight, project_bias, se_weights, args, se_activation,
+                                 se_gate)
+
+
+def run_inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
+                          expand_bias: torch.Tensor | None, dw_weight: torch.Tensor,
+                          dw_bias: torch.Tensor | None, project_weight: torch.Tensor,
+                          project_bias: torch.Tensor | None, se_weights: SEWeights | None,
+                          args: BlockArgs, se_activation: str, se_gate: str) -> torch.Tensor:
+    """:func:`inverted_residual` on arguments already checked (``args`` normalized)."""
+    backend = select_backend(INVERTED_RESIDUAL, x.device, x.dtype)
+    if backend == "reference":
+        return reference.inverted_residual(
+            x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+            se_weights, args.stride, args.padding, args.dilation, args.activations, se_activation,
+            se_gate, args.project_activation, args.residual)
+    inplace = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    h = x
+    if expand_weight is not None:
+        h = _pointwise(h, expand_weight, expand_bias, args.activations[0], inplace)
+    h = depthwise_conv2d(h, dw_weight, dw_bias, args.stride, args.padding, args.dilation,
+                         args.activations[1])
+    if se_weights is not None:
+        h = squeeze_excite(h, *se_weights, se_activation, se_gate)
+    out = _pointwise(h, project_weight, project_bias, args.project_activation, inplace)
+    if not args.residual:
+        return out
+    return out.add_(x) if inplace else out + x

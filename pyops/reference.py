@@ -57,6 +57,10 @@ def activation(z: torch.Tensor, name: str | None) -> torch.Tensor:
     return _ACTIVATIONS["none" if name is None else name](z)
 
 
+# For functions whose own argument is called ``activation``.
+_activate = activation
+
+
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: int | tuple[int, int] = 1,
                      padding: int | tuple[int, int] | str = 0,
@@ -85,3 +89,32 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
     pooled = x.mean((2, 3), keepdim=True)
     hidden = _SE_ACTIVATIONS[activation](F.conv2d(pooled, _as_conv1x1(w_reduce), b_reduce))
     return x * _SE_GATES[gate](F.conv2d(hidden, _as_conv1x1(w_expand), b_expand))
+
+
+def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
+                      expand_bias: torch.Tensor | None, dw_weight: torch.Tensor,
+                      dw_bias: torch.Tensor | None, project_weight: torch.Tensor,
+                      project_bias: torch.Tensor | None,
+                      se_weights: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                        torch.Tensor | None] | None = None,
+                      stride: int | tuple[int, int] = 1,
+                      padding: int | tuple[int, int] = 0,
+                      dilation: int | tuple[int, int] = 1,
+                      activation: str | None | tuple[str | None, str | None] = "relu6",
+                      se_activation: str = "relu",
+                      se_gate: str = "hardsigmoid", project_activation: str | None = None,
+                      residual: bool = False) -> torch.Tensor:
+    """One MBConv block with its BatchNorms folded into the convolutions: ``[act(1x1)]``,
+    ``act(depthwise)``, ``[squeeze_excite]``, ``[act](1x1)``, ``[+ x]``; ``activation`` is one
+    name or a pair (after the expansion, after the depthwise convolution)."""
+    act1, act2 = activation if isinstance(activation, tuple) else (activation, activation)
+    h = x
+    if expand_weight is not None:
+        h = _activate(F.conv2d(h, _as_conv1x1(expand_weight), expand_bias), act1)
+    h = depthwise_conv2d(h, dw_weight, dw_bias, stride, padding, dilation, act2)
+    if se_weights is not None:
+        h = squeeze_excite(h, *se_weights, se_activation, se_gate)
+    out = _activate(F.conv2d(h, _as_conv1x1(project_weight), project_bias),
+                        project_activation)
+    return out + x if residual else out
+

@@ -1,0 +1,133 @@
+"""Argument checks for inverted_residual: every error names the argument and what was expected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mobilefuse._checks import check_float_tensor, check_same_device, check_tensor
+from mobilefuse._conv_args import ACTIVATIONS
+from mobilefuse._se_args import check_squeeze_excite_args
+
+OP = "inverted_residual"
+SEWeights = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class BlockArgs:
+    """Normalized settings of one inverted_residual call."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    # After the expansion and after the depthwise convolution.
+    activations: tuple[str | None, str | None]
+    project_activation: str | None
+    residual: bool
+
+
+def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
+    items = (value, value) if isinstance(value, int) else value
+    if (not isinstance(items, (tuple, list)) or len(items) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in items)):
+        raise TypeError(f"mobilefuse.{OP}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"mobilefuse.{OP}: {name} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def _activation(name: str, value: object) -> str | None:
+    if value is not None and value not in ACTIVATIONS[1:]:
+        allowed = ", ".join(repr(a) for a in (None,) + ACTIVATIONS[1:])
+        raise ValueError(f"mobilefuse.{OP}: {name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _pointwise(name: str, w: object, out_channels: int | None, in_channels: int) -> int:
+    """Validate a 1x1 weight ``(out, in)`` or ``(out, in, 1, 1)``; return its out channels."""
+    w = check_tensor(OP, name, w)
+    ok = (w.dim() == 2 or (w.dim() == 4 and w.shape[2:] == (1, 1))) and w.shape[1] == in_channels
+    ok = ok and w.shape[0] > 0 and (out_channels is None or w.shape[0] == out_channels)
+    if not ok:
+        rows = "M" if out_channels is None else str(out_channels)
+        raise ValueError(f"mobilefuse.{OP}: {name} must have shape ({rows}, {in_channels}) or "
+                         f"({rows}, {in_channels}, 1, 1), got {tuple(w.shape)}")
+    return int(w.shape[0])
+
+
+def _bias(name: str, bias: object, size: int) -> torch.Tensor | None:
+    if bias is None:
+        return None
+    bias = check_tensor(OP, name, bias)
+    if tuple(bias.shape) != (size,):
+        raise ValueError(f"mobilefuse.{OP}: {name} must have shape ({size},), got "
+                         f"{tuple(bias.shape)}")
+    return bias
+
+
+def check_block_args(x: object, expand_weight: object, expand_bias: object, dw_weight: object,
+                     dw_bias: object, project_weight: object, project_bias: object,
+                     se_weights: object, stride: object, padding: object, dilation: object,
+                     activation: object, se_activation: object, se_gate: object,
+                     project_activation: object, residual: object) -> BlockArgs:
+    """Validate an inverted_residual call; return its normalized settings."""
+    x = check_float_tensor(OP, "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"mobilefuse.{OP}: x must have rank 4 (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+    channels = x.shape[1]
+    tensors: dict[str, torch.Tensor] = {"x": x}
+    mid = channels
+    if expand_weight is not None:
+        mid = _pointwise("expand_weight", expand_weight, None, channels)
+        tensors["expand_weight"] = expand_weight
+    elif expand_bias is not None:
+        raise ValueError(f"mobilefuse.{OP}: expand_bias is given without expand_weight")
+    dw_weight = check_tensor(OP, "dw_weight", dw_weight)
+    if dw_weight.dim() != 4 or tuple(dw_weight.shape[:2]) != (mid, 1):
+        raise ValueError(f"mobilefuse.{OP}: dw_weight must have shape ({mid}, 1, kh, kw) for the "
+                         f"{mid} expanded channels, got {tuple(dw_weight.shape)}")
+    tensors["dw_weight"] = dw_weight
+    out_channels = _pointwise("project_weight", project_weight, None, mid)
+    tensors["project_weight"] = project_weight
+    for name, bias, size in (("expand_bias", expand_bias, mid), ("dw_bias", dw_bias, mid),
+                             ("project_bias", project_bias, out_channels)):
+        if _bias(name, bias, size) is not None:
+            tensors[name] = bias
+    if se_weights is not None:
+        if not isinstance(se_weights, (tuple, list)) or len(se_weights) != 4:
+            raise TypeError(f"mobilefuse.{OP}: se_weights must be None or a tuple (w_reduce, "
+                            f"b_reduce, w_expand, b_expand), got {type(se_weights).__name__}")
+        # The SE runs on the depthwise output: check its weights against that channel count.
+        check_squeeze_excite_args(x.new_empty((0, mid, 1, 1)), *se_weights, se_activation,
+                                  se_gate)
+        tensors.update({f"se_weights[{i}]": t for i, t in enumerate(se_weights)
+                        if t is not None})
+    for name, t in tensors.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"mobilefuse.{OP}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    check_same_device(OP, **tensors)
+    stride_hw = _pair("stride", stride, 1)
+    dilation_hw = _pair("dilation", dilation, 1)
+    span = tuple(d * (k - 1) for d, k in zip(dilation_hw, dw_weight.shape[2:], strict=True))
+    pad_hw = (span[0] // 2, span[1] // 2) if padding is None else _pair("padding", padding, 0)
+    for dim, size, pad, extent in zip(("height", "width"), x.shape[2:], pad_hw, span, strict=True):
+        if extent + 1 > size + 2 * pad:
+            raise ValueError(f"mobilefuse.{OP}: the depthwise kernel (dilated extent {extent + 1})"
+                             f" is larger than the padded input {dim} {size + 2 * pad}")
+    same_shape = out_channels == channels and stride_hw == (1, 1) and all(
+        2 * p == s for p, s in zip(pad_hw, span, strict=True))
+    if residual is None:
+        residual = same_shape
+    elif not isinstance(residual, bool):
+        raise TypeError(f"mobilefuse.{OP}: residual must be None, True or False, got {residual!r}")
+    elif residual and not same_shape:
+        raise ValueError(f"mobilefuse.{OP}: residual=True needs the output shape to equal x's "
+                         f"(stride 1, 'same' padding, {channels} output channels); got "
+                         f"{out_channels} channels, stride {stride_hw}, padding {pad_hw}")
+    pair = activation if isinstance(activation, (tuple, list)) and len(activation) == 2 else (
+        activation, activation)
+    activations = (_activation("activation", pair[0]), _activation("activation", pair[1]))
+    return BlockArgs(stride_hw, pad_hw, dilation_hw, activations,
+                     _activation("project_activation", project_activation), residual)

@@ -1,0 +1,226 @@
+"""An inverted-residual block in training mode that keeps less for its backward than eager.
+
+Eager autograd keeps, per block, every tensor an op needs for its backward: the expansion's
+output, its BatchNorm's output, the activation's output, the depthwise output, its BatchNorm's
+and activation's outputs and the squeeze-and-excitation's scaled output: about seven tensors
+of the expanded width. This block keeps two of them, the expansion's and the depthwise
+convolution's raw outputs, plus the block input, the projection's raw output and per-channel
+statistics. BatchNorm-then-activation is an elementwise map once the batch statistics are
+known, so the backward recomputes it (one pass each) where it needs the activations.
+
+Forward and backward call the same kernels eager does for the 1x1 convolutions and the
+BatchNorm gradients (``aten.convolution_backward``, ``aten.native_batch_norm_backward``), and
+mobilefuse's kernels for the depthwise convolution, the squeeze-and-excitation and the
+BatchNorm application; running statistics are updated exactly as ``nn.BatchNorm2d`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilefuse._squeeze_excite import (
+    channel_affine,
+    excite,
+    squeeze_excite_backward_op,
+    squeeze_excite_op,
+)
+from mobilefuse.kernels.layout import memory_format_of
+from mobilefuse.ops import INPLACE_ACTIVATIONS
+
+# Activation gradients as eager computes them, from the pre-activation.
+_ACTIVATION_BACKWARD = {
+    "relu": lambda g, z: torch.ops.aten.threshold_backward(g, z, 0),
+    "relu6": lambda g, z: torch.ops.aten.hardtanh_backward(g, z, 0.0, 6.0),
+    "hardswish": torch.ops.aten.hardswish_backward,
+    "silu": torch.ops.aten.silu_backward,
+}
+_ACTIVATION_OUT_OF_PLACE = {
+    "relu": torch.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu}
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What the block runs, besides its tensors."""
+
+    norms: tuple[nn.Module | None, nn.Module, nn.Module]
+    activations: tuple[str | None, str | None, str | None]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    se: tuple[str, str] | None
+    # The backend of the mobilefuse kernels: "cpu", "cuda" or "triton".
+    backend: str
+
+
+def _depthwise(backend: str) -> Any:
+    return (torch.ops.mobilefuse.triton_depthwise_conv2d if backend == "triton"
+            else torch.ops.mobilefuse.depthwise_conv2d)
+
+
+def _depthwise_backward(backend: str) -> Any:
+    return (torch.ops.mobilefuse.triton_depthwise_conv2d_backward if backend == "triton"
+            else torch.ops.mobilefuse.depthwise_conv2d_backward)
+
+
+def batch_statistics(norm: nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1 / std) of ``t`` per channel over the batch, updating ``norm``'s running
+    statistics and batch counter as ``nn.BatchNorm2d.forward`` does in training mode."""
+    factor = 0.0 if norm.momentum is None else norm.momentum
+    tracked = norm.track_running_stats
+    if tracked and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        factor = (1.0 / float(norm.num_batches_tracked) if norm.momentum is None
+                  else norm.momentum)
+    running_mean = norm.running_mean if tracked else None
+    running_var = norm.running_var if tracked else None
+    mean, var = torch.batch_norm_update_stats(t, running_mean, running_var, factor)
+    return mean, torch.rsqrt(var + norm.eps)
+
+
+def _normalize(backend: str, t: torch.Tensor, norm: nn.Module, mean: torch.Tensor,
+               invstd: torch.Tensor) -> torch.Tensor:
+    """BatchNorm of ``t`` with these statistics, one pass (the same pass in both directions,
+    so the recomputed values equal the forward's bit for bit)."""
+    scale = invstd if norm.weight is None else invstd * norm.weight.to(invstd.dtype)
+    shift = -mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.to(invstd.dtype)
+    n, c = t.shape[:2]
+    return channel_affine(backend, t, scale.expand(n, c), shift.expand(n, c))
+
+
+def _activate(t: torch.Tensor, name: str | None) -> torch.Tensor:
+    return t if name is None else INPLACE_ACTIVATIONS[name](t)
+
+
+def _norm_backward(grad: torch.Tensor, t: torch.Tensor, norm: nn.Module, mean: torch.Tensor,
+                   invstd: torch.Tensor, needs_affine: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    affine = needs_affine and norm.weight is not None
+    gi, gw, gb = torch.ops.aten.native_batch_norm_backward(
+        grad, t, norm.weight, None, None, mean, invstd, True, norm.eps, [True, affine, affine])
+    return gi, (gw if affine else None), (gb if affine else None)
+
+
+def _conv1x1_backward(grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None, mask: tuple[bool, bool, bool]
+                      ) -> tuple[torch.Tensor | None, ...]:
+    gi, gw, gb = torch.ops.aten.convolution_backward(
+        grad, inp, weight, None if bias is None else [bias.shape[0]], [1, 1], [0, 0], [1, 1],
+        False, [0, 0], 1, [mask[0], mask[1], mask[2] and bias is not None])
+    return (gi if mask[0] else None, gw if mask[1] else None,
+            gb if mask[2] and bias is not None else None)
+
+
+def _matrix(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], w.shape[1])
+
+
+class BlockTrainFunction(torch.autograd.Function):
+    """Branch of an inverted-residual block in training mode (BatchNorms on batch statistics).
+
+    Inputs after ``plan``: x, expand (weight, bias), expand norm (weight, bias), depthwise
+    (weight, bias), depthwise norm (weight, bias), SE (w_reduce, b_reduce, w_expand,
+    b_expand), projection (weight, bias), projection norm (weight, bias); absent ones None.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, plan: TrainPlan, x: torch.Tensor, *params: torch.Tensor | None
+                ) -> torch.Tensor:
+        (we, be, _, _, wd, bd, _, _, wr, br, wx, bx, wp, bp, _, _) = params
+        norm1, norm2, norm3 = plan.norms
+        act1, act2, act3 = plan.activations
+        e = x
+        stats1 = None
+        if we is not None:
+            e = F.conv2d(x, we, be)
+            stats1 = batch_statistics(norm1, e)
+            a1 = _activate(_normalize(plan.backend, e, norm1, *stats1), act1)
+        else:
+            a1 = x
+        d = _depthwise(plan.backend)(a1, wd, bd, list(plan.stride), list(plan.padding),
+                                     list(plan.dilation), "none")
+        del a1
+        stats2 = batch_statistics(norm2, d)
+        a2 = _activate(_normalize(plan.backend, d, norm2, *stats2), act2)
+        pooled = None
+        if plan.se is not None:
+            a2, pooled = squeeze_excite_op(a2, _matrix(wr), br, _matrix(wx), bx, *plan.se,
+                                           plan.backend)
+        p = F.conv2d(a2, wp, bp)
+        del a2
+        stats3 = batch_statistics(norm3, p)
+        out = _activate(_normalize(plan.backend, p, norm3, *stats3), act3)
+        ctx.plan = plan
+        ctx.stats = (stats1, stats2, stats3)
+        ctx.save_for_backward(x, None if we is None else e, d, p, pooled, *params)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        plan = ctx.plan
+        (x, e, d, p, pooled, *params) = ctx.saved_tensors
+        (we, be, g1, b1, wd, bd, g2, b2, wr, br, wx, bx, wp, bp, g3, b3) = params
+        needs = ctx.needs_input_grad[2:]
+        (stats1, stats2, stats3) = ctx.stats
+        norm1, norm2, norm3 = plan.norms
+        act1, act2, act3 = plan.activations
+        grads: list[torch.Tensor | None] = [None] * 16
+        backend = plan.backend
+        grad = grad.contiguous(memory_format=memory_format_of(p))
+        if act3 is not None:
+            grad = _ACTIVATION_BACKWARD[act3](grad, _normalize(backend, p, norm3, *stats3))
+        grad, grads[14], grads[15] = _norm_backward(grad, p, norm3, *stats3,
+                                                    needs[14] or needs[15])
+        # The depthwise stage's output, recomputed: BatchNorm, then the activation.
+        h2 = _normalize(backend, d, norm2, *stats2)
+        a2 = h2 if act2 is None else _ACTIVATION_OUT_OF_PLACE[act2](h2)
+        z = a2
+        if plan.se is not None:
+            gate = excite(pooled, _matrix(wr), br, _matrix(wx), bx, *plan.se)[3]
+            z = channel_affine(backend, a2, gate, None)
+        grad, grads[12], grads[13] = _conv1x1_backward(grad, z, wp, bp,
+                                                       (True, needs[12], needs[13]))
+        del z
+        if plan.se is not None:
+            mask = [True, needs[8], needs[9] and br is not None, needs[10],
+                    needs[11] and bx is not None]
+            se_grads = squeeze_excite_backward_op(grad, a2, pooled, _matrix(wr), br,
+                                                  _matrix(wx), bx, *plan.se, backend, mask)
+            grad = se_grads[0]
+            for i, (m, g, w) in enumerate(zip(mask[1:], se_grads[1:], (wr, br, wx, bx),
+                                              strict=True)):
+                grads[8 + i] = g.reshape(w.shape) if m else None
+        del a2
+        if act2 is not None:
+            grad = _ACTIVATION_BACKWARD[act2](grad, h2)
+        del h2
+        grad, grads[6], grads[7] = _norm_backward(grad, d, norm2, *stats2, needs[6] or needs[7])
+        if we is not None:
+            h1 = _normalize(backend, e, norm1, *stats1)
+            a1 = h1 if act1 is None else _ACTIVATION_OUT_OF_PLACE[act1](h1)
+        else:
+            h1 = a1 = x
+        need_a1 = we is not None or ctx.needs_input_grad[1]
+        mask = [need_a1, needs[4], needs[5] and bd is not None]
+        ga1, gwd, gbd = _depthwise_backward(backend)(
+            grad, a1, wd, bd, list(plan.stride), list(plan.padding), list(plan.dilation), "none",
+            mask)
+        grads[4] = gwd if mask[1] else None
+        grads[5] = gbd if mask[2] else None
+        del a1
+        grad_x = ga1 if need_a1 else None
+        if we is not None:
+            if act1 is not None:
+                ga1 = _ACTIVATION_BACKWARD[act1](ga1, h1)
+            del h1
+            ge, grads[2], grads[3] = _norm_backward(ga1, e, norm1, *stats1, needs[2] or needs[3])
+            grad_x, grads[0], grads[1] = _conv1x1_backward(
+                ge, x, we, be, (ctx.needs_input_grad[1], needs[0], needs[1]))
+        return (None, grad_x, *grads)
