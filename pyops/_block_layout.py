@@ -174,6 +174,11 @@ def _read_layers(layers: list[tuple[str, nn.Module]]) -> tuple[Stage | None, Sta
     return expand, depthwise, se, project
 
 
+def is_block_class(module: nn.Module) -> bool:
+    """Whether ``module``'s class is one of the known inverted-residual block classes."""
+    return (type(module).__module__, type(module).__name__) in BLOCK_CLASSES
+
+
 def block_layout(module: nn.Module) -> BlockLayout:
     """``module``'s layout; LookupError (saying why) when it is not a block mobilefuse runs."""
     kind = BLOCK_CLASSES.get((type(module).__module__, type(module).__name__))

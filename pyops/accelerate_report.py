@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from mobilefuse import nn as mfnn
+from mobilefuse._block_layout import block_gap, is_block_class
 from mobilefuse._fusion import (
     FUSABLE_ACTIVATIONS,
     FoldedBatchNorm2d,
@@ -68,6 +69,12 @@ def _swapped_detail(module: nn.Module) -> str:
         return f"vendor convolution + {module.fusion.describe()} folded"
     if isinstance(module, mfnn.SqueezeExcite):
         return f"fused squeeze-and-excitation ({module.act_name}, {module.gate_name} gate)"
+    if isinstance(module, mfnn.InvertedResidual):
+        parts = ["expand" if module.layout.expand else None, "depthwise",
+                 "SE" if module.layout.se else None, "project",
+                 "residual" if module.layout.residual else None]
+        return (f"fused block ({' + '.join(p for p in parts if p)}): BatchNorms folded in eval, "
+                "recomputed activations in training")
     fusion = getattr(module, "fusion", None)
     detail = "fused kernel" if fusion is None else f"fused kernel + {fusion.describe()}"
     backend = getattr(module, "backend", "auto")
@@ -77,6 +84,8 @@ def _swapped_detail(module: nn.Module) -> str:
 def _kept_reason(module: nn.Module) -> str:
     """Why accelerate() leaves ``module`` as it is."""
     kind = type(module)
+    if is_block_class(module):
+        return block_gap(module) or "no fused backend takes the model's device and dtype"
     if se_layout(module) is not None:
         return se_gap(module) or "no fused backend takes the model's device and dtype"
     if isinstance(module, (mfnn.DepthwiseConv2d, mfnn.HardSwish, mfnn.HardSigmoid,
@@ -111,13 +120,16 @@ def accelerate_report(model: nn.Module, *, show: bool = True) -> AccelerateRepor
     # What accelerate() would do to the modules not yet swapped: ask it, on a copy.
     trial = dict(accelerate(model).named_modules())
     rows = []
-    inside_se = {id(child) for m in model.modules() if isinstance(m, mfnn.SqueezeExcite)
-                 for child in m.modules() if child is not m}
+    fused_whole = (mfnn.SqueezeExcite, mfnn.InvertedResidual)
+    wholes = [m for path, m in model.named_modules()
+              if isinstance(m, fused_whole) or isinstance(trial.get(path), fused_whole)]
+    inside = {id(child) for m in wholes for child in m.modules() if child is not m}
     for path, module in model.named_modules():
-        # Leaves, plus the containers swapped whole (squeeze-and-excitation); not the weight
-        # holders inside a fused SqueezeExcite.
-        se_like = isinstance(module, mfnn.SqueezeExcite) or se_layout(module) is not None
-        if (module._modules and not se_like) or id(module) in inside_se:
+        # Leaves, plus the containers swapped whole (squeeze-and-excitation, MBConv blocks);
+        # not the layers inside a fused one, whose parameters it reads itself.
+        whole = (isinstance(module, fused_whole) or se_layout(module) is not None
+                 or is_block_class(module))
+        if (module._modules and not whole) or id(module) in inside:
             continue
         name = type(module).__name__
         origin = origin_class(module)
