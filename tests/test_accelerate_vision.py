@@ -47,13 +47,18 @@ def test_eval_outputs_and_state_match(source, name):
     reference = copy.deepcopy(model).double()
     fast = mobilefuse.accelerate(model)
     assert list(fast.state_dict()) == list(model.state_dict())
-    depthwise = [m for m in fast.modules()
-                 if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
-    assert depthwise and all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in depthwise)
+    # MBConv blocks become fused blocks, which read their layers' parameters themselves.
+    blocks = [m for m in fast.modules() if isinstance(m, mobilefuse.nn.InvertedResidual)]
+    inside = {id(c) for b in blocks for c in b.modules() if c is not b}
+    depthwise = [m for m in fast.modules() if id(m) not in inside
+                 and isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
+    assert blocks or depthwise
+    assert all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in depthwise)
     # torchvision's depthwise conv, BatchNorm and activation sit in one Sequential, timm's are
     # wired in their blocks' forward (traced): all are folded.
     assert all(m.fusion is not None and m.fusion.norm is not None for m in depthwise)
-    fused_se = sum(isinstance(m, mobilefuse.nn.SqueezeExcite) for m in fast.modules())
+    fused_se = sum(isinstance(m, mobilefuse.nn.SqueezeExcite) for m in fast.modules()) + sum(
+        b.layout.se is not None for b in blocks)
     assert fused_se == SE_LAYERS.get(name, 0)
     x = torch.randn(2, 3, 80, 72)
     with torch.no_grad():

@@ -365,3 +365,13 @@ def test_block_with_a_hook_is_left_alone():
     rows = {row.path: row for row in report.rows}
     assert "hooks" in rows["features.3"].detail
     assert rows["features.4"].status == "would swap"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_module_training_in_float32(layout):
+    block = _module(6, in_channels=16, out_channels=16, kernel_size=5, activation="silu",
+                    se_channels=4, se_activation="silu", se_gate="sigmoid").float().train()
+    plain = copy.deepcopy(block)
+    plain.forward = plain._forward_layers
+    x = make_input((4, 16, 13, 11), torch.float32, "cpu", layout, scale=1.0)
+    _compare_train_step(block, plain, x, BACKWARD_TOL[torch.float32])

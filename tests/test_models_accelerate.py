@@ -54,17 +54,24 @@ def depthwise(model: nn.Module) -> list[nn.Module]:
 
 
 def check_swapped(model: nn.Module, fast: nn.Module) -> None:
-    """State keys kept; every depthwise conv and channel shuffle swapped, folded in eval."""
+    """State keys kept; every MBConv block fused whole; every other depthwise conv and channel
+    shuffle swapped, folded in eval."""
     assert list(fast.state_dict()) == list(model.state_dict())
-    assert len(depthwise(fast)) == len(depthwise(model)) > 0 or not depthwise(model)
-    assert all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in depthwise(fast))
+    blocks = [m for m in fast.modules() if isinstance(m, mobilefuse.nn.InvertedResidual)]
+    kinds = (models.mobilenet.InvertedResidual, models.mobilenet.MBConv)
+    assert len(blocks) == sum(isinstance(m, kinds) for m in model.modules())
+    inside = {id(c) for b in blocks for c in b.modules()}
+    loose = [m for m in depthwise(fast) if id(m) not in inside]
+    assert len(depthwise(fast)) == len(depthwise(model))
+    assert all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in loose)
     assert not any(type(m) is nn.ChannelShuffle for m in fast.modules())
-    # Every squeeze-and-excitation layer runs the fused op.
+    # Every squeeze-and-excitation layer runs the fused op, on its own or inside a block.
     se = [m for m in model.modules() if type(m) is models.layers.SqueezeExcitation]
-    assert sum(isinstance(m, mobilefuse.nn.SqueezeExcite) for m in fast.modules()) == len(se)
+    fused_se = sum(isinstance(m, mobilefuse.nn.SqueezeExcite) for m in fast.modules())
+    assert fused_se + sum(b.layout.se is not None for b in blocks) == len(se)
     if not model.training:
-        # Each depthwise conv sits with its BatchNorm in one Sequential: all folded.
-        assert all(m.fusion is not None and m.fusion.norm is not None for m in depthwise(fast))
+        # Each loose depthwise conv sits with its BatchNorm in one Sequential: all folded.
+        assert all(m.fusion is not None and m.fusion.norm is not None for m in loose)
 
 
 @pytest.mark.parametrize("name,kwargs", NUMERIC, ids=IDS)

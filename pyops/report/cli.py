@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from mobilefuse.bench import timing
 from mobilefuse.bench.report import device_slug, environment, print_table
 from mobilefuse.report.output import HEADERS, table_rows, title, write_outputs
 from mobilefuse.report.run import ModelEntry, measure_models
@@ -49,6 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true",
                         help="run models and inputs in channels_last (oneDNN's fast CPU path)")
     parser.add_argument("--no-latency", action="store_true", help="skip the timings")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="leave glibc malloc at its defaults on CPU (large outputs then "
+                             "page-fault afresh on every call, in eager and accelerated alike)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: benchmarks/results/"
@@ -70,10 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
     entries = [zoo_entry(name, args.resolution) for name in names]
+    # As the benchmark runner does: freed blocks are reused, so timings are not page faults.
+    allocator = (timing.configure_allocator(system=args.system_allocator)
+                 if device.type == "cpu" else timing.ALLOCATOR_CUDA)
     results = measure_models(entries, device, args.batch, DTYPES[args.dtype], args.reps,
                              latency=not args.no_latency, progress=not args.no_progress,
                              channels_last=args.channels_last)
-    env = environment(device)
+    env = {**environment(device), "allocator": allocator}
     layout = f"{args.dtype}, {'channels_last' if args.channels_last else 'NCHW'}"
     print_table(title(env, args.batch, layout), HEADERS, table_rows(results))
     out = args.out or Path("benchmarks/results") / (

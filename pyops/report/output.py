@@ -27,8 +27,9 @@ def table_rows(results: Sequence[ModelResult]) -> list[list[str]]:
 
 def title(env: dict[str, Any], batch: int, dtype: str) -> str:
     """What the table measured, on what."""
+    allocator = f"; allocator: {env['allocator']}" if env.get("allocator") else ""
     return (f"Efficiency report: {env['device']}, {dtype}, batch {batch} "
-            f"(latency: eval forward; activation memory: training step)")
+            f"(latency: eval forward; activation memory: training step{allocator})")
 
 
 def markdown(results: Sequence[ModelResult], heading: str) -> str:
