@@ -1,0 +1,96 @@
+"""Training-step (or eval) time of a zoo model: eager, accelerate() with fused MBConv blocks, and
+accelerate() with per-layer swaps only, interleaved in one process.
+
+    python benchmarks/train_step.py --models mobilenet_v3_large,efficientnet_b0 --mode train
+
+Prints the medians and ratios and writes them as JSON (``--out``). CPU runs reuse freed heap
+blocks (see ``mobilefuse.bench.timing.configure_allocator``), as the benchmark runner does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import mobilefuse
+from mobilefuse.bench import report, timing
+from mobilefuse.models import create_model
+
+
+def _per_layer_only(model: nn.Module) -> nn.Module:
+    """accelerate() with the whole-block swap turned off (the per-layer swaps only)."""
+    accelerate_module = sys.modules["mobilefuse.accelerate"]
+    block_gap = accelerate_module.block_gap
+    accelerate_module.block_gap = lambda module: "block swap off for this comparison"
+    try:
+        return mobilefuse.accelerate(model)
+    finally:
+        accelerate_module.block_gap = block_gap
+
+
+def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int) -> dict:
+    """Median milliseconds per step of each variant, measured round-robin."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    eager = create_model(name).train(train).to(memory_format=fmt)
+    variants = {"eager": eager, "blocks": mobilefuse.accelerate(eager),
+                "per_layer": _per_layer_only(eager)}
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
+
+    def step(model: nn.Module) -> None:
+        if train:
+            model(x).sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    for model in variants.values():
+        for _ in range(2):
+            step(model)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for key, model in variants.items():
+            start = time.perf_counter()
+            step(model)
+            times[key].append(time.perf_counter() - start)
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return {"model": name, "mode": "train" if train else "eval", "batch": batch,
+            "layout": "channels_last" if channels_last else "NCHW", "median_ms": ms,
+            "speedup_blocks": ms["eager"] / ms["blocks"],
+            "speedup_per_layer": ms["eager"] / ms["per_layer"]}
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mobilenet_v3_large,efficientnet_b0")
+    parser.add_argument("--mode", choices=("train", "eval"), default="train")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    allocator = timing.configure_allocator()
+    rows = []
+    for name in args.models.split(","):
+        row = measure(name, args.mode == "train", args.batch, not args.nchw, args.reps)
+        rows.append(row)
+        ms = row["median_ms"]
+        print(f"{name} {row['mode']} {row['layout']}: eager {ms['eager']:.1f} ms, blocks "
+              f"{ms['blocks']:.1f} ms ({row['speedup_blocks']:.2f}x), per-layer "
+              f"{ms['per_layer']:.1f} ms ({row['speedup_per_layer']:.2f}x)")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"environment": report.environment(torch.device("cpu")),
+                                        "allocator": allocator, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
