@@ -1,6 +1,8 @@
 """``accelerate()``: swap the submodules mobilefuse can serve for its fused modules; ``restore()``.
 
-The walk is generic over module *types*, never a per-model list: a module is swapped when its
+The walk is generic over module *types*, never a per-model list. MBConv blocks of the classes
+in :mod:`mobilefuse._block_layout` whose layers read as an inverted residual are swapped whole
+first. Elsewhere a module is swapped when its
 type is exactly one that mobilefuse serves (``nn.Conv2d`` with ``groups == in == out``,
 ``nn.Hardswish``, ``nn.Hardsigmoid``, ``nn.ChannelShuffle``, and the squeeze-and-excitation
 layouts of :mod:`mobilefuse._se_layout`); subclasses are left alone, since their ``forward`` may
@@ -247,7 +249,10 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
 
     Returns:
         The accelerated model. Parameters, buffers, ``state_dict`` keys, hooks and train/eval
-        mode are those of ``model``; outputs match within DESIGN's tolerances. In eval mode a
+        mode are those of ``model``; outputs match within DESIGN's tolerances. Whole MBConv
+        blocks of known classes (torchvision's, timm's, the zoo's) become
+        :class:`mobilefuse.nn.InvertedResidual`, which folds their BatchNorms in eval mode and
+        keeps less activation memory in training; their layers stay as they are. In eval mode a
         depthwise conv followed by BatchNorm2d and an activation inside an ``nn.Sequential``
         runs as one kernel, and any other conv followed by BatchNorm2d runs with the BatchNorm
         folded into it. :func:`mobilefuse.accelerate_report` lists what was swapped and
