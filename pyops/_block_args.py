@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mobilefuse._checks import check_float_tensor, check_same_device, check_tensor
-from mobilefuse._conv_args import ACTIVATIONS
+from mobilefuse._checks import check_float_tensor, check_like_x, check_tensor
+from mobilefuse._conv_args import ACTIVATIONS, int_pair
 from mobilefuse._se_args import check_squeeze_excite_args
 
 OP = "inverted_residual"
@@ -25,16 +25,6 @@ class BlockArgs:
     activations: tuple[str | None, str | None]
     project_activation: str | None
     residual: bool
-
-
-def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
-    items = (value, value) if isinstance(value, int) else value
-    if (not isinstance(items, (tuple, list)) or len(items) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) for v in items)):
-        raise TypeError(f"mobilefuse.{OP}: {name} must be an int or a pair of ints, got {value!r}")
-    if min(items) < minimum:
-        raise ValueError(f"mobilefuse.{OP}: {name} must be >= {minimum}, got {value!r}")
-    return int(items[0]), int(items[1])
 
 
 def _activation(name: str, value: object) -> str | None:
@@ -104,14 +94,12 @@ def check_block_args(x: object, expand_weight: object, expand_bias: object, dw_w
                                   se_gate)
         tensors.update({f"se_weights[{i}]": t for i, t in enumerate(se_weights)
                         if t is not None})
-    for name, t in tensors.items():
-        if t.dtype != x.dtype:
-            raise TypeError(f"mobilefuse.{OP}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-    check_same_device(OP, **tensors)
-    stride_hw = _pair("stride", stride, 1)
-    dilation_hw = _pair("dilation", dilation, 1)
+    check_like_x(OP, tensors)
+    stride_hw = int_pair(OP, "stride", stride, 1)
+    dilation_hw = int_pair(OP, "dilation", dilation, 1)
     span = tuple(d * (k - 1) for d, k in zip(dilation_hw, dw_weight.shape[2:], strict=True))
-    pad_hw = (span[0] // 2, span[1] // 2) if padding is None else _pair("padding", padding, 0)
+    pad_hw = ((span[0] // 2, span[1] // 2) if padding is None
+              else int_pair(OP, "padding", padding, 0))
     for dim, size, pad, extent in zip(("height", "width"), x.shape[2:], pad_hw, span, strict=True):
         if extent + 1 > size + 2 * pad:
             raise ValueError(f"mobilefuse.{OP}: the depthwise kernel (dilated extent {extent + 1})"

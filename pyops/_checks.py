@@ -52,6 +52,15 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
         raise ValueError(f"mobilefuse.{op}: all tensors must be on one device, got {listed}")
 
 
+def check_like_x(op: str, tensors: dict[str, torch.Tensor]) -> None:
+    """TypeError/ValueError unless every tensor has the dtype and device of ``tensors["x"]``."""
+    x = tensors["x"]
+    for name, t in tensors.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"mobilefuse.{op}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    check_same_device(op, **tensors)
+
+
 def check_same_shape_dtype(op: str, name: str, t: torch.Tensor, like_name: str,
                            like: torch.Tensor) -> None:
     """ValueError/TypeError when ``t`` differs from ``like`` in shape or dtype."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mobilefuse._checks import check_float_tensor, check_same_device, check_tensor
+from mobilefuse._checks import check_float_tensor, check_like_x, check_tensor
 
 ACTIVATIONS: tuple[str, ...] = ("none", "relu", "relu6", "hardswish", "silu")
 OP = "depthwise_conv2d"
@@ -37,13 +37,15 @@ def same_padding_gap(span: tuple[int, ...]) -> str | None:
     return None
 
 
-def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
+def int_pair(op: str, name: str, value: object, minimum: int) -> tuple[int, int]:
+    """``value`` (an int or a pair of ints, each >= ``minimum``) as a pair; errors name ``op``
+    and the argument."""
     items = (value, value) if isinstance(value, int) else value
     if (not isinstance(items, (tuple, list)) or len(items) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) for v in items)):
-        raise TypeError(f"mobilefuse.{OP}: {name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"mobilefuse.{op}: {name} must be an int or a pair of ints, got {value!r}")
     if min(items) < minimum:
-        raise ValueError(f"mobilefuse.{OP}: {name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"mobilefuse.{op}: {name} must be >= {minimum}, got {value!r}")
     return int(items[0]), int(items[1])
 
 
@@ -75,12 +77,9 @@ def check_depthwise_args(x: object, weight: object, bias: object, stride: object
             raise ValueError(f"mobilefuse.{OP}: bias must have shape ({weight.shape[0]},), got "
                              f"{tuple(bias.shape)}")
         tensors["bias"] = bias
-    for name, t in tensors.items():
-        if t.dtype != x.dtype:
-            raise TypeError(f"mobilefuse.{OP}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-    check_same_device(OP, **tensors)
-    stride_hw = _pair("stride", stride, 1)
-    dilation_hw = _pair("dilation", dilation, 1)
+    check_like_x(OP, tensors)
+    stride_hw = int_pair(OP, "stride", stride, 1)
+    dilation_hw = int_pair(OP, "dilation", dilation, 1)
     kernel = (weight.shape[2], weight.shape[3])
     span = tuple(d * (k - 1) for d, k in zip(dilation_hw, kernel, strict=True))
     gap = None
@@ -97,7 +96,7 @@ def check_depthwise_args(x: object, weight: object, bias: object, stride: object
             raise ValueError(f"mobilefuse.{OP}: padding must be an int, a pair of ints, 'same' or "
                              f"'valid', got {padding!r}")
     else:
-        pad_hw = _pair("padding", padding, 0)
+        pad_hw = int_pair(OP, "padding", padding, 0)
         reference_padding = pad_hw
     for dim, size, pad, extent in zip(("height", "width"), x.shape[2:], pad_hw, span, strict=True):
         if extent + 1 > size + 2 * pad:

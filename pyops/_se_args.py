@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mobilefuse._checks import check_float_tensor, check_same_device, check_tensor
+from mobilefuse._checks import check_float_tensor, check_like_x, check_tensor
 
 OP = "squeeze_excite"
 SE_ACTIVATIONS: tuple[str, ...] = ("relu", "silu")
@@ -64,10 +64,6 @@ def check_squeeze_excite_args(x: object, w_reduce: object, b_reduce: object, w_e
             raise ValueError(f"mobilefuse.{OP}: {name} must have shape ({size},), got "
                              f"{tuple(bias.shape)}")
         tensors[name] = bias
-    for name, t in tensors.items():
-        if t.dtype != x.dtype:
-            raise TypeError(f"mobilefuse.{OP}: {name} must have x's dtype {x.dtype}, got "
-                            f"{t.dtype}")
-    check_same_device(OP, **tensors)
+    check_like_x(OP, tensors)
     return SqueezeExciteArgs(w1, w2, _choice("activation", activation, SE_ACTIVATIONS),
                              _choice("gate", gate, SE_GATES))

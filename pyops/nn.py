@@ -13,6 +13,7 @@ from mobilefuse._fusion import FUSABLE_ACTIVATIONS, Fusion
 from mobilefuse._se_layout import se_layout, se_options
 from mobilefuse._swap import clone_as
 from mobilefuse.backends import kernel_backend, run_on_backend, use_backend
+from mobilefuse.models.layers import StochasticDepth
 
 __all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite",
            "InvertedResidual"]
@@ -194,29 +195,6 @@ class SqueezeExcite(nn.Module):
 _ACTIVATION_MODULES = {name: cls for cls, name in FUSABLE_ACTIVATIONS.items()}
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero whole samples with probability ``p`` and scale the
-    rest by ``1 / (1 - p)``; the identity in eval mode."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"mobilefuse.nn.DropPath: p must be in [0, 1), got {p!r}")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with whole samples dropped (training only)."""
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        """The drop probability."""
-        return f"p={self.p}"
-
-
 class InvertedResidual(nn.Module):
     """An MBConv (inverted residual) block run by :func:`mobilefuse.ops.inverted_residual`.
 
@@ -292,7 +270,7 @@ class InvertedResidual(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels, **factory)
         sequence += ["conv_pwl", "bn3"]
         residual = can_add if residual is None else residual
-        self.drop_path = DropPath(drop_path) if drop_path > 0 and residual else nn.Identity()
+        self.drop_path = StochasticDepth(drop_path) if drop_path > 0 and residual else nn.Identity()
         self.layout = BlockLayout(
             tuple(sequence), expand, Stage("conv_dw", "bn2", activation),
             "se" if se_channels is not None else None, Stage("conv_pwl", "bn3", None),
