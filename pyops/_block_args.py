@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from mobilefuse._checks import check_float_tensor, check_like_x, check_tensor
+from mobilefuse._checks import (
+    check_float_tensor,
+    check_like_x,
+    check_pointwise_weight,
+    check_tensor,
+    check_vector,
+)
 from mobilefuse._conv_args import ACTIVATIONS, int_pair
 from mobilefuse._se_args import check_squeeze_excite_args
 
@@ -34,28 +40,6 @@ def _activation(name: str, value: object) -> str | None:
     return value
 
 
-def _pointwise(name: str, w: object, out_channels: int | None, in_channels: int) -> int:
-    """Validate a 1x1 weight ``(out, in)`` or ``(out, in, 1, 1)``; return its out channels."""
-    w = check_tensor(OP, name, w)
-    ok = (w.dim() == 2 or (w.dim() == 4 and w.shape[2:] == (1, 1))) and w.shape[1] == in_channels
-    ok = ok and w.shape[0] > 0 and (out_channels is None or w.shape[0] == out_channels)
-    if not ok:
-        rows = "M" if out_channels is None else str(out_channels)
-        raise ValueError(f"mobilefuse.{OP}: {name} must have shape ({rows}, {in_channels}) or "
-                         f"({rows}, {in_channels}, 1, 1), got {tuple(w.shape)}")
-    return int(w.shape[0])
-
-
-def _bias(name: str, bias: object, size: int) -> torch.Tensor | None:
-    if bias is None:
-        return None
-    bias = check_tensor(OP, name, bias)
-    if tuple(bias.shape) != (size,):
-        raise ValueError(f"mobilefuse.{OP}: {name} must have shape ({size},), got "
-                         f"{tuple(bias.shape)}")
-    return bias
-
-
 def check_block_args(x: object, expand_weight: object, expand_bias: object, dw_weight: object,
                      dw_bias: object, project_weight: object, project_bias: object,
                      se_weights: object, stride: object, padding: object, dilation: object,
@@ -70,7 +54,8 @@ def check_block_args(x: object, expand_weight: object, expand_bias: object, dw_w
     tensors: dict[str, torch.Tensor] = {"x": x}
     mid = channels
     if expand_weight is not None:
-        mid = _pointwise("expand_weight", expand_weight, None, channels)
+        mid = check_pointwise_weight(OP, "expand_weight", expand_weight, None, channels,
+                                     f"(M, {channels})").shape[0]
         tensors["expand_weight"] = expand_weight
     elif expand_bias is not None:
         raise ValueError(f"mobilefuse.{OP}: expand_bias is given without expand_weight")
@@ -79,12 +64,13 @@ def check_block_args(x: object, expand_weight: object, expand_bias: object, dw_w
         raise ValueError(f"mobilefuse.{OP}: dw_weight must have shape ({mid}, 1, kh, kw) for the "
                          f"{mid} expanded channels, got {tuple(dw_weight.shape)}")
     tensors["dw_weight"] = dw_weight
-    out_channels = _pointwise("project_weight", project_weight, None, mid)
+    out_channels = check_pointwise_weight(OP, "project_weight", project_weight, None, mid,
+                                          f"(O, {mid})").shape[0]
     tensors["project_weight"] = project_weight
     for name, bias, size in (("expand_bias", expand_bias, mid), ("dw_bias", dw_bias, mid),
                              ("project_bias", project_bias, out_channels)):
-        if _bias(name, bias, size) is not None:
-            tensors[name] = bias
+        if bias is not None:
+            tensors[name] = check_vector(OP, name, bias, size)
     if se_weights is not None:
         if not isinstance(se_weights, (tuple, list)) or len(se_weights) != 4:
             raise TypeError(f"mobilefuse.{OP}: se_weights must be None or a tuple (w_reduce, "

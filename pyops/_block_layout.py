@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mobilefuse._fusion import FUSABLE_ACTIVATIONS
+from mobilefuse._fusion import FUSABLE_ACTIVATIONS, norm_activation
 from mobilefuse._se_layout import is_pointwise, se_gap
 from mobilefuse._swap import has_hooks
 
@@ -77,16 +77,6 @@ class BlockLayout:
     residual: bool
 
 
-def _is_timm_batchnorm_act(module: nn.Module) -> bool:
-    kind = type(module)
-    return kind.__name__ == "BatchNormAct2d" and kind.__module__.startswith("timm.")
-
-
-def _is_batchnorm(module: nn.Module) -> bool:
-    return type(module) is nn.BatchNorm2d or (_is_timm_batchnorm_act(module)
-                                              and type(module.drop) is nn.Identity)
-
-
 def _is_depthwise(conv: nn.Module) -> bool:
     return (type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
@@ -96,10 +86,13 @@ def _is_sequential(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def _flatten(module: nn.Module, prefix: str, out: list[tuple[str, nn.Module]]) -> None:
+def _flatten(module: nn.Module, prefix: str, out: list[tuple[str, nn.Module]],
+             skip: frozenset[str | None] = frozenset()) -> None:
+    """Append ``module``'s layers in order as (path, layer), opening Sequentials and leaving
+    out ``nn.Identity`` and the children named in ``skip``."""
     for name, child in module.named_children():
         path = f"{prefix}{name}"
-        if type(child) is nn.Identity:
+        if type(child) is nn.Identity or name in skip:
             continue
         if _is_sequential(child):
             _flatten(child, f"{path}.", out)
@@ -125,20 +118,16 @@ class _Reader:
         conv_path = self.layers[self.i][0]
         self.i += 1
         norm = self.peek()
-        if norm is None or not _is_batchnorm(norm):
-            raise LookupError(f"the {what} convolution is not followed by a BatchNorm2d")
+        gap, activation = (norm_activation(norm) if norm is not None
+                           else ("not an nn.BatchNorm2d", None))
+        if gap is not None:
+            raise LookupError(f"the layer after the {what} convolution: {gap}")
         if norm.num_features != conv.out_channels:
             raise LookupError(f"the {what} BatchNorm has {norm.num_features} features for "
                               f"{conv.out_channels} channels")
         norm_path = self.layers[self.i][0]
         self.i += 1
-        activation = None
-        if _is_timm_batchnorm_act(norm) and type(norm.act) is not nn.Identity:
-            activation = FUSABLE_ACTIVATIONS.get(type(norm.act))
-            if activation is None:
-                raise LookupError(f"the {what} activation {type(norm.act).__name__} has no "
-                                  "fused kernel")
-        elif type(self.peek()) in FUSABLE_ACTIVATIONS:
+        if activation is None and type(self.peek()) in FUSABLE_ACTIVATIONS:
             activation = FUSABLE_ACTIVATIONS[type(self.peek())]
             self.i += 1
         return Stage(conv_path, norm_path, activation)
@@ -192,14 +181,7 @@ def block_layout(module: nn.Module) -> BlockLayout:
         raise LookupError(f"its {kind.residual_attr} flag is missing")
     layers: list[tuple[str, nn.Module]] = []
     if kind.layers is None:
-        skipped = {kind.drop, *kind.absent}
-        for name, child in module.named_children():
-            if name in skipped or type(child) is nn.Identity:
-                continue
-            if _is_sequential(child):
-                _flatten(child, f"{name}.", layers)
-            else:
-                layers.append((name, child))
+        _flatten(module, "", layers, frozenset({kind.drop, *kind.absent}))
     else:
         container = module._modules.get(kind.layers)
         if container is None or not _is_sequential(container):
@@ -209,9 +191,9 @@ def block_layout(module: nn.Module) -> BlockLayout:
     drop = kind.drop if kind.drop and type(module._modules.get(kind.drop)) is not nn.Identity \
         else None
     if residual:
-        conv_in = _get(module, (expand or depthwise).conv).in_channels
-        conv_out = _get(module, project.conv).out_channels
-        if conv_in != conv_out or _get(module, depthwise.conv).stride != (1, 1):
+        conv_in = module.get_submodule((expand or depthwise).conv).in_channels
+        conv_out = module.get_submodule(project.conv).out_channels
+        if conv_in != conv_out or module.get_submodule(depthwise.conv).stride != (1, 1):
             raise LookupError("its residual flag is set on a block that changes the shape")
     return BlockLayout(tuple(path for path, _ in layers), expand, depthwise, se, project, drop,
                        residual)
@@ -226,7 +208,3 @@ def block_gap(module: nn.Module) -> str | None:
     if any(has_hooks(m) for m in module.modules()):
         return "it or one of its layers has hooks, which the fused block would skip"
     return None
-
-
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path)

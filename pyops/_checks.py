@@ -52,6 +52,29 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
         raise ValueError(f"mobilefuse.{op}: all tensors must be on one device, got {listed}")
 
 
+def check_vector(op: str, name: str, value: object, size: int) -> torch.Tensor:
+    """``value`` if it is a tensor of shape ``(size,)`` (a bias), else TypeError/ValueError."""
+    t = check_tensor(op, name, value)
+    if tuple(t.shape) != (size,):
+        raise ValueError(f"mobilefuse.{op}: {name} must have shape ({size},), got "
+                         f"{tuple(t.shape)}")
+    return t
+
+
+def check_pointwise_weight(op: str, name: str, value: object, rows: int | None,
+                           cols: int | None, expected: str) -> torch.Tensor:
+    """A 1x1 weight ``(rows, cols)`` or ``(rows, cols, 1, 1)`` (None: any count, at least one)
+    as a matrix; ValueError naming ``expected`` otherwise."""
+    w = check_tensor(op, name, value)
+    ok = w.dim() == 2 or (w.dim() == 4 and w.shape[2:] == (1, 1))
+    if ok:
+        ok = (rows is None or w.shape[0] == rows) and (cols is None or w.shape[1] == cols)
+    if not ok or w.shape[0] == 0:
+        raise ValueError(f"mobilefuse.{op}: {name} must have shape {expected} (or the same with "
+                         f"trailing 1, 1 as a 1x1 conv weight), got {tuple(w.shape)}")
+    return w.reshape(w.shape[0], w.shape[1])
+
+
 def check_like_x(op: str, tensors: dict[str, torch.Tensor]) -> None:
     """TypeError/ValueError unless every tensor has the dtype and device of ``tensors["x"]``."""
     x = tensors["x"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mobilefuse._checks import check_float_tensor, check_like_x, check_tensor
+from mobilefuse._checks import check_float_tensor, check_like_x, check_tensor, check_vector
 
 ACTIVATIONS: tuple[str, ...] = ("none", "relu", "relu6", "hardswish", "silu")
 OP = "depthwise_conv2d"
@@ -72,11 +72,7 @@ def check_depthwise_args(x: object, weight: object, bias: object, stride: object
                          f" (or a multiple of C), got {tuple(weight.shape)}")
     tensors = {"x": x, "weight": weight}
     if bias is not None:
-        bias = check_tensor(OP, "bias", bias)
-        if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"mobilefuse.{OP}: bias must have shape ({weight.shape[0]},), got "
-                             f"{tuple(bias.shape)}")
-        tensors["bias"] = bias
+        tensors["bias"] = check_vector(OP, "bias", bias, weight.shape[0])
     check_like_x(OP, tensors)
     stride_hw = int_pair(OP, "stride", stride, 1)
     dilation_hw = int_pair(OP, "dilation", dilation, 1)

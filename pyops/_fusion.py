@@ -33,6 +33,28 @@ FUSABLE_ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
 
 
+def _is_timm_batchnorm_act(module: nn.Module) -> bool:
+    # timm's BatchNormAct2d: a BatchNorm2d followed by its own `drop` and `act` children.
+    kind = type(module)
+    return kind.__name__ == "BatchNormAct2d" and kind.__module__.startswith("timm.")
+
+
+def norm_activation(norm: nn.Module) -> tuple[str | None, str | None]:
+    """(why ``norm`` is not a BatchNorm that can fold, or None; the activation it applies
+    itself, or None): an ``nn.BatchNorm2d``, or timm's ``BatchNormAct2d`` without dropout."""
+    if type(norm) is nn.BatchNorm2d:
+        return None, None
+    if not _is_timm_batchnorm_act(norm):
+        return "not an nn.BatchNorm2d", None
+    if type(norm.drop) is not nn.Identity:
+        return "its dropout cannot fold", None
+    if type(norm.act) is nn.Identity:
+        return None, None
+    name = FUSABLE_ACTIVATIONS.get(type(norm.act))
+    if name is None:
+        return f"its activation {type(norm.act).__name__} has no fused kernel", None
+    return None, name
+
 
 class Fusion:
     """What a depthwise convolution absorbs from the layers after it: a BatchNorm, an activation.

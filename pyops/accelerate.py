@@ -29,6 +29,7 @@ from mobilefuse._fusion import (
     FoldedConv2d,
     FusedActivation,
     Fusion,
+    norm_activation,
 )
 from mobilefuse._graph_runs import child_chains
 from mobilefuse._se_layout import se_gap
@@ -90,31 +91,9 @@ def conv_gap(conv: nn.Module, backend: str) -> str | None:
     return _backend_gap(conv.weight.device, conv.weight.dtype, backend)
 
 
-def _is_timm_batchnorm_act(module: nn.Module) -> bool:
-    # timm's BatchNormAct2d: a BatchNorm2d followed by its own `drop` and `act` children.
-    kind = type(module)
-    return kind.__name__ == "BatchNormAct2d" and kind.__module__.startswith("timm.")
-
-
-def _norm_activation(norm: nn.Module) -> tuple[str | None, str | None]:
-    """(why ``norm`` cannot fold at all or None, the activation it applies itself or None)."""
-    if type(norm) is nn.BatchNorm2d:
-        return None, None
-    if not _is_timm_batchnorm_act(norm):
-        return "not an nn.BatchNorm2d", None
-    if type(norm.drop) is not nn.Identity:
-        return "its dropout cannot fold", None
-    if type(norm.act) is nn.Identity:
-        return None, None
-    name = FUSABLE_ACTIVATIONS.get(type(norm.act))
-    if name is None:
-        return f"its activation {type(norm.act).__name__} has no fused kernel", None
-    return None, name
-
-
 def _norm_gap(norm: nn.Module, conv: nn.Module, shared: Counter[int]) -> str | None:
     """Why BatchNorm ``norm`` cannot fold into ``conv`` just before it, or None."""
-    gap, _ = _norm_activation(norm)
+    gap, _ = norm_activation(norm)
     if gap is not None:
         return gap
     if not norm.track_running_stats or norm.running_mean is None:
@@ -146,7 +125,7 @@ def _fuse_run(parent: nn.Module, conv_name: str, norm_name: str | None, act_name
     norm = activation = None
     if norm_name is not None:
         source = parent._modules[norm_name]
-        activation = _norm_activation(source)[1]
+        activation = norm_activation(source)[1]
         norm = clone_as(source, FoldedBatchNorm2d)
         parent._modules[norm_name] = norm
     if act_name is not None:
@@ -172,7 +151,7 @@ def _plan_run(conv: nn.Module, norm: nn.Module | None, act: nn.Module | None, ba
     take_norm = norm is not None and _norm_gap(norm, conv, shared) is None
     if not take_norm and conv_gap(conv, backend) is not None:
         return False, False
-    inner = _norm_activation(norm)[1] if take_norm else None
+    inner = norm_activation(norm)[1] if take_norm else None
     take_act = (inner is None and type(act) in FUSABLE_ACTIVATIONS
                 and _fusion_gap(act, shared) is None)
     return take_norm, take_act
