@@ -83,7 +83,7 @@ class Fusion:
         if norm is None:
             return weight, bias
         tensors = (weight, bias, norm.running_mean, norm.running_var, norm.weight, norm.bias)
-        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not any(
+        cacheable = ops.eager_no_grad() and not any(
             t is not None and t.is_inference() for t in tensors)
         if not cacheable:
             return self._fold(weight, bias)
@@ -179,12 +179,7 @@ class FoldedConv2d(nn.Conv2d):
             return super().forward(x)
         weight, bias = self.fusion.fold(self.weight, self.bias)
         y = self._conv_forward(x, weight, bias)
-        name = self.fusion.activation
-        if name is None:
-            return y
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return ops.ACTIVATION_FUNCTIONS[name](y)
-        return ops.INPLACE_ACTIVATIONS[name](y)
+        return ops.activate_fresh(y, self.fusion.activation)
 
     def extra_repr(self) -> str:
         """nn.Conv2d's description plus what is folded into it."""

@@ -35,7 +35,12 @@ from mobilefuse._graph_runs import child_chains
 from mobilefuse._se_layout import se_gap
 from mobilefuse._se_swap import to_squeeze_excite
 from mobilefuse._swap import clone_as, has_hooks, origin_class, revert
-from mobilefuse.backends import AUTO_ORDER, BACKENDS, FLOAT_DTYPES, unsupported_reasons
+from mobilefuse.backends import (
+    BACKENDS,
+    FLOAT_DTYPES,
+    candidate_backends,
+    unsupported_reasons,
+)
 
 __all__ = ["accelerate", "restore"]
 
@@ -60,8 +65,8 @@ def _backend_gap(device: torch.device, dtype: torch.dtype, backend: str) -> str 
     """Why no fused kernel of ``backend`` runs on this device and dtype, or None."""
     if backend == "reference":
         return None
-    names = AUTO_ORDER.get(device.type, ()) if backend == "auto" else (backend,)
-    why = {name: unsupported_reasons(name, device, dtype) for name in names}
+    why = {name: unsupported_reasons(name, device, dtype)
+           for name in candidate_backends(device, backend)}
     if any(not reasons for reasons in why.values()):
         return None
     return "; ".join(f"{name}: {', '.join(r)}" for name, r in why.items()) or (

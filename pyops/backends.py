@@ -129,13 +129,21 @@ def unsupported_reasons(backend: str, device: torch.device, dtype: torch.dtype,
     return reasons
 
 
-def kernel_backend(device: torch.device, dtype: torch.dtype) -> str | None:
-    """The backend whose kernels would run on these tensors now, or None (the reference);
-    like :func:`select_backend` but silent."""
-    if _current == "reference":
-        return None
-    candidates = AUTO_ORDER.get(device.type, ()) if _current == "auto" else (_current,)
-    for name in candidates:
+def candidate_backends(device: torch.device, requested: str | None = None) -> tuple[str, ...]:
+    """The kernel backends tried, in order, for tensors on ``device`` when ``requested`` (default:
+    the current choice) is asked for: ``"auto"``'s list, the one named, none for the reference."""
+    requested = _current if requested is None else requested
+    if requested == "reference":
+        return ()
+    return AUTO_ORDER.get(device.type, ()) if requested == "auto" else (requested,)
+
+
+def kernel_backend(device: torch.device, dtype: torch.dtype,
+                   requested: str | None = None) -> str | None:
+    """The backend whose kernels would run on these tensors, or None (the reference), when
+    ``requested`` (default: the current choice) is asked for; like :func:`select_backend` but
+    silent."""
+    for name in candidate_backends(device, requested):
         if not unsupported_reasons(name, device, dtype):
             return name
     return None
@@ -151,9 +159,8 @@ def select_backend(op: str, device: torch.device, dtype: torch.dtype,
     """
     if _current == "reference":
         return "reference"
-    candidates = AUTO_ORDER.get(device.type, ()) if _current == "auto" else (_current,)
     why: dict[str, list[str]] = {}
-    for name in candidates:
+    for name in candidate_backends(device):
         reasons = unsupported_reasons(name, device, dtype, dtypes)
         if op_reason is not None:
             reasons.append(op_reason)

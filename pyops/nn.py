@@ -12,7 +12,7 @@ from mobilefuse._block_train import BlockTrainFunction, TrainPlan
 from mobilefuse._fusion import FUSABLE_ACTIVATIONS, Fusion
 from mobilefuse._se_layout import se_layout, se_options
 from mobilefuse._swap import clone_as
-from mobilefuse.backends import kernel_backend, run_on_backend, use_backend
+from mobilefuse.backends import kernel_backend, run_on_backend
 from mobilefuse.models.layers import StochasticDepth
 
 __all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite",
@@ -317,10 +317,7 @@ class InvertedResidual(nn.Module):
         return "train" if self._kernel_backend(x) is not None else "layers"
 
     def _kernel_backend(self, x: torch.Tensor) -> str | None:
-        if self.backend == "auto":
-            return kernel_backend(x.device, x.dtype)
-        with use_backend(self.backend):
-            return kernel_backend(x.device, x.dtype)
+        return kernel_backend(x.device, x.dtype, None if self.backend == "auto" else self.backend)
 
     def _se_weights(self) -> tuple[tuple[torch.Tensor | None, ...], tuple[str, str]] | None:
         if self.layout.se is None:

@@ -177,14 +177,26 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
     return out
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               activation: str | None, inplace: bool) -> torch.Tensor:
-    """``act(conv1x1(x))`` through the vendor convolution (a GEMM), the activation in place on
-    its fresh output when no gradient is recorded."""
-    y = F.conv2d(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias)
+def eager_no_grad() -> bool:
+    """Whether no gradient is recorded and no ``torch.compile`` trace runs: then fresh outputs
+    may be updated in place and values derived from weights may be cached."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def activate_fresh(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``activation`` of ``y``, a fresh output nothing else refers to: in place when
+    :func:`eager_no_grad` says so."""
     if activation is None:
         return y
-    return (INPLACE_ACTIVATIONS if inplace else ACTIVATION_FUNCTIONS)[activation](y)
+    table = INPLACE_ACTIVATIONS if eager_no_grad() else ACTIVATION_FUNCTIONS
+    return table[activation](y)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               activation: str | None) -> torch.Tensor:
+    """``act(conv1x1(x))`` through the vendor convolution (a GEMM)."""
+    y = F.conv2d(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias)
+    return activate_fresh(y, activation)
 
 
 def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
@@ -255,15 +267,14 @@ def run_inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
             x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
             se_weights, args.stride, args.padding, args.dilation, args.activations, se_activation,
             se_gate, args.project_activation, args.residual)
-    inplace = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
     h = x
     if expand_weight is not None:
-        h = _pointwise(h, expand_weight, expand_bias, args.activations[0], inplace)
+        h = _pointwise(h, expand_weight, expand_bias, args.activations[0])
     h = depthwise_conv2d(h, dw_weight, dw_bias, args.stride, args.padding, args.dilation,
                          args.activations[1])
     if se_weights is not None:
         h = squeeze_excite(h, *se_weights, se_activation, se_gate)
-    out = _pointwise(h, project_weight, project_bias, args.project_activation, inplace)
+    out = _pointwise(h, project_weight, project_bias, args.project_activation)
     if not args.residual:
         return out
-    return out.add_(x) if inplace else out + x
+    return out.add_(x) if eager_no_grad() else out + x
