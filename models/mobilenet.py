@@ -46,6 +46,19 @@ class DepthwiseSeparable(nn.Sequential):
         self.out_channels = args.out_channels
 
 
+def _expand_and_depthwise(args: BlockArgs, norm_layer: LayerFn,
+                          act_layer: LayerFn) -> list[nn.Module]:
+    """An inverted residual's [1x1 expansion] and depthwise stage, each conv + norm + act."""
+    mid = args.mid_channels
+    layers: list[nn.Module] = []
+    if args.has_expansion:
+        layers.append(ConvNormAct(args.in_channels, mid, 1, norm_layer=norm_layer,
+                                  act_layer=act_layer))
+    layers.append(ConvNormAct(mid, mid, args.kernel, args.stride, groups=mid,
+                              norm_layer=norm_layer, act_layer=act_layer))
+    return layers
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2's block in ``self.conv``: [1x1 expand], depthwise, linear 1x1 projection
     (a bare Conv2d and norm, torchvision's layout); the input is added when shapes allow."""
@@ -53,13 +66,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, args: BlockArgs, norm_layer: LayerFn, act_layer: LayerFn) -> None:
         super().__init__()
         mid = args.mid_channels
-        layers: list[nn.Module] = []
-        if args.has_expansion:
-            layers.append(ConvNormAct(args.in_channels, mid, 1, norm_layer=norm_layer,
-                                      act_layer=act_layer))
-        layers += [
-            ConvNormAct(mid, mid, args.kernel, args.stride, groups=mid, norm_layer=norm_layer,
-                        act_layer=act_layer),
+        layers = _expand_and_depthwise(args, norm_layer, act_layer) + [
             nn.Conv2d(mid, args.out_channels, 1, bias=False),
             norm_layer(args.out_channels),
         ]
@@ -82,12 +89,7 @@ class MBConv(nn.Module):
                  se_layer: LayerFn | None, drop_path: float = 0.0) -> None:
         super().__init__()
         mid = args.mid_channels
-        layers: list[nn.Module] = []
-        if args.has_expansion:
-            layers.append(ConvNormAct(args.in_channels, mid, 1, norm_layer=norm_layer,
-                                      act_layer=act_layer))
-        layers.append(ConvNormAct(mid, mid, args.kernel, args.stride, groups=mid,
-                                  norm_layer=norm_layer, act_layer=act_layer))
+        layers = _expand_and_depthwise(args, norm_layer, act_layer)
         if args.se_channels is not None and se_layer is not None:
             layers.append(se_layer(mid, args.se_channels))
         layers.append(ConvNormAct(mid, args.out_channels, 1, norm_layer=norm_layer,
