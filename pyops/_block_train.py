@@ -39,6 +39,8 @@ _ACTIVATION_BACKWARD = {
     "hardswish": torch.ops.aten.hardswish_backward,
     "silu": torch.ops.aten.silu_backward,
 }
+# The recomputation's activations: the torch functions the forward applied in place, so the
+# recomputed values equal the forward's (ops.ACTIVATION_FUNCTIONS runs mobilefuse's hard-swish).
 _ACTIVATION_OUT_OF_PLACE = {
     "relu": torch.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu}
 

@@ -215,10 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verify_only:
         return 1 if failed else 0
     device = cases.bench_device()
-    if device.type == "cpu":
-        allocator = timing.configure_allocator(system=args.system_allocator)
-    else:
-        allocator = timing.ALLOCATOR_CUDA
+    allocator = timing.configure_allocator_for(device, args.system_allocator)
     reps = args.reps or DEFAULT_REPS[(device.type, args.quick)]
     copies, entries = run_timings(args, device, reps)
     print_timings(copies, entries)

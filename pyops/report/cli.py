@@ -75,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
     entries = [zoo_entry(name, args.resolution) for name in names]
     # As the benchmark runner does: freed blocks are reused, so timings are not page faults.
-    allocator = (timing.configure_allocator(system=args.system_allocator)
-                 if device.type == "cpu" else timing.ALLOCATOR_CUDA)
+    allocator = timing.configure_allocator_for(device, args.system_allocator)
     results = measure_models(entries, device, args.batch, DTYPES[args.dtype], args.reps,
                              latency=not args.no_latency, progress=not args.no_progress,
                              channels_last=args.channels_last)
