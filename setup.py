@@ -86,10 +86,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["mobilefuse", "mobilefuse.bench", "mobilefuse.kernels", "mobilefuse.models",
-              "mobilefuse.report"],
+              "mobilefuse.profile", "mobilefuse.report"],
     package_dir={
         "mobilefuse": "pyops",
         "mobilefuse.bench": "pyops/bench",
+        "mobilefuse.profile": "pyops/profile",
         "mobilefuse.report": "pyops/report",
         "mobilefuse.kernels": "kernels",
         "mobilefuse.models": "models",

@@ -20,12 +20,14 @@ from mobilefuse.backends import (
     set_backend,
     use_backend,
 )
+from mobilefuse.profile import ProfileComparison, ProfileResult, profile
 
 __version__ = "0.1.0"
 __all__ = [
     "AccelerateReport", "accelerate", "accelerate_report", "restore",
     "BACKENDS", "available_backends", "backend_status", "build_info", "get_backend",
     "analysis", "has_extension", "nn", "ops", "reference", "set_backend", "use_backend",
+    "profile", "ProfileComparison", "ProfileResult",
 ]
 
 if EXTENSION_ERROR is not None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilefuse._ranges import in_op_range
 from mobilefuse._squeeze_excite import (
     channel_affine,
     excite,
@@ -132,6 +133,7 @@ class BlockTrainFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_op_range("inverted_residual")
     def forward(ctx: Any, plan: TrainPlan, x: torch.Tensor, *params: torch.Tensor | None
                 ) -> torch.Tensor:
         (we, be, _, _, wd, bd, _, _, wr, br, wx, bx, wp, bp, _, _) = params
@@ -165,6 +167,7 @@ class BlockTrainFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @in_op_range("inverted_residual_backward")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         plan = ctx.plan
         (x, e, d, p, pooled, *params) = ctx.saved_tensors

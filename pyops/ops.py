@@ -12,16 +12,19 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mobilefuse import _native_ops, _triton_ops, reference  # noqa: F401  (registers the ops)
+from mobilefuse import _flops, _native_ops, _triton_ops, reference  # noqa: F401  (registers the ops)
 from mobilefuse._block_args import OP as INVERTED_RESIDUAL
 from mobilefuse._block_args import BlockArgs, SEWeights, check_block_args
 from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
 from mobilefuse._conv_args import OP as DEPTHWISE
 from mobilefuse._conv_args import check_depthwise_args
+from mobilefuse._ranges import in_op_range, op_range
 from mobilefuse._se_args import OP as SQUEEZE_EXCITE
 from mobilefuse._se_args import check_squeeze_excite_args
 from mobilefuse._squeeze_excite import squeeze_excite_op
 from mobilefuse.backends import FLOAT_DTYPES, select_backend
+
+_flops.register()
 
 __all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "depthwise_conv2d", "squeeze_excite",
            "inverted_residual"]
@@ -36,19 +39,19 @@ _HARDSWISH: dict[str, _Impl] = {
     "cpu": lambda x: torch.ops.mobilefuse.hardswish(x),
     "cuda": lambda x: torch.ops.mobilefuse.hardswish(x),
     "triton": lambda x: torch.ops.mobilefuse.triton_hardswish(x),
-    "reference": reference.hardswish,
+    "reference": in_op_range("hardswish")(reference.hardswish),
 }
 _HARDSIGMOID: dict[str, _Impl] = {
     "cpu": lambda x: torch.ops.mobilefuse.hardsigmoid(x),
     "cuda": lambda x: torch.ops.mobilefuse.hardsigmoid(x),
     "triton": lambda x: torch.ops.mobilefuse.triton_hardsigmoid(x),
-    "reference": reference.hardsigmoid,
+    "reference": in_op_range("hardsigmoid")(reference.hardsigmoid),
 }
 _CHANNEL_SHUFFLE: dict[str, _Impl] = {
     "cpu": lambda x, g: torch.ops.mobilefuse.channel_shuffle(x, g),
     "cuda": lambda x, g: torch.ops.mobilefuse.channel_shuffle(x, g),
     "triton": lambda x, g: torch.ops.mobilefuse.triton_channel_shuffle(x, g),
-    "reference": reference.channel_shuffle,
+    "reference": in_op_range("channel_shuffle")(reference.channel_shuffle),
 }
 
 
@@ -141,8 +144,10 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     args = check_depthwise_args(x, weight, bias, stride, padding, dilation, activation)
     backend = select_backend(DEPTHWISE, x.device, x.dtype, op_reason=args.kernel_gap)
     if backend == "reference":
-        return reference.depthwise_conv2d(x, weight, bias, args.stride, args.reference_padding,
-                                          args.dilation, args.activation)
+        with op_range(DEPTHWISE):
+            return reference.depthwise_conv2d(x, weight, bias, args.stride,
+                                              args.reference_padding, args.dilation,
+                                              args.activation)
     op = (torch.ops.mobilefuse.triton_depthwise_conv2d if backend == "triton"
           else torch.ops.mobilefuse.depthwise_conv2d)
     return op(_kernel_layout(x), weight, bias, list(args.stride), list(args.padding),
@@ -170,8 +175,9 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
                                      gate)
     backend = select_backend(SQUEEZE_EXCITE, x.device, x.dtype)
     if backend == "reference":
-        return reference.squeeze_excite(x, w_reduce, b_reduce, w_expand, b_expand,
-                                        args.activation, args.gate)
+        with op_range(SQUEEZE_EXCITE):
+            return reference.squeeze_excite(x, w_reduce, b_reduce, w_expand, b_expand,
+                                            args.activation, args.gate)
     out, _ = squeeze_excite_op(_kernel_layout(x), args.w_reduce, b_reduce, args.w_expand,
                                b_expand, args.activation, args.gate, backend)
     return out
@@ -260,7 +266,18 @@ def run_inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
                           dw_bias: torch.Tensor | None, project_weight: torch.Tensor,
                           project_bias: torch.Tensor | None, se_weights: SEWeights | None,
                           args: BlockArgs, se_activation: str, se_gate: str) -> torch.Tensor:
-    """:func:`inverted_residual` on arguments already checked (``args`` normalized)."""
+    """:func:`inverted_residual` on arguments already checked (``args`` normalized), inside
+    one ``mobilefuse::inverted_residual`` profiler range."""
+    with op_range(INVERTED_RESIDUAL):
+        return _run_block(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                          project_bias, se_weights, args, se_activation, se_gate)
+
+
+def _run_block(x: torch.Tensor, expand_weight: torch.Tensor | None,
+               expand_bias: torch.Tensor | None, dw_weight: torch.Tensor,
+               dw_bias: torch.Tensor | None, project_weight: torch.Tensor,
+               project_bias: torch.Tensor | None, se_weights: SEWeights | None,
+               args: BlockArgs, se_activation: str, se_gate: str) -> torch.Tensor:
     backend = select_backend(INVERTED_RESIDUAL, x.device, x.dtype)
     if backend == "reference":
         return reference.inverted_residual(

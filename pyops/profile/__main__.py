@@ -1,0 +1,7 @@
+"""``python -m mobilefuse.profile``."""
+
+import sys
+
+from mobilefuse.profile.cli import main
+
+sys.exit(main())
