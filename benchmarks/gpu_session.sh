@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One GPU session in one call: build with CUDA, run the tests (GPU cases included), then the
-# benchmark runner; logs and the results file go to $OUT (default ./gpu-out).
-# Usage on the GPU machine, from the repository root: bash benchmarks/gpu_session.sh
+# One GPU session: build with CUDA, run the tests (GPU cases included), the benchmark runner,
+# then the profiles (per-layer tables, roofline, ncu counters of the depthwise and block
+# kernels); logs and result files go to $OUT (default ./gpu-out).
+# Usage on the GPU machine, from the repository root:
+#   bash benchmarks/gpu_session.sh [build] [tests] [bench] [profile]   (default: all four)
+# Each stage but build needs the build from an earlier call or stage on the same machine.
 set -uo pipefail
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
@@ -12,9 +15,42 @@ export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-16}"
   python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+STAGES="${*:-build tests bench profile}"
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if want build; then
+  pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+fi
 python -c "import mobilefuse, json; print(json.dumps(mobilefuse.build_info()))" | tee -a "$OUT/env.txt"
 
-python -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -30
-# --quick keeps the depthwise section to 7 of its 28 layers, inside one 10-minute command.
-python -m mobilefuse.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -80
+if want tests; then
+  python -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -30
+fi
+if want bench; then
+  # --quick keeps the depthwise section to 7 of its 28 layers, inside one 10-minute command.
+  python -m mobilefuse.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -80
+fi
+if want profile; then
+  for mode in "" "--train"; do
+    name="efficientnet_b0${mode:+-train}"
+    python -m mobilefuse.profile --model efficientnet_b0 --batch 32 --compare --roofline \
+      --channels-last $mode --top 30 --out "$OUT/profile-$name" 2>&1 | tee "$OUT/profile-$name.log" | tail -40
+  done
+  rm -f "$OUT"/profile-*/trace*.json  # large; the tables and JSON carry the summary
+  # Hardware counters of the depthwise and fused-block kernels (docs/profiling.md, section 3).
+  metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_sector_hit_rate.pct,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread
+  for op in depthwise_conv2d inverted_residual; do
+    timeout 240 ncu --clock-control none --nvtx --nvtx-include "regex:mobilefuse::$op.*/" \
+      --launch-count 40 --metrics "$metrics" --csv \
+      python -m mobilefuse.profile --model efficientnet_b0 --batch 32 --channels-last --nvtx \
+      --steps 1 --warmup 1 --compare >"$OUT/ncu-$op.csv" 2>"$OUT/ncu-$op.log" || tail -20 "$OUT/ncu-$op.log"
+  done
+  if command -v nsys >/dev/null; then
+    timeout 240 nsys profile -t cuda,nvtx -o "$OUT/effb0" python -m mobilefuse.profile \
+      --model efficientnet_b0 --batch 32 --nvtx --compare --steps 5 >"$OUT/nsys.log" 2>&1 &&
+      nsys stats --report nvtx_sum,cuda_gpu_kern_sum "$OUT/effb0.nsys-rep" >"$OUT/nsys-summary.txt" 2>&1
+    rm -f "$OUT"/effb0.nsys-rep "$OUT"/effb0.sqlite
+  else
+    echo "nsys is not on the PATH here" | tee "$OUT/nsys-summary.txt"
+  fi
+fi

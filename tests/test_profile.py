@@ -16,6 +16,7 @@ from mobilefuse.profile import roofline
 from mobilefuse.profile.cli import main
 from mobilefuse.profile.compare import group_roots
 from mobilefuse.profile.recorder import record_calls
+from mobilefuse.profile.run import run_under_nvtx
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -187,6 +188,21 @@ def test_cli_runs_on_a_tiny_model(tmp_path, capsys) -> None:
 def test_cli_rejects_unknown_models(tmp_path) -> None:
     with pytest.raises(SystemExit, match="unknown model"):
         main(["--model", "no_such_net", "--out", str(tmp_path)])
+
+
+def test_nvtx_needs_cuda(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="--nvtx needs a CUDA device"):
+        main(["--model", "mobilenet_v3_small", "--nvtx", "--device", "cpu",
+              "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="NVTX ranges need CUDA inputs"):
+        run_under_nvtx(nn.ReLU(), torch.randn(3))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+def test_nvtx_run_on_cuda(tmp_path, capsys) -> None:
+    assert main(["--model", "mobilenet_v3_small", "--batch", "2", "--resolution", "64",
+                 "--steps", "1", "--warmup", "1", "--nvtx", "--compare"]) == 0
+    assert "(accelerated) under NVTX ranges" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")

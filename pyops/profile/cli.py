@@ -15,7 +15,7 @@ from mobilefuse.bench.report import device_slug, environment, write_json
 from mobilefuse.profile import roofline
 from mobilefuse.profile.compare import ProfileComparison
 from mobilefuse.profile.result import ProfileResult
-from mobilefuse.profile.run import profile
+from mobilefuse.profile.run import profile, run_under_nvtx
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,6 +44,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--roofline", action="store_true",
                         help="measure the device's copy bandwidth and mm rate; write the "
                              "roofline table and roofline.png")
+    parser.add_argument("--nvtx", action="store_true",
+                        help="CUDA only: run the steps with NVTX ranges for nsys / ncu instead "
+                             "of torch.profiler (no table); with --compare, eager then "
+                             "accelerated")
     parser.add_argument("--top", type=int, default=25, help="rows printed (0: all)")
     parser.add_argument("--system-allocator", action="store_true",
                         help="leave glibc malloc at its defaults on CPU")
@@ -90,12 +94,30 @@ def _roofline(result: ProfileResult | ProfileComparison, args: argparse.Namespac
     return {name: roofline.as_dict(ceilings, points) for name, points in series.items()}
 
 
+def _nvtx(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> int:
+    if x.device.type != "cuda":
+        raise SystemExit("mobilefuse.profile: --nvtx needs a CUDA device (NVTX ranges are for "
+                         "Nsight); on CPU run without it for the torch.profiler table")
+    runs = [("eager", model)]
+    if args.compare:
+        from mobilefuse.accelerate import accelerate
+
+        runs.append(("accelerated", accelerate(model, backend=args.backend)))
+    for name, subject in runs:
+        run_under_nvtx(subject, x, train=args.train, steps=args.steps, warmup=args.warmup,
+                       name=f"{args.model} {name}")
+        print(f"ran {args.steps} step(s) of {args.model} ({name}) under NVTX ranges")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the profile; returns the exit status."""
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     allocator = timing.configure_allocator_for(device, args.system_allocator)
     model, x = _build(args, device)
+    if args.nvtx:
+        return _nvtx(model, x, args)
     mode = "train" if args.train else "eval"
     out = args.out or Path("benchmarks/results/profile") / (
         f"{args.model}-{mode}-{device_slug(device)}-{datetime.date.today().isoformat()}")

@@ -1,11 +1,13 @@
 """The roofline view: each layer's achieved bandwidth and FLOP rate against the device's ceilings.
 
 The ceilings are measured here, on the device and dtype of the run, not taken from a data
-sheet: the bandwidth of ``dst.copy_(src)`` on buffers much larger than the caches, and the FLOP
-rate of a large square ``torch.mm``. A layer's point is its forward's arithmetic intensity
-(FLOPs over minimum bytes) and achieved FLOP rate; the roof there is ``min(GEMM rate,
-copy bandwidth x intensity)``. Layers whose ops count no FLOPs (BatchNorm, activations, the
-accelerated elementwise kernels) are placed by bandwidth alone.
+sheet: the bandwidth of ``dst.copy_(src)`` on buffers much larger than the caches, and the best
+FLOP rate of a large square ``torch.mm`` and of a 1x1 convolution of the same size (on CPU
+oneDNN's convolution GEMM runs about twice as fast as ``torch.mm``, and the layers use it).
+A layer's point is its forward's arithmetic intensity (FLOPs over minimum bytes) and achieved
+FLOP rate; the roof there is ``min(GEMM rate, copy bandwidth x intensity)``. Layers whose ops
+count no FLOPs (BatchNorm, activations, the accelerated elementwise kernels) are placed by
+bandwidth alone.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ HEADERS = ("layer", "op", "fwd ms", "MB", "MFLOP", "FLOP/B", "GB/s", "% copy BW"
 @dataclasses.dataclass
 class Ceilings:
     """What the device reaches at best, measured: copy bandwidth (bytes read plus bytes
-    written per second) and dense matrix-product rate, in ``dtype``."""
+    written per second) and dense matrix-product rate (the better of ``torch.mm`` and a 1x1
+    convolution, both recorded), in ``dtype``."""
 
     device: str
     dtype: str
@@ -36,6 +39,8 @@ class Ceilings:
     gemm_gflops: float
     copy_bytes: int
     gemm_n: int
+    mm_gflops: float = 0.0
+    conv1x1_gflops: float = 0.0
 
     def roof_gflops(self, intensity: float) -> float:
         """The attainable GFLOP/s at ``intensity`` FLOPs per byte."""
@@ -50,9 +55,11 @@ class Ceilings:
 def measure_ceilings(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                      copy_bytes: int | None = None, gemm_n: int | None = None,
                      reps: int = 10) -> Ceilings:
-    """Time a large copy and a large ``torch.mm`` on ``device`` in ``dtype``.
+    """Time a large copy, a large ``torch.mm`` and a 1x1 convolution on ``device`` in ``dtype``.
 
-    Defaults: a 256 MiB copy (past every cache) and ``n = 1024`` on CPU or ``8192`` on GPU.
+    Defaults: a 256 MiB copy (past every cache); ``n = 1024`` on CPU or ``8192`` on GPU for
+    the ``n x n x n`` product, and a channels_last ``(16, n, 16, 16)`` input through an
+    ``n``-to-``n`` 1x1 convolution.
     """
     device = torch.device(device)
     copy_bytes = copy_bytes or 256 * 2**20
@@ -66,11 +73,18 @@ def measure_ceilings(device: torch.device | str = "cpu", dtype: torch.dtype = to
     a = torch.randn(gemm_n, gemm_n, device=device).to(dtype)
     b = torch.randn(gemm_n, gemm_n, device=device).to(dtype)
     out = torch.empty_like(a)
-    gemm_ms = timing.time_fn(lambda: torch.mm(a, b, out=out), device, reps).median_ms
+    mm_ms = timing.time_fn(lambda: torch.mm(a, b, out=out), device, reps).median_ms
+    image = torch.randn(16, gemm_n, 16, 16, device=device).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    weight = b[:, :, None, None].contiguous(memory_format=torch.channels_last)
+    conv_ms = timing.time_fn(lambda: torch.nn.functional.conv2d(image, weight), device,
+                             reps).median_ms
+    mm_gflops = 2 * gemm_n**3 / (mm_ms * 1e-3) / 1e9
+    conv_gflops = 2 * 16 * 16 * 16 * gemm_n**2 / (conv_ms * 1e-3) / 1e9
     return Ceilings(device=device_name(device), dtype=str(dtype).removeprefix("torch."),
                     copy_gbps=timing.gbps(moved, copy_ms),
-                    gemm_gflops=2 * gemm_n**3 / (gemm_ms * 1e-3) / 1e9,
-                    copy_bytes=moved, gemm_n=gemm_n)
+                    gemm_gflops=max(mm_gflops, conv_gflops), copy_bytes=moved, gemm_n=gemm_n,
+                    mm_gflops=mm_gflops, conv1x1_gflops=conv_gflops)
 
 
 @dataclasses.dataclass
@@ -122,7 +136,7 @@ def roofline_points(result: ProfileResult, ceilings: Ceilings) -> list[RooflineP
 def roofline_title(ceilings: Ceilings, label: str) -> str:
     """The ceilings a table or plot is drawn against."""
     return (f"Roofline of {label} on {ceilings.device} ({ceilings.dtype}): copy "
-            f"{ceilings.copy_gbps:.1f} GB/s, mm {ceilings.gemm_gflops:.1f} GFLOP/s, ridge "
+            f"{ceilings.copy_gbps:.1f} GB/s, GEMM {ceilings.gemm_gflops:.1f} GFLOP/s, ridge "
             f"{ceilings.ridge:.1f} FLOP/B")
 
 
@@ -151,7 +165,7 @@ def plot_roofline(series: Mapping[str, Sequence[RooflinePoint]], ceilings: Ceili
     fig, ax = plt.subplots(figsize=(8, 5.5))
     xs = [low * (high / low) ** (i / 200) for i in range(201)]
     ax.plot(xs, [ceilings.roof_gflops(x) for x in xs], color="black", linewidth=1.5,
-            label=f"roof: copy {ceilings.copy_gbps:.0f} GB/s, mm "
+            label=f"roof: copy {ceilings.copy_gbps:.0f} GB/s, GEMM "
                   f"{ceilings.gemm_gflops:.0f} GFLOP/s")
     longest = max([p.forward_ms for p in every] + [1e-9])
     for (name, pts), marker in zip(counted.items(), "os^D", strict=False):

@@ -205,3 +205,34 @@ def profile(model: nn.Module, example_input: Inputs, *, train: bool = False, ste
         print("Chrome trace: " + ", ".join(str(p) for p in paths), flush=True)
     return result
 
+
+
+def run_under_nvtx(model: nn.Module, example_input: Inputs, *, train: bool = False,
+                   steps: int = 5, warmup: int = 2, name: str = "model") -> None:
+    """Run ``steps`` steps of ``model`` on CUDA with every op and module as an NVTX range.
+
+    For Nsight Systems and Nsight Compute, which read NVTX rather than ``torch.profiler``:
+    inside ``torch.autograd.profiler.emit_nvtx()`` each dispatcher op (``mobilefuse::<op>``
+    among them) and each ``layer:<path>`` module range becomes an NVTX range, nested in one
+    ``<name>`` range per run and one ``mobilefuse.profile:step`` range per step, so
+    ``ncu --nvtx --nvtx-include "mobilefuse::inverted_residual/"`` profiles just those
+    kernels. Training runs on a copy, as in :func:`profile`.
+    """
+    args = _as_args(example_input)
+    if args[0].device.type != "cuda":
+        raise ValueError("mobilefuse.profile: NVTX ranges need CUDA inputs, got "
+                         f"{args[0].device.type} (use profile() on CPU)")
+    steps = _check_count("steps", steps, 1)
+    warmup = _check_count("warmup", warmup, 0)
+    subject = copy.deepcopy(model).train() if train else model
+    with contextlib.nullcontext() if train else _eval_mode(subject):
+        step = _step_fn(subject, args, train)
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize()
+        with layer_ranges(subject), torch.autograd.profiler.emit_nvtx(), \
+                torch.cuda.nvtx.range(name):
+            for _ in range(steps):
+                with torch.cuda.nvtx.range(STEP_RANGE):
+                    step()
+            torch.cuda.synchronize()
