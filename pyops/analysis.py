@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilefuse._plotting import pyplot, save_figure
+
 __all__ = ["ConvCost", "conv_cost", "is_se_layer", "plot_se_gates", "se_gates"]
 
 
@@ -170,11 +172,7 @@ def plot_se_gates(gates: dict[str, torch.Tensor], path: str | Path,
     Layers whose gates crowd near 0 or 1 prune or pass channels; a spread-out box means the
     layer recalibrates channels input by input.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(gates)
     values = [gates[n][~torch.isnan(gates[n])].flatten().numpy() for n in names]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
@@ -184,9 +182,4 @@ def plot_se_gates(gates: dict[str, torch.Tensor], path: str | Path,
     ax.set_ylabel("gate value")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

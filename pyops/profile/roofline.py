@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from mobilefuse._plotting import pyplot, save_figure
 from mobilefuse.bench import timing
 from mobilefuse.bench.report import device_name, fmt, render_table
 from mobilefuse.profile.result import ProfileResult
@@ -153,11 +154,7 @@ def plot_roofline(series: Mapping[str, Sequence[RooflinePoint]], ceilings: Ceili
 
     Marker area follows each layer's forward time, so the layers that matter stand out.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     counted = {name: [p for p in pts if p.flops > 0] for name, pts in series.items()}
     every = [p for pts in counted.values() for p in pts]
     low = min([p.intensity for p in every] + [ceilings.ridge / 100]) / 2
@@ -180,12 +177,7 @@ def plot_roofline(series: Mapping[str, Sequence[RooflinePoint]], ceilings: Ceili
     ax.set_title(title or roofline_title(ceilings, ", ".join(series)), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def as_dict(ceilings: Ceilings, points: Sequence[RooflinePoint]) -> dict[str, Any]:
