@@ -112,7 +112,7 @@ def attribute(events: Iterable[Any], on_cuda: bool) -> Attribution:
         row = layers.setdefault(path, LayerTime())
         nested = sum(timer(c) for c in _nearest(event, _is_layer))
         row.forward_us += timer(event) - nested
-        for op in _nearest(event, lambda e: True):
+        for op in event.cpu_children:
             if _is_layer(op):
                 continue
             row.ops[op.name] += timer(op)

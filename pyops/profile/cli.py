@@ -11,13 +11,12 @@ from typing import Any
 import torch
 
 from mobilefuse.bench import timing
+from mobilefuse.bench.cases import DTYPES
 from mobilefuse.bench.report import device_slug, environment, write_json
 from mobilefuse.profile import roofline
 from mobilefuse.profile.compare import ProfileComparison
 from mobilefuse.profile.result import ProfileResult
 from mobilefuse.profile.run import profile, run_under_nvtx
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

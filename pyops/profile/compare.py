@@ -14,7 +14,8 @@ from typing import Any
 
 from mobilefuse.bench.report import fmt, render_table
 from mobilefuse.profile.attribution import PSEUDO_ROWS
-from mobilefuse.profile.result import LayerRow, ProfileResult
+from mobilefuse.profile.recorder import ROOT
+from mobilefuse.profile.result import LayerRow, ProfileResult, op_summary
 
 HEADERS = ("layer", "eager op", "accelerated op", "eager ms", "accel. ms", "speedup",
            "eager share")
@@ -38,10 +39,7 @@ class ComparedRow:
 
     def cells(self) -> list[str]:
         """The row's table cells, in ``HEADERS`` order."""
-        def ops(names: list[str]) -> str:
-            return "-" if not names else names[0] + (f" +{len(names) - 1}" if len(names) > 1
-                                                     else "")
-        return [self.path or "(model)", ops(self.eager_ops), ops(self.accelerated_ops),
+        return [self.path or ROOT, op_summary(self.eager_ops), op_summary(self.accelerated_ops),
                 fmt(self.eager_ms, ".3f"), fmt(self.accelerated_ms, ".3f"),
                 "-" if self.speedup is None else f"{self.speedup:.2f}x",
                 f"{100 * self.eager_share:.1f}%"]

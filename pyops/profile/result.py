@@ -9,6 +9,14 @@ from typing import Any
 from mobilefuse.bench.report import fmt, render_table
 from mobilefuse.profile.recorder import ROOT
 
+
+def op_summary(ops: list[str]) -> str:
+    """The costliest op, with how many others ran beside it ("aten::conv2d +2"), or "-"."""
+    if not ops:
+        return "-"
+    return ops[0] + (f" +{len(ops) - 1}" if len(ops) > 1 else "")
+
+
 HEADERS = ("layer", "module", "op", "input shape", "fwd ms", "bwd ms", "share", "MB", "GB/s",
            "GFLOP/s")
 
@@ -62,11 +70,8 @@ class LayerRow:
 
     def cells(self) -> list[str]:
         """The row's table cells, in ``HEADERS`` order."""
-        op = self.ops[0] if self.ops else "-"
-        if len(self.ops) > 1:
-            op += f" +{len(self.ops) - 1}"
         shape = "-" if self.input_shape is None else "x".join(map(str, self.input_shape))
-        return [self.name, self.module, op, shape, fmt(self.forward_ms, ".3f"),
+        return [self.name, self.module, op_summary(self.ops), shape, fmt(self.forward_ms, ".3f"),
                 fmt(self.backward_ms, ".3f") if self.backward_ms else "-",
                 f"{100 * self.share:.1f}%",
                 "-" if self.bytes is None else fmt(self.bytes / 1e6, ".2f"),

@@ -39,6 +39,12 @@ def _check_count(name: str, value: object, least: int) -> int:
     return value
 
 
+def _subject(model: nn.Module, train: bool) -> nn.Module:
+    """What a run profiles: the model itself for inference (its modes are restored after),
+    a copy in train mode for training, which changes gradients and BatchNorm statistics."""
+    return copy.deepcopy(model).train() if train else model
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """The model in eval mode for the block, each module's own flag restored after."""
@@ -182,15 +188,15 @@ def profile(model: nn.Module, example_input: Inputs, *, train: bool = False, ste
     warmup = _check_count("warmup", warmup, 0)
     label = label or type(model).__name__
     if not compare:
-        subject = copy.deepcopy(model).train() if train else model
+        subject = _subject(model, train)
         result: ProfileResult | ProfileComparison = profile_model(
             subject, args, train=train, steps=steps, warmup=warmup,
             trace_path=_trace_file(trace_path, label), label=label)
     else:
         from mobilefuse.accelerate import accelerate
 
-        eager = copy.deepcopy(model).train() if train else model
-        fused = accelerate(eager if not train else copy.deepcopy(eager), backend=backend)
+        eager = _subject(model, train)
+        fused = accelerate(eager, backend=backend)  # a copy: inplace=False
         stem = _trace_file(trace_path, label).with_suffix("")
         result = compare_profiles(
             profile_model(eager, args, train=train, steps=steps, warmup=warmup,
@@ -224,7 +230,7 @@ def run_under_nvtx(model: nn.Module, example_input: Inputs, *, train: bool = Fal
                          f"{args[0].device.type} (use profile() on CPU)")
     steps = _check_count("steps", steps, 1)
     warmup = _check_count("warmup", warmup, 0)
-    subject = copy.deepcopy(model).train() if train else model
+    subject = _subject(model, train)
     with contextlib.nullcontext() if train else _eval_mode(subject):
         step = _step_fn(subject, args, train)
         for _ in range(warmup):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mobilefuse.bench import timing
+from mobilefuse.bench.cases import DTYPES
 from mobilefuse.bench.report import device_slug, environment, print_table
 from mobilefuse.report.output import HEADERS, table_rows, title, write_outputs
 from mobilefuse.report.run import ModelEntry, measure_models
@@ -18,7 +19,6 @@ from mobilefuse.report.run import ModelEntry, measure_models
 DEFAULT_MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
                   "efficientnet_b0", "shufflenet_v1", "shufflenet_v2_x1_0", "resnet18",
                   "resnet50")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def zoo_entry(name: str, resolution: int | None = None) -> ModelEntry:

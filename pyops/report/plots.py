@@ -5,20 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mobilefuse._plotting import pyplot, save_figure
 from mobilefuse.report.run import ModelResult
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _accuracy_scatter(results: Sequence[ModelResult], x_of, xlabel: str, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     points = [(x_of(r), r.top1, r.model) for r in results if r.top1 is not None]
     fig, ax = plt.subplots(figsize=(7, 5))
     if points:
@@ -33,10 +25,7 @@ def _accuracy_scatter(results: Sequence[ModelResult], x_of, xlabel: str, path: P
     ax.set_xlabel(xlabel)
     ax.set_ylabel("ImageNet top-1 (%)")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracy_vs_flops(results: Sequence[ModelResult], path: Path) -> Path:
@@ -53,7 +42,7 @@ def accuracy_vs_params(results: Sequence[ModelResult], path: Path) -> Path:
 
 def speedup_bars(results: Sequence[ModelResult], path: Path, device: str) -> Path:
     """Accelerated vs eager latency per model, one bar each (1.0 marked)."""
-    plt = _pyplot()
+    plt = pyplot()
     timed = [r for r in results if r.speedup is not None]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(timed) + 2), 4.5))
     ax.bar([r.model for r in timed], [r.speedup for r in timed])
@@ -63,7 +52,4 @@ def speedup_bars(results: Sequence[ModelResult], path: Path, device: str) -> Pat
     ax.tick_params(axis="x", rotation=45)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
