@@ -19,7 +19,9 @@ def _activation_forward_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, COMPUTE: tl.c
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask).to(COMPUTE)
-    gate = tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) * (1.0 / 6.0)  # multiply: no divide
+    # relu6(x + 3) / 6 (multiply: no divide); NaN must come through, as in torch.
+    gate = tl.minimum(tl.maximum(x + 3.0, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0,
+                      propagate_nan=tl.PropagateNan.ALL) * (1.0 / 6.0)
     if ACT == 0:
         y = x * gate
     else:

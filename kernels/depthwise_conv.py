@@ -116,7 +116,8 @@ def _activation_forward(z, ACT: tl.constexpr):
     elif ACT == 2:  # relu6
         y = tl.where(z < 0.0, 0.0, tl.where(z > 6.0, 6.0, z))
     elif ACT == 3:  # hardswish: z * relu6(z + 3) / 6
-        y = z * (tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) * (1.0 / 6.0))
+        y = z * (tl.minimum(tl.maximum(z + 3.0, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0,
+                            propagate_nan=tl.PropagateNan.ALL) * (1.0 / 6.0))
     elif ACT == 4:  # silu: z * sigmoid(z)
         y = z / (1.0 + tl.exp(-z))
     else:

@@ -243,6 +243,8 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
         why the rest was not; :func:`restore` undoes it.
     """
     _check_call(model, backend, "accelerate")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"mobilefuse.accelerate: inplace must be True or False, got {inplace!r}")
     if not inplace:
         model = copy.deepcopy(model)
     dtype, device = _model_dtype_device(model)

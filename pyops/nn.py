@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from mobilefuse import ops
+from mobilefuse._autocast import autocast_dtype
 from mobilefuse._block_args import BlockArgs
 from mobilefuse._block_layout import BlockLayout, Stage
 from mobilefuse._block_train import BlockTrainFunction, TrainPlan
+from mobilefuse._conv_args import ACTIVATIONS as CONV_ACTIVATIONS
 from mobilefuse._fusion import FUSABLE_ACTIVATIONS, Fusion
 from mobilefuse._se_layout import se_layout, se_options
 from mobilefuse._swap import clone_as
@@ -97,6 +99,9 @@ class DepthwiseConv2d(nn.Conv2d):
         if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
             raise ValueError(f"mobilefuse.nn.DepthwiseConv2d: channels must be a positive int, "
                              f"got {channels!r}")
+        if activation is not None and activation not in CONV_ACTIVATIONS[1:]:
+            raise ValueError(f"mobilefuse.nn.DepthwiseConv2d: activation must be None or one of "
+                             f"{', '.join(map(repr, CONV_ACTIVATIONS[1:]))}, got {activation!r}")
         super().__init__(channels, channels, kernel_size, stride, padding, dilation,
                          groups=channels, bias=bias, device=device, dtype=dtype)
         self.activation = activation
@@ -243,6 +248,8 @@ class InvertedResidual(nn.Module):
                              f"{', '.join(map(repr, _ACTIVATION_MODULES))}, got {activation!r}")
         if not expand_ratio >= 1.0:
             raise ValueError(f"{where}: expand_ratio must be >= 1, got {expand_ratio!r}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"{where}: drop_path must be in [0, 1), got {drop_path!r}")
         can_add = stride == 1 and in_channels == out_channels
         if residual and not can_add:
             raise ValueError(f"{where}: residual=True needs stride 1 and in_channels == "
@@ -295,6 +302,15 @@ class InvertedResidual(nn.Module):
         cache[path] = links
         return parent
 
+    def _check_input(self, x: object) -> None:
+        """A clear error for what no path can run (the fused one would fail deep inside)."""
+        first = self._child((self.layout.expand or self.layout.depthwise).conv)
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != first.in_channels:
+            got = (f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+                   else type(x).__name__)
+            raise ValueError(f"mobilefuse.nn.InvertedResidual: x must have shape (N, "
+                             f"{first.in_channels}, H, W), got {got}")
+
     def _stages(self) -> tuple[Stage | None, Stage, Stage]:
         layout = self.layout
         return layout.expand, layout.depthwise, layout.project
@@ -311,6 +327,8 @@ class InvertedResidual(nn.Module):
             return "folded" if usable and (drop is None or not drop.training) else "layers"
         if not all(n.training for n in norms) or torch.compiler.is_compiling():
             return "layers"
+        if autocast_dtype(x.device) is not None:
+            return "layers"  # each layer casts as autocast does; the training function cannot
         conv = self._child(self.layout.depthwise.conv)
         if conv.weight.dtype != x.dtype:
             return "layers"
@@ -395,6 +413,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output (see the class description for which path runs)."""
+        self._check_input(x)
         route = self._route(x)
         if route == "folded":
             return self._forward_folded(x)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilefuse import _flops, _native_ops, _triton_ops, reference  # noqa: F401  (registers the ops)
+from mobilefuse._autocast import autocast_args
 from mobilefuse._block_args import OP as INVERTED_RESIDUAL
 from mobilefuse._block_args import BlockArgs, SEWeights, check_block_args
 from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
@@ -140,7 +141,10 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         activation: None, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``, applied in
             the kernel; its derivative is fused into the backward, which recomputes the
             pre-activation rather than storing it.
+
+    Under ``torch.autocast`` float32 inputs are cast to autocast's dtype, as ``F.conv2d``'s are.
     """
+    x, weight, bias = autocast_args(x, weight, bias)
     args = check_depthwise_args(x, weight, bias, stride, padding, dilation, activation)
     backend = select_backend(DEPTHWISE, x.device, x.dtype, op_reason=args.kernel_gap)
     if backend == "reference":
@@ -170,7 +174,12 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
         w_expand: ``(C, R)`` or ``(C, R, 1, 1)``; b_expand: ``(C,)`` or None.
         activation: ``"relu"`` or ``"silu"``, after the reduction.
         gate: ``"sigmoid"`` or ``"hardsigmoid"``.
+
+    Under ``torch.autocast`` float32 inputs are cast to autocast's dtype (it holds two 1x1
+    convolutions), and so is the result.
     """
+    x, w_reduce, b_reduce, w_expand, b_expand = autocast_args(x, w_reduce, b_reduce, w_expand,
+                                                              b_expand)
     args = check_squeeze_excite_args(x, w_reduce, b_reduce, w_expand, b_expand, activation,
                                      gate)
     backend = select_backend(SQUEEZE_EXCITE, x.device, x.dtype)
@@ -252,7 +261,15 @@ def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
         project_activation: after the projection (timm's ``pw_act``), usually None.
         residual: add ``x`` to the output. None adds it when the shapes allow (stride 1,
             ``O == C``); True raises ValueError when they do not.
+
+    Under ``torch.autocast`` every float32 input, ``x`` included, is cast to autocast's dtype,
+    and so is the result.
     """
+    x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = \
+        autocast_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                      project_bias)
+    if isinstance(se_weights, (tuple, list)):
+        se_weights = autocast_args(x, *se_weights)[1:]
     args = check_block_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                             project_bias, se_weights, stride, padding, dilation, activation,
                             se_activation, se_gate, project_activation, residual)
@@ -267,7 +284,12 @@ def run_inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
                           project_bias: torch.Tensor | None, se_weights: SEWeights | None,
                           args: BlockArgs, se_activation: str, se_gate: str) -> torch.Tensor:
     """:func:`inverted_residual` on arguments already checked (``args`` normalized), inside
-    one ``mobilefuse::inverted_residual`` profiler range."""
+    one ``mobilefuse::inverted_residual`` profiler range; cast for autocast as it casts."""
+    x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = \
+        autocast_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                      project_bias)
+    if se_weights is not None:
+        se_weights = autocast_args(x, *se_weights)[1:]
     with op_range(INVERTED_RESIDUAL):
         return _run_block(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                           project_bias, se_weights, args, se_activation, se_gate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,47 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 import mobilefuse  # noqa: E402
+
+# Property tests (hypothesis): "ci" tries a bounded, fixed set of examples per op so that CI
+# runs are repeatable; "slow" (`pytest --slow`) tries at least 10,000 per op with fresh seeds.
+_PROPERTY_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow],
+                      "print_blob": True}
+settings.register_profile("ci", max_examples=40, derandomize=True, **_PROPERTY_SETTINGS)
+settings.register_profile("slow", max_examples=10_000, **_PROPERTY_SETTINGS)
+settings.register_profile("dev", max_examples=1_000, **_PROPERTY_SETTINGS)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="run the slow-marked tests and 10,000 hypothesis examples per op")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: long tests, run only with --slow")
+    if config.getoption("hypothesis_profile", None) is None:  # --hypothesis-profile wins
+        settings.load_profile("slow" if config.getoption("--slow") else "ci")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many property-test examples each op passed, per backend (quoted in notes)."""
+    checks = sys.modules.get("property_check")
+    counts = sorted(checks.EXAMPLES_CHECKED.items()) if checks is not None else []
+    if counts:
+        terminalreporter.section("property-test examples checked against the reference")
+        for (op, backend, device), count in counts:
+            terminalreporter.write_line(f"{op:<20} {backend:<8} {device:<5} {count:>7,}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -13,7 +13,7 @@ namespace {
 
 struct HardSwishOp {
   template <typename M> __device__ __forceinline__ static M forward(M x) {
-    return x * fmin(fmax(x + M(3), M(0)), M(6)) * M(1.0 / 6.0);
+    return x * clamp_nan(x + M(3), M(0), M(6)) * M(1.0 / 6.0);
   }
   template <typename M> __device__ __forceinline__ static M backward(M g, M x) {
     // torch's branches: 0 up to -3, g from 3 on.
@@ -25,7 +25,7 @@ struct HardSwishOp {
 
 struct HardSigmoidOp {
   template <typename M> __device__ __forceinline__ static M forward(M x) {
-    return fmin(fmax(x + M(3), M(0)), M(6)) * M(1.0 / 6.0);
+    return clamp_nan(x + M(3), M(0), M(6)) * M(1.0 / 6.0);
   }
   template <typename M> __device__ __forceinline__ static M backward(M g, M x) {
     return (x > M(-3) && x < M(3)) ? g * M(1.0 / 6.0) : M(0);

@@ -38,11 +38,6 @@ constexpr size_t kWorkspaceAlign = 256;
 
 // ---------------------------------------------------------------- numbers
 
-// Clamps that let NaN through, as torch's clamp does.
-template <typename A> __device__ __forceinline__ A clamp_nan(A v, A lo, A hi) {
-  return v < lo ? lo : (v > hi ? hi : v);
-}
-
 __device__ __forceinline__ float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
 __device__ __forceinline__ double sigmoid(double z) { return 1.0 / (1.0 + exp(-z)); }
 

@@ -24,4 +24,9 @@ template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float
   return __float2bfloat16_rn(v);
 }
 
+// A clamp that lets NaN through, as torch's clamp does (fmin/fmax would drop it).
+template <typename A> __device__ __forceinline__ A clamp_nan(A v, A lo, A hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
 }  // namespace mobilefuse::cuda
