@@ -312,7 +312,7 @@ def test_module_rejects_bad_arguments():
         cls(8, 8, activation="gelu")
     with pytest.raises(ValueError, match="residual=True needs"):
         cls(8, 16, residual=True)
-    with pytest.raises(ValueError, match="drop probability must be in"):
+    with pytest.raises(ValueError, match=r"drop_path must be in \[0, 1\)"):
         cls(8, 8, drop_path=1.0)
 
 
