@@ -265,17 +265,25 @@ def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
     Under ``torch.autocast`` every float32 input, ``x`` included, is cast to autocast's dtype,
     and so is the result.
     """
-    x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = \
-        autocast_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                      project_bias)
-    if isinstance(se_weights, (tuple, list)):
-        se_weights = autocast_args(x, *se_weights)[1:]
+    x, (expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias), \
+        se_weights = _autocast_block(x, (expand_weight, expand_bias, dw_weight, dw_bias,
+                                         project_weight, project_bias), se_weights)
     args = check_block_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                             project_bias, se_weights, stride, padding, dilation, activation,
                             se_activation, se_gate, project_activation, residual)
-    return run_inverted_residual(x, expand_weight, expand_bias, dw_weight, dw_bias,
-                                 project_weight, project_bias, se_weights, args, se_activation,
-                                 se_gate)
+    with op_range(INVERTED_RESIDUAL):
+        return _run_block(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                          project_bias, se_weights, args, se_activation, se_gate)
+
+
+def _autocast_block(x: object, weights: tuple[object, ...], se_weights: object,
+                    ) -> tuple[object, tuple[object, ...], object]:
+    """``x``, the block's six convolution tensors and its SE weights (a 4-tuple or anything
+    the checks then refuse), cast as :func:`autocast_args` casts them."""
+    x, *weights = autocast_args(x, *weights)
+    if isinstance(se_weights, (tuple, list)):
+        se_weights = autocast_args(x, *se_weights)[1:]
+    return x, tuple(weights), se_weights
 
 
 def run_inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
@@ -285,11 +293,9 @@ def run_inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
                           args: BlockArgs, se_activation: str, se_gate: str) -> torch.Tensor:
     """:func:`inverted_residual` on arguments already checked (``args`` normalized), inside
     one ``mobilefuse::inverted_residual`` profiler range; cast for autocast as it casts."""
-    x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = \
-        autocast_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                      project_bias)
-    if se_weights is not None:
-        se_weights = autocast_args(x, *se_weights)[1:]
+    x, (expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias), \
+        se_weights = _autocast_block(x, (expand_weight, expand_bias, dw_weight, dw_bias,
+                                         project_weight, project_bias), se_weights)
     with op_range(INVERTED_RESIDUAL):
         return _run_block(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                           project_bias, se_weights, args, se_activation, se_gate)
