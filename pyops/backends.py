@@ -28,6 +28,9 @@ FLOAT_DTYPES: tuple[torch.dtype, ...] = (
 
 
 def _check_name(name: str, source: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{source} must be a str, one of {', '.join(BACKENDS)}; got "
+                        f"{type(name).__name__}")
     if name not in BACKENDS:
         raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
     return name

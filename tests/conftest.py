@@ -93,8 +93,9 @@ def make_input(shape: tuple[int, ...], dtype: torch.dtype, device: str, layout: 
     return x
 
 
-def scaled_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, tuple[int, ...]]:
-    """Max |out - ref| / max |ref| and the index where the worst error is."""
+def scaled_error(out: torch.Tensor, ref: torch.Tensor, scale: float = 0.0,
+                 ) -> tuple[float, tuple[int, ...]]:
+    """Max |out - ref| / max(max |ref|, ``scale``) and the index where the worst error is."""
     out, ref = out.detach(), ref.detach()
     diff = (out.double() - ref.double()).abs()
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
@@ -102,14 +103,16 @@ def scaled_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, tuple[int
         return 0.0, ()
     flat = int(diff.argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
-    denom = max(float(ref.double().abs().max()), 1e-30)
+    denom = max(float(ref.double().abs().max()), scale, 1e-30)
     return float(diff.max()) / denom, index
 
 
-def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> None:
-    """Fail with the worst element's position and values when the scaled error exceeds ``tol``."""
+def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str,
+                              scale: float = 0.0) -> None:
+    """Fail with the worst element's position and values when the scaled error exceeds ``tol``
+    (``scale``: a larger denominator than max |ref|, see :func:`scaled_error`)."""
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    err, index = scaled_error(out, ref)
+    err, index = scaled_error(out, ref, scale)
     assert err <= tol, (f"{what}: scaled error {err:.3e} > {tol:.0e} at {index}: "
                         f"got {out[index].item()!r}, reference {ref[index].item()!r}")
 

@@ -69,13 +69,16 @@ def check_against_reference(op_name: str, op: Callable[..., torch.Tensor],
                             reference: Callable[..., torch.Tensor],
                             inputs: dict[str, torch.Tensor | None], backend: str,
                             differentiable: tuple[str, ...], slack: float = 1.0,
-                            what: str = "", fallback: bool = False) -> torch.Tensor:
+                            what: str = "", fallback: bool = False,
+                            magnitude: bool = False) -> torch.Tensor:
     """Run ``op(**inputs)`` on ``backend`` and ``reference`` on float64 copies; compare the
     result and the gradient of every input named in ``differentiable``; count the example
     under ``op_name``.
 
     ``fallback``: no kernel takes this input, so the reference runs (with its warning);
-    otherwise a fallback fails the check. Returns the output."""
+    otherwise a fallback fails the check. ``magnitude``: scale errors by the larger of max
+    |ref| and the size of the sums that made it (see :func:`_magnitudes`). Returns the
+    output."""
     first = next(t for t in inputs.values() if isinstance(t, torch.Tensor))
     dtype, device = first.dtype, first.device.type
     leaves = {name: t.detach().requires_grad_() for name, t in inputs.items()
@@ -87,23 +90,47 @@ def check_against_reference(op_name: str, op: Callable[..., torch.Tensor],
     ref = reference(**{**{k: (v.double() if isinstance(v, torch.Tensor) else v)
                           for k, v in inputs.items()}, **doubles})
     assert out.dtype == dtype, f"{what}: output dtype {out.dtype}, expected {dtype}"
-    assert_close_to_reference(out, ref, FORWARD_TOL.get(dtype, 0.0) * slack, f"forward {what}")
+    # The output gradient in the op's dtype; the reference gets the same values.
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(ref.numel()))
+    grad = grad.to(out.device, dtype)
+    scales = (_magnitudes(reference, inputs, tuple(leaves), grad) if magnitude
+              else [0.0] * (1 + len(leaves)))
+    assert_close_to_reference(out, ref, FORWARD_TOL.get(dtype, 0.0) * slack, f"forward {what}",
+                              scales[0])
     if leaves:
-        # The output gradient in the op's dtype; the reference gets the same values.
-        grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(ref.numel()))
-        grad = grad.to(out.device, dtype)
         with _backend(backend, fallback):
             grads = torch.autograd.grad(out, list(leaves.values()), grad, allow_unused=True)
         refs = torch.autograd.grad(ref, list(doubles.values()), grad.double(), allow_unused=True)
-        for name, got, expected in zip(leaves, grads, refs, strict=True):
+        for name, got, expected, scale in zip(leaves, grads, refs, scales[1:], strict=True):
             # An input the output does not depend on (batch 0) has a zero gradient.
             expected = torch.zeros_like(doubles[name]) if expected is None else expected
             got = torch.zeros_like(leaves[name]) if got is None else got
             assert got.dtype == dtype, f"{what}: grad {name} dtype {got.dtype}"
             assert_close_to_reference(got, expected, BACKWARD_TOL[dtype] * slack,
-                                      f"grad {name} {what}")
+                                      f"grad {name} {what}", scale)
     EXAMPLES_CHECKED[op_name, backend, device] += 1
     return out
+
+
+def _magnitudes(reference: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor | None],
+                differentiable: tuple[str, ...], grad: torch.Tensor) -> list[float]:
+    """Max of the reference's output and of each gradient when every input and the output
+    gradient are replaced by their absolute values: the size of the sums behind each result.
+
+    A chain of sums can cancel: a block's output of 7e-4 made from intermediates of 0.3 carries
+    float32 rounding errors of the intermediates' size, far above 1e-5 of the output. Rounding
+    analysis bounds the error of ``w @ x`` by a multiple of ``|w| @ |x|`` (Higham, ch. 3), so
+    that, not max |ref|, is the scale for such a result. Each of the block's activations and
+    gates is non-negative and non-decreasing on the non-negative inputs the absolute values
+    give, so nothing cancels."""
+    absolute = {name: (t.detach().double().abs() if isinstance(t, torch.Tensor) else t)
+                for name, t in inputs.items()}
+    leaves = {name: absolute[name].requires_grad_() for name in differentiable}
+    out = reference(**absolute)
+    grads = torch.autograd.grad(out, list(leaves.values()), grad.double().abs(),
+                                allow_unused=True) if leaves else ()
+    return [0.0 if t is None or t.numel() == 0 else float(t.detach().abs().max())
+            for t in (out, *grads)]
 
 
 @contextmanager

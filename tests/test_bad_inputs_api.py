@@ -151,6 +151,7 @@ API_CASES = {
     "accelerate_report model": (lambda: mobilefuse.accelerate_report(None), TypeError,
                                 "model must be a torch.nn.Module"),
     "set_backend": (lambda: mobilefuse.set_backend("gpu"), ValueError, "backend must be one of"),
+    "set_backend type": (lambda: mobilefuse.set_backend(1), TypeError, "backend must be a str"),
     "use_backend": (lambda: mobilefuse.use_backend("gpu").__enter__(), ValueError,
                     "backend must be one of"),
     "conv_cost c_in": (lambda: mobilefuse.analysis.conv_cost(0, 4, 3, 8, 8), ValueError,
