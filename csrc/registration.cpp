@@ -53,6 +53,7 @@ pybind11::dict build_info() {
   info["openmp"] = pybind11::none();
 #endif
   info["vector_isa"] = std::string(MOBILEFUSE_VECTOR_ISA);
+  info["avx512_kernels"] = MOBILEFUSE_HAS_AVX512_KERNELS;
 #ifdef MOBILEFUSE_WITH_CUDA
   info["cuda"] = true;
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." +

@@ -21,9 +21,10 @@ def has_extension() -> bool:
 def build_info() -> dict[str, Any]:
     """What the compiled extension was built with.
 
-    Returns a dict with ``compiler``, ``openmp``, ``vector_isa``, ``cuda`` (bool),
-    ``cuda_version`` and ``cuda_archs``; when the extension is missing, the dict has
-    ``extension: False`` and the import ``error`` instead.
+    Returns a dict with ``compiler``, ``openmp``, ``vector_isa``, ``avx512_kernels`` (bool:
+    AVX-512 copies of the channels_last depthwise kernels are built in, and run on CPUs with
+    AVX-512), ``cuda`` (bool), ``cuda_version`` and ``cuda_archs``; when the extension is
+    missing, the dict has ``extension: False`` and the import ``error`` instead.
     """
     if _C is None:
         return {"extension": False, "error": EXTENSION_ERROR}

@@ -1,0 +1,874 @@
+// Depthwise convolution on CPU, with bias and activation fused into the forward and the
+// activation's derivative fused into the backward (the pre-activation is recomputed).
+//
+// NCHW works plane by plane: each input plane is copied once into a zero-padded buffer split
+// into `stride_w` column phases, so every tap of every output row reads a contiguous run and
+// the inner loops are plain vector FMAs. NHWC vectorizes over channels and walks an output
+// row one vector of channels at a time, in groups of pixels with independent sums that share
+// the input columns they read. Float16/bfloat16 run through float32 copies (float32
+// accumulation); float64 is computed in float64.
+//
+// The backward walks each channel (NCHW) or band of output rows (NHWC, fused: dz, the weight
+// and bias sums and grad_x in one pass) on one thread, and adds the partial sums in a fixed
+// order: the weight and bias gradients are deterministic, with no atomics.
+//
+// This header is compiled once per vector ISA: ATen's CPU_CAPABILITY macro (AVX2, AVX512, or
+// undefined) names the namespace, so each build's kernels are distinct symbols.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "depthwise_types.h"
+
+namespace mobilefuse {
+namespace depthwise {
+inline namespace CPU_CAPABILITY {
+
+// act(z), vectorized.
+template <typename Vec>
+inline Vec act_forward(Act act, Vec z) {
+  const Vec zero(0), three(3), six(6), one(1);
+  switch (act) {
+    case Act::kNone: return z;
+    case Act::kRelu: return at::vec::maximum(z, zero);
+    case Act::kRelu6: return at::vec::minimum(at::vec::maximum(z, zero), six);
+    case Act::kHardSwish:
+      return z * at::vec::minimum(at::vec::maximum(z + three, zero), six) * Vec(1.0 / 6.0);
+    case Act::kSilu: return z / (one + z.neg().exp_u20());  // exp within 20 ulp, inlined
+  }
+  return z;
+}
+
+// g * act'(z), with PyTorch's choices at the kinks.
+template <typename Vec>
+inline Vec act_backward(Act act, Vec g, Vec z) {
+  const Vec zero(0), three(3), neg_three(-3), six(6), one(1), half(0.5);
+  switch (act) {
+    case Act::kNone: return g;
+    case Act::kRelu: return Vec::blendv(zero, g, z > zero);
+    case Act::kRelu6: return Vec::blendv(zero, g, (z > zero) & (z < six));
+    case Act::kHardSwish: {
+      Vec inside = g * (z * Vec(1.0 / 3.0) + half);
+      return Vec::blendv(Vec::blendv(inside, g, z >= three), zero, z <= neg_three);
+    }
+    case Act::kSilu: {
+      Vec s = one / (one + z.neg().exp_u20());
+      return g * s * (one + z * (one - s));
+    }
+  }
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------
+// NCHW
+
+// Where tap column j reads inside the phased padded row: phase and offset.
+inline int64_t tap_phase(const Geometry& g, int64_t j) { return (j * g.dw) % g.sw; }
+inline int64_t tap_offset(const Geometry& g, int64_t j) { return (j * g.dw) / g.sw; }
+
+// First index t of phase q whose padded column t*sw + q is an input column (>= pw).
+inline int64_t first_phase_index(const Geometry& g, int64_t q) {
+  return q >= g.pw ? 0 : (g.pw - q + g.sw - 1) / g.sw;
+}
+
+// Zero-padded copy of one plane; phase q of padded row r holds padded columns q, q+sw, ...
+// Only the input's own positions are written: the buffer starts zeroed (once per thread) and
+// every plane writes the same positions, so the padding stays zero.
+template <typename T>
+void load_padded_plane(const T* src, const Geometry& g, T* buf) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t len = g.phase_len();
+  for (int64_t r = 0; r < g.height; ++r) {
+    T* row = buf + (r + g.ph) * g.sw * len;
+    const T* in = src + r * g.width;
+    if (g.sw == 1) {
+      std::copy(in, in + g.width, row + g.pw);
+      continue;
+    }
+    if (g.sw == 2) {
+      // Even input columns 2m land in phase pw % 2 at m + pw / 2, odd ones in the other phase
+      // at m + (pw + 1) / 2: split 2V columns at a time. The last split reads zeros past the
+      // row and stores them on the right padding (or the slack past it), which stays zero.
+      T* even = row + (g.pw % 2) * len + g.pw / 2;
+      T* odd = row + ((g.pw + 1) % 2) * len + (g.pw + 1) / 2;
+      for (int64_t done = 0; done < g.width; done += 2 * V) {
+        const int64_t rest = g.width - done;
+        const Vec a = Vec::loadu(in + done, std::min(rest, V));
+        const Vec b = rest > V ? Vec::loadu(in + done + V, std::min(rest - V, V)) : Vec(0);
+        const auto split = at::vec::deinterleave2(a, b);
+        split.first.store(even + done / 2);
+        split.second.store(odd + done / 2);
+      }
+      continue;
+    }
+    for (int64_t q = 0; q < g.sw; ++q) {
+      T* phase = row + q * len;
+      for (int64_t t = first_phase_index(g, q), c = t * g.sw + q - g.pw; c < g.width;
+           ++t, c += g.sw) {
+        phase[t] = in[c];
+      }
+    }
+  }
+}
+
+// The lanes of `v` added in double, in lane order.
+template <typename T>
+inline double lane_sum(const at::vec::Vectorized<T>& v) {
+  T lanes[at::vec::Vectorized<T>::size()];
+  v.store(lanes);
+  double total = 0.0;
+  for (T lane : lanes) total += static_cast<double>(lane);
+  return total;
+}
+
+// Output chunks of one plane: Vec::size() consecutive outputs of one row each, with where
+// they sit in the output plane and where their first tap reads in the padded plane.
+struct Chunk {
+  int64_t out_at, in_at, count;
+};
+
+inline std::vector<Chunk> plane_chunks(const Geometry& g, int64_t width) {
+  std::vector<Chunk> chunks;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ow += width) {
+      chunks.push_back({oh * g.out_w + ow, oh * g.sh * g.sw * g.phase_len() + ow,
+                        std::min(width, g.out_w - ow)});
+    }
+  }
+  return chunks;
+}
+
+// Stores a chunk into its plane (plane_size elements). Chunks are stored in plane order, so
+// the lanes past a row's end may spill into the next row, whose own chunk rewrites them
+// later: a full store, much cheaper than a partial one, everywhere but at the plane's end.
+template <typename T>
+inline void store_chunk(const at::vec::Vectorized<T>& v, T* plane, const Chunk& ch,
+                        int64_t plane_size) {
+  if (ch.out_at + at::vec::Vectorized<T>::size() <= plane_size) v.store(plane + ch.out_at);
+  else v.store(plane + ch.out_at, ch.count);
+}
+
+// Loads a chunk from its plane (plane_size elements), lanes past its row's end zero; a full
+// load and a blend where the plane goes on past the chunk.
+template <typename T>
+inline at::vec::Vectorized<T> load_chunk(const T* plane, const Chunk& ch, int64_t plane_size) {
+  using Vec = at::vec::Vectorized<T>;
+  if (ch.out_at + Vec::size() > plane_size) return Vec::loadu(plane + ch.out_at, ch.count);
+  const Vec v = Vec::loadu(plane + ch.out_at);
+  return ch.count == Vec::size() ? v : Vec::set(Vec(0), v, ch.count);
+}
+
+// Where each tap reads in the phased padded plane, relative to a chunk's in_at. Computed
+// once: the divisions stay out of the inner loops.
+inline std::vector<int64_t> plane_tap_offsets(const Geometry& g) {
+  std::vector<int64_t> off(g.taps());
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      off[i * g.kw + j] = (i * g.dh * g.sw + tap_phase(g, j)) * g.phase_len() + tap_offset(g, j);
+    }
+  }
+  return off;
+}
+
+// Pre-activation of up to kGroup chunks at once: independent accumulators hide the FMA
+// latency, and each broadcast weight serves all of them.
+template <typename T, int kGroup, int kTaps>
+inline void conv_chunks_fixed(const T* buf, const at::vec::Vectorized<T>* wv,
+                              const int64_t* tap_off, int64_t runtime_taps,
+                              at::vec::Vectorized<T> bias, const Chunk* chunks,
+                              at::vec::Vectorized<T>* acc) {
+  using Vec = at::vec::Vectorized<T>;
+  // kTaps > 0: the tap count is known at compile time, so the loop unrolls.
+  const int64_t taps = kTaps > 0 ? kTaps : runtime_taps;
+  const T* base[kGroup];
+  for (int q = 0; q < kGroup; ++q) {
+    acc[q] = bias;
+    base[q] = buf + chunks[q].in_at;
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const Vec w = wv[t];
+    const int64_t off = tap_off[t];
+    for (int q = 0; q < kGroup; ++q) acc[q] = at::vec::fmadd(Vec::loadu(base[q] + off), w, acc[q]);
+  }
+}
+
+template <typename T, int kGroup>
+inline void conv_chunks(const T* buf, const at::vec::Vectorized<T>* wv, const int64_t* tap_off,
+                        int64_t taps, at::vec::Vectorized<T> bias, const Chunk* chunks,
+                        at::vec::Vectorized<T>* acc) {
+  switch (taps) {  // 3x3, 5x5, 7x7
+    case 9: return conv_chunks_fixed<T, kGroup, 9>(buf, wv, tap_off, taps, bias, chunks, acc);
+    case 25: return conv_chunks_fixed<T, kGroup, 25>(buf, wv, tap_off, taps, bias, chunks, acc);
+    case 49: return conv_chunks_fixed<T, kGroup, 49>(buf, wv, tap_off, taps, bias, chunks, acc);
+    default: return conv_chunks_fixed<T, kGroup, 0>(buf, wv, tap_off, taps, bias, chunks, acc);
+  }
+}
+
+// Calls f(chunk pointer, group size) over the chunks in groups of 4, then of 2 and 1: small
+// planes keep a few independent sums too.
+template <typename F>
+inline void for_chunk_groups(const std::vector<Chunk>& chunks, F f) {
+  size_t c = 0;
+  for (; c + 4 <= chunks.size(); c += 4) f(chunks.data() + c, std::integral_constant<int, 4>());
+  for (; c + 2 <= chunks.size(); c += 2) f(chunks.data() + c, std::integral_constant<int, 2>());
+  for (; c < chunks.size(); ++c) f(chunks.data() + c, std::integral_constant<int, 1>());
+}
+
+template <typename T>
+void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g, Act act) {
+  using Vec = at::vec::Vectorized<T>;
+  const std::vector<Chunk> chunks = plane_chunks(g, Vec::size());
+  const std::vector<int64_t> tap_off = plane_tap_offsets(g);
+  at::parallel_for(0, g.batch * g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(g.plane_buffer());
+    std::vector<Vec> wv(g.taps());
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % g.channels;
+      load_padded_plane(x + p * g.height * g.width, g, buf.data());
+      for (int64_t t = 0; t < g.taps(); ++t) wv[t] = Vec(w[c * g.taps() + t]);
+      const Vec bv(bias ? bias[c] : T(0));
+      T* dst = out + p * g.out_h * g.out_w;
+      for_chunk_groups(chunks, [&](const Chunk* group, auto size) {
+        constexpr int kGroup = decltype(size)::value;
+        Vec acc[kGroup];
+        conv_chunks<T, kGroup>(buf.data(), wv.data(), tap_off.data(), g.taps(), bv, group, acc);
+        for (int q = 0; q < kGroup; ++q) {
+          store_chunk(act_forward(act, acc[q]), dst, group[q], g.out_h * g.out_w);
+        }
+      });
+    }
+  });
+}
+
+// grad_x of one NCHW plane as a stride-1 correlation: dz is spread into a zero plane Z at
+// rows oh*sh + (kh-1)*dh - ph (columns alike), and grad_x[ih, iw] = sum over taps of the
+// flipped weight times Z[ih + i*dh, iw + j*dw]. Every grad_x element is written once, and the
+// chunk loop of the forward computes it (no overlapping read-modify-write).
+struct InputGradPlan {
+  int64_t rows, stride, row_shift, col_shift;  // Z's shape, and where dz lands in it
+  std::vector<Chunk> chunks;                   // over grad_x's plane
+  std::vector<int64_t> tap_off;                // flipped tap t -> offset in Z
+
+  explicit InputGradPlan(const Geometry& g, int64_t width) {
+    rows = g.height + (g.kh - 1) * g.dh;
+    stride = g.width + (g.kw - 1) * g.dw + 16;  // room for full vector loads past the end
+    row_shift = (g.kh - 1) * g.dh - g.ph;
+    col_shift = (g.kw - 1) * g.dw - g.pw;
+    for (int64_t ih = 0; ih < g.height; ++ih) {
+      for (int64_t iw = 0; iw < g.width; iw += width) {
+        chunks.push_back({ih * g.width + iw, ih * stride + iw, std::min(width, g.width - iw)});
+      }
+    }
+    tap_off.resize(g.taps());
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) tap_off[i * g.kw + j] = i * g.dh * stride + j * g.dw;
+    }
+  }
+  int64_t size() const { return rows * stride; }
+
+  template <typename T>
+  // Z starts zeroed (once per thread) and every plane writes the same positions, so only
+  // dz's own positions are written (with sw == 2, the zeros between them too).
+  void spread(const T* dz, const Geometry& g, T* z) const {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t V = Vec::size();
+    // Output columns whose Z column col = ow*sw + col_shift lies in [0, stride - 16).
+    const int64_t ow_a = col_shift >= 0 ? 0 : (-col_shift + g.sw - 1) / g.sw;
+    const int64_t ow_b = std::min(g.out_w, (stride - 16 - col_shift + g.sw - 1) / g.sw);
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t r = oh * g.sh + row_shift;
+      if (r < 0 || r >= rows) continue;
+      const T* src = dz + oh * g.out_w;
+      T* dst = z + r * stride + col_shift;
+      int64_t ow = ow_a;
+      if (g.sw == 1) {
+        std::copy(src + ow_a, src + std::max(ow_a, ow_b), dst + ow_a);
+        continue;
+      }
+      if (g.sw == 2) {
+        for (; ow + V <= ow_b; ow += V) {
+          const auto pair = at::vec::interleave2(Vec::loadu(src + ow), Vec(0));
+          pair.first.store(dst + 2 * ow);
+          pair.second.store(dst + 2 * ow + V);
+        }
+      }
+      for (; ow < ow_b; ++ow) dst[ow * g.sw] = src[ow];
+    }
+  }
+};
+
+template <typename T>
+void backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw, T* gb,
+                   const Geometry& g, Act act, GradMask mask) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t out_plane = g.out_h * g.out_w;
+  const bool need_x = act != Act::kNone || mask.weight;
+  const std::vector<Chunk> chunks = plane_chunks(g, Vec::size());
+  const std::vector<int64_t> tap_off = plane_tap_offsets(g);
+  const InputGradPlan plan(g, Vec::size());
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(need_x ? g.plane_buffer() : 0);
+    std::vector<T> zbuf(mask.input ? plan.size() : 0);
+    std::vector<T> dz(act != Act::kNone ? out_plane : 0);
+    std::vector<Vec> wv(g.taps()), wflip(g.taps()), dw_lanes(g.taps());
+    std::vector<double> dw_sum(g.taps());
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t t = 0; t < g.taps(); ++t) {
+        wv[t] = Vec(w[c * g.taps() + t]);
+        wflip[g.taps() - 1 - t] = wv[t];
+      }
+      const Vec bv(bias ? bias[c] : T(0));
+      std::fill(dw_sum.begin(), dw_sum.end(), 0.0);
+      double db_sum = 0.0;
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const int64_t p = n * g.channels + c;
+        const T* gp = grad + p * out_plane;
+        if (need_x) load_padded_plane(x + p * g.height * g.width, g, buf.data());
+        // dz = grad * act'(z), z recomputed.
+        const T* dzp = gp;
+        if (act != Act::kNone) {
+          for_chunk_groups(chunks, [&](const Chunk* group, auto size) {
+            constexpr int kGroup = decltype(size)::value;
+            Vec z[kGroup];
+            conv_chunks<T, kGroup>(buf.data(), wv.data(), tap_off.data(), g.taps(), bv, group, z);
+            for (int q = 0; q < kGroup; ++q) {
+              store_chunk(act_backward(act, load_chunk(gp, group[q], out_plane), z[q]), dz.data(),
+                          group[q], out_plane);
+            }
+          });
+          dzp = dz.data();
+        }
+        if (mask.weight || mask.bias) {
+          Vec db_lanes(0);
+          std::fill(dw_lanes.begin(), dw_lanes.end(), Vec(0));
+          for (const Chunk& ch : chunks) {
+            // Lanes past the row's end load as zero, so they add nothing.
+            const Vec d = load_chunk(dzp, ch, out_plane);
+            db_lanes = db_lanes + d;
+            if (!mask.weight) continue;
+            for (int64_t t = 0; t < g.taps(); ++t) {
+              dw_lanes[t] = at::vec::fmadd(d, Vec::loadu(buf.data() + ch.in_at + tap_off[t]),
+                                           dw_lanes[t]);
+            }
+          }
+          if (mask.bias) db_sum += lane_sum(db_lanes);
+          if (mask.weight) {
+            for (int64_t t = 0; t < g.taps(); ++t) dw_sum[t] += lane_sum(dw_lanes[t]);
+          }
+        }
+        if (mask.input) {
+          plan.spread(dzp, g, zbuf.data());
+          T* dst = gx + p * g.height * g.width;
+          for_chunk_groups(plan.chunks, [&](const Chunk* group, auto size) {
+            constexpr int kGroup = decltype(size)::value;
+            Vec acc[kGroup];
+            conv_chunks<T, kGroup>(zbuf.data(), wflip.data(), plan.tap_off.data(), g.taps(),
+                                   Vec(0), group, acc);
+            for (int q = 0; q < kGroup; ++q) store_chunk(acc[q], dst, group[q], g.height * g.width);
+          });
+        }
+      }
+      if (mask.weight) {
+        for (int64_t t = 0; t < g.taps(); ++t) gw[c * g.taps() + t] = static_cast<T>(dw_sum[t]);
+      }
+      if (mask.bias) gb[c] = static_cast<T>(db_sum);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// NHWC
+
+// Output columns whose every tap column lies inside the input: [lo, hi).
+inline void interior_columns(const Geometry& g, int64_t& lo, int64_t& hi) {
+  lo = std::min(g.out_w, (g.pw + g.sw - 1) / g.sw);
+  const int64_t last = g.width - 1 + g.pw - (g.kw - 1) * g.dw;  // largest ow * sw allowed
+  hi = last < 0 ? lo : std::max(lo, std::min(g.out_w, last / g.sw + 1));
+}
+
+// Per-thread storage for the runtime-sized kernels (kernel sizes without a compile-time path).
+template <typename T>
+struct TapScratch {
+  std::vector<at::vec::Vectorized<T>> vecs;
+  std::vector<const T*> rows;
+  std::vector<int64_t> cols;
+  explicit TapScratch(const Geometry& g) : vecs(g.taps()), rows(g.kh), cols(g.kw) {}
+};
+
+// rows[i] + c0 (null stays null) into a compile-time array when KH > 0, else into scratch.
+template <typename T, int KH>
+inline const T* const* rows_at(const T* const* rows, int64_t kh, int64_t c0,
+                               const T* (&fixed)[KH > 0 ? KH : 1], TapScratch<T>& scratch) {
+  const T** out = KH > 0 ? fixed : scratch.rows.data();
+  for (int64_t i = 0; i < kh; ++i) out[i] = rows[i] ? rows[i] + c0 : nullptr;
+  return out;
+}
+
+// Loads and stores of the channels [c0, c0 + cnt) of one vector; kFull: cnt is a whole vector,
+// so no count check is left in the inner loops.
+template <typename T, bool kFull>
+struct Lanes {
+  using Vec = at::vec::Vectorized<T>;
+  int64_t cnt;
+  Vec load(const T* p) const {
+    if constexpr (kFull) return Vec::loadu(p);
+    else return Vec::loadu(p, cnt);
+  }
+  void store(const Vec& v, T* p) const {
+    if constexpr (kFull) v.store(p);
+    else v.store(p, cnt);
+  }
+};
+
+// Calls f(first, group, border) over the pixels [0, count) in groups of 4, then of 2 and 1
+// for the rest (short rows keep a few independent sums too); border: the group reaches
+// outside [lo, hi), where every tap is inside the tensor it reads. Group size and border are
+// compile-time constants.
+template <typename F>
+inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
+  auto groups_of = [&](auto size, int64_t& p, int64_t end) {
+    constexpr int kG = decltype(size)::value;
+    for (; p + kG <= end; p += kG) {
+      if (p >= lo && p + kG <= hi) f(p, size, std::false_type());
+      else f(p, size, std::true_type());
+    }
+  };
+  int64_t p = 0;
+  groups_of(std::integral_constant<int, 4>(), p, count);
+  groups_of(std::integral_constant<int, 2>(), p, count);
+  groups_of(std::integral_constant<int, 1>(), p, count);
+}
+
+// Zero lanes (a vector has at most 16) that border pixels read in place of taps outside the
+// tensor: one code path for every pixel of a group, and no branch per tap.
+template <typename T>
+alignas(64) constexpr T kZeroLanes[16] = {};
+
+// The kernel size and column stride as compile-time constants, 0 where only known at run
+// time. A kernel with sw > 0 has dilation 1: its taps' columns form a window shared by the
+// pixels of a group.
+template <int KH, int KW, int SW>
+struct Kernel {
+  static constexpr int kh = KH, kw = KW, sw = SW;
+};
+
+// Calls f(Kernel<...>()) with the compile-time shape matching g, else the run-time one.
+template <typename F>
+inline void with_kernel(const Geometry& g, F f) {
+  if (g.kh == 3 && g.kw == 3 && g.dw == 1 && g.sw == 1) return f(Kernel<3, 3, 1>());
+  if (g.kh == 3 && g.kw == 3 && g.dw == 1 && g.sw == 2) return f(Kernel<3, 3, 2>());
+  if (g.kh == 5 && g.kw == 5 && g.dw == 1 && g.sw == 1) return f(Kernel<5, 5, 1>());
+  if (g.kh == 5 && g.kw == 5 && g.dw == 1 && g.sw == 2) return f(Kernel<5, 5, 2>());
+  f(Kernel<0, 0, 0>());
+}
+
+// Calls f(std::integral_constant<Act, act>): the activation as a compile-time constant.
+template <typename F>
+inline void with_act(Act act, F f) {
+  switch (act) {
+    case Act::kNone: return f(std::integral_constant<Act, Act::kNone>());
+    case Act::kRelu: return f(std::integral_constant<Act, Act::kRelu>());
+    case Act::kRelu6: return f(std::integral_constant<Act, Act::kRelu6>());
+    case Act::kHardSwish: return f(std::integral_constant<Act, Act::kHardSwish>());
+    case Act::kSilu: return f(std::integral_constant<Act, Act::kSilu>());
+  }
+}
+
+// Input columns a group of kG pixels reads in one kernel row, for a windowed kernel.
+template <typename K, int kG>
+constexpr int window_width() {
+  return (kG - 1) * K::sw + K::kw;
+}
+
+// The window of a group in one row: the columns first, first + 1, ... (at xp, C apart) of a
+// row `limit` columns wide; border groups read zeros for columns outside it.
+template <typename T, typename K, int kG, bool kBorder, bool kFull>
+inline void load_window(const T* xp, int64_t first, int64_t limit, const Geometry& g,
+                        Lanes<T, kFull> lanes, at::vec::Vectorized<T>* cols) {
+  for (int c = 0; c < window_width<K, kG>(); ++c) {
+    const T* src = xp + c * g.channels;
+    if constexpr (kBorder) {
+      if (first + c < 0 || first + c >= limit) src = kZeroLanes<T>;
+    }
+    cols[c] = lanes.load(src);
+  }
+}
+
+// Pre-activations of kG output pixels from ow, one vector of channels: bias plus the taps in
+// tap order, one independent sum per pixel (a single pixel's chain of kh*kw dependent FMAs
+// would leave the core waiting). rows[i] is input row i of the window at the vector's first
+// channel, or null outside the input; border groups (kBorder) read zeros for the tap columns
+// outside the input. The weights wp (taps of C) are read at each use: L1 hits, which leave
+// the registers to the sums and the window.
+template <typename T, typename K, int kG, bool kBorder, bool kFull>
+inline void conv_group(const T* const* rows, const T* wp, at::vec::Vectorized<T> bias,
+                       const Geometry& g, Lanes<T, kFull> lanes, int64_t ow,
+                       at::vec::Vectorized<T>* z) {
+  const int64_t kh = K::kh > 0 ? K::kh : g.kh, kw = K::kw > 0 ? K::kw : g.kw;
+  const int64_t C = g.channels, col = g.dw * C, step = g.sw * C;
+  const int64_t iw0 = ow * g.sw - g.pw;
+  for (int q = 0; q < kG; ++q) z[q] = bias;
+  for (int64_t i = 0; i < kh; ++i) {
+    if (!rows[i]) continue;
+    const T* xp = rows[i] + iw0 * C;
+    if constexpr (K::sw > 0) {
+      at::vec::Vectorized<T> cols[window_width<K, kG>()];
+      load_window<T, K, kG, kBorder>(xp, iw0, g.width, g, lanes, cols);
+      for (int j = 0; j < K::kw; ++j) {
+        const auto w = lanes.load(wp + (i * kw + j) * C);
+        for (int q = 0; q < kG; ++q) z[q] = at::vec::fmadd(cols[q * K::sw + j], w, z[q]);
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < kw; ++j) {
+      const auto w = lanes.load(wp + (i * kw + j) * C);
+      for (int q = 0; q < kG; ++q) {
+        const T* src = xp + j * col + q * step;
+        if constexpr (kBorder) {
+          const int64_t iw = iw0 + q * g.sw + j * g.dw;
+          if (iw < 0 || iw >= g.width) src = kZeroLanes<T>;
+        }
+        z[q] = at::vec::fmadd(lanes.load(src), w, z[q]);
+      }
+    }
+  }
+}
+
+// One output row of the NHWC forward, channels [c0, c0 + cnt). in_rows[i] is input row
+// oh*sh - ph + i*dh, or null outside the input.
+template <typename T, typename K, Act kAct, bool kFull>
+void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bias,
+                 const Geometry& g, int64_t c0, int64_t cnt, int64_t ow_lo, int64_t ow_hi,
+                 TapScratch<T>& scratch) {
+  using Vec = at::vec::Vectorized<T>;
+  const Lanes<T, kFull> lanes{cnt};
+  const int64_t C = g.channels;
+  const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+  const T* const* rows = rows_at<T, K::kh>(in_rows, K::kh > 0 ? K::kh : g.kh, c0, rows_fixed, scratch);
+  const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+  T* out = orow + c0;
+  for_pixel_groups(g.out_w, ow_lo, ow_hi, [&](int64_t ow, auto group, auto border) {
+    constexpr int kG = decltype(group)::value;
+    Vec z[kG];
+    conv_group<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes,
+                                                               ow, z);
+    for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
+  });
+}
+
+// w_taps is the weight transposed to (kh*kw, C), so a tap's channels are contiguous. Each
+// task is one output row, walked one vector of channels at a time: along the row, the taps'
+// input columns advance by a fixed step.
+template <typename T, typename K, Act kAct>
+void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t C = g.channels, full = C / V * V;
+  int64_t ow_lo, ow_hi;
+  interior_columns(g, ow_lo, ow_hi);
+  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    TapScratch<T> scratch(g);
+    std::vector<const T*> rows(g.kh);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.out_h, oh = r % g.out_h;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+        rows[i] = ih >= 0 && ih < g.height ? x + (n * g.height + ih) * g.width * C : nullptr;
+      }
+      T* orow = out + r * g.out_w * C;
+      for (int64_t c0 = 0; c0 < full; c0 += V) {
+        forward_row<T, K, kAct, true>(rows.data(), orow, w_taps, bias, g, c0, V, ow_lo,
+                                           ow_hi, scratch);
+      }
+      if (full < C) {
+        forward_row<T, K, kAct, false>(rows.data(), orow, w_taps, bias, g, full, C - full,
+                                            ow_lo, ow_hi, scratch);
+      }
+    }
+  });
+}
+
+template <typename T>
+void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
+                  Act act) {
+  with_act(act, [&](auto a) {
+    with_kernel(g, [&](auto k) {
+      forward_nhwc_fixed<T, decltype(k), decltype(a)::value>(x, w_taps, bias, out, g);
+    });
+  });
+}
+
+// Bands of output rows per image, each a block of the NHWC weight-gradient sums: fixed by the
+// shape alone, so the blocked partial sums and their fixed-order reduction give the same bits
+// every run. At least 8 blocks in all, so small batches still spread over the threads.
+inline int64_t bands_per_image(const Geometry& g) {
+  return std::max<int64_t>(1, std::min(g.out_h, (8 + g.batch - 1) / g.batch));
+}
+
+// One output row of the NHWC backward for the channels [c0, c0 + cnt): z recomputed, dz =
+// grad * act'(z) (stored to dz_row when `store`), and with `own` the row's share of the weight
+// and bias gradients, summed in registers along the row and added to `part` once. in_rows[i]
+// is input row oh*sh - ph + i*dh, or null outside the input. With a compile-time kernel
+// shape the tap loops unroll. Pixels go in groups, as in the forward.
+template <typename T, typename K, Act kAct, bool kFull>
+void backward_dz_row(const T* const* in_rows, const T* grow, T* dz_row, const T* w_taps,
+                     const T* bias, T* part, const Geometry& g, int64_t c0, int64_t cnt,
+                     bool own, GradMask mask, bool store, int64_t ow_lo, int64_t ow_hi,
+                     TapScratch<T>& scratch) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int kTaps = K::kh * K::kw;
+  const Lanes<T, kFull> lanes{cnt};
+  const int64_t kh = K::kh > 0 ? K::kh : g.kh, kw = K::kw > 0 ? K::kw : g.kw, taps = kh * kw;
+  const int64_t C = g.channels, col = g.dw * C, step = g.sw * C;
+  const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+  const T* const* rows = rows_at<T, K::kh>(in_rows, kh, c0, rows_fixed, scratch);
+  const T* wp = w_taps + c0;
+  grow += c0;
+  if (dz_row) dz_row += c0;
+  Vec dw_fixed[kTaps > 0 ? kTaps : 1];
+  Vec* dw = kTaps > 0 ? dw_fixed : scratch.vecs.data();
+  for (int64_t t = 0; t < taps; ++t) dw[t] = Vec(0);
+  const bool need_dw = own && mask.weight;
+  const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+  Vec db(0);
+  for_pixel_groups(g.out_w, ow_lo, ow_hi, [&](int64_t ow, auto group, auto border) {
+    constexpr int kG = decltype(group)::value;
+    const int64_t iw0 = ow * g.sw - g.pw;
+    Vec d[kG];
+    for (int q = 0; q < kG; ++q) d[q] = lanes.load(grow + (ow + q) * C);
+    if constexpr (kAct != Act::kNone) {
+      Vec z[kG];
+      conv_group<T, K, kG, decltype(border)::value, kFull>(rows, wp, bv, g, lanes, ow, z);
+      for (int q = 0; q < kG; ++q) {
+        d[q] = act_backward(kAct, d[q], z[q]);
+        if (store) lanes.store(d[q], dz_row + (ow + q) * C);
+      }
+    }
+    if (own) {
+      for (int q = 0; q < kG; ++q) db = db + d[q];
+    }
+    if (!need_dw) return;
+    for (int64_t i = 0; i < kh; ++i) {
+      if (!rows[i]) continue;
+      const T* xp = rows[i] + iw0 * C;
+      if constexpr (K::sw > 0) {
+        Vec cols[window_width<K, kG>()];
+        load_window<T, K, kG, decltype(border)::value>(xp, iw0, g.width, g, lanes, cols);
+        for (int j = 0; j < K::kw; ++j) {
+          Vec acc = dw[i * kw + j];
+          for (int q = 0; q < kG; ++q) acc = at::vec::fmadd(d[q], cols[q * K::sw + j], acc);
+          dw[i * kw + j] = acc;
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < kw; ++j) {
+        Vec acc = dw[i * kw + j];
+        for (int q = 0; q < kG; ++q) {
+          const T* src = xp + j * col + q * step;
+          if constexpr (decltype(border)::value) {
+            const int64_t iw = iw0 + q * g.sw + j * g.dw;
+            if (iw < 0 || iw >= g.width) src = kZeroLanes<T>;
+          }
+          acc = at::vec::fmadd(d[q], lanes.load(src), acc);
+        }
+        dw[i * kw + j] = acc;
+      }
+    }
+  });
+  if (need_dw) {
+    for (int64_t t = 0; t < taps; ++t) {
+      lanes.store(lanes.load(part + t * C + c0) + dw[t], part + t * C + c0);
+    }
+  }
+  if (own && mask.bias) lanes.store(lanes.load(part + taps * C + c0) + db, part + taps * C + c0);
+}
+
+// One input row of grad_x for the channels [c0, c0 + cnt): grad_x[iw] = sum over the taps
+// (i, j) that reach it of w[i, j] * dz[ow], where ow*sw = iw + pw - j*dw. in_rows[i] is the dz
+// row tap row i reads, or null when that tap row reaches no output row. The pixels are walked
+// one column phase (iw mod sw) at a time, so each phase has a fixed set of taps; 4 pixels at a
+// time with independent sums, border groups reading zeros for output columns outside dz.
+template <typename T, typename K, bool kFull>
+void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const Geometry& g,
+                     int64_t c0, int64_t cnt, TapScratch<T>& scratch) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int kTaps = K::kh * K::kw;
+  const Lanes<T, kFull> lanes{cnt};
+  const int64_t kh = K::kh > 0 ? K::kh : g.kh, kw = K::kw > 0 ? K::kw : g.kw, taps = kh * kw;
+  const int64_t C = g.channels;
+  const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+  const T* const* dz_rows = rows_at<T, K::kh>(in_rows, kh, c0, rows_fixed, scratch);
+  Vec wv_fixed[kTaps > 0 ? kTaps : 1];
+  Vec* wv = kTaps > 0 ? wv_fixed : scratch.vecs.data();
+  for (int64_t t = 0; t < taps; ++t) wv[t] = lanes.load(w_taps + t * C + c0);
+  // Pixels whose every tap column that matches their phase reads an output column.
+  const int64_t in_lo = (kw - 1) * g.dw - g.pw, in_hi = (g.out_w - 1) * g.sw - g.pw + 1;
+  for (int64_t p = 0; p < std::min(g.sw, g.width); ++p) {
+    // Tap column j reaches pixel p + k*sw at output column first[j] + k, when phase-valid.
+    constexpr int64_t kNone = INT64_MIN / 2;
+    int64_t first_fixed[K::kw > 0 ? K::kw : 1];
+    int64_t* first = K::kw > 0 ? first_fixed : scratch.cols.data();
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t s = p + g.pw - j * g.dw;
+      first[j] = (s % g.sw + g.sw) % g.sw == 0 ? s / g.sw : kNone;
+    }
+    auto k_of = [&](int64_t iw) { return std::max<int64_t>(0, (iw - p + g.sw - 1) / g.sw); };
+    const int64_t count = k_of(g.width);
+    for_pixel_groups(count, k_of(in_lo), k_of(in_hi), [&](int64_t k, auto group, auto border) {
+      constexpr int kG = decltype(group)::value;
+      Vec acc[kG];
+      for (int q = 0; q < kG; ++q) acc[q] = Vec(0);
+      for (int64_t i = 0; i < kh; ++i) {
+        if (!dz_rows[i]) continue;
+        if constexpr (K::sw == 1) {
+          // Tap column j of pixel k + q reads dz column k + pw - j + q: a window of columns
+          // shared by the group's pixels and taps.
+          const int64_t ow0 = k + g.pw - (K::kw - 1);
+          Vec cols[window_width<K, kG>()];
+          load_window<T, K, kG, decltype(border)::value>(dz_rows[i] + ow0 * C, ow0, g.out_w, g,
+                                                          lanes, cols);
+          for (int j = 0; j < K::kw; ++j) {
+            for (int q = 0; q < kG; ++q) {
+              acc[q] = at::vec::fmadd(wv[i * kw + j], cols[K::kw - 1 - j + q], acc[q]);
+            }
+          }
+          continue;
+        }
+        for (int64_t j = 0; j < kw; ++j) {
+          if (first[j] == kNone) continue;
+          for (int q = 0; q < kG; ++q) {
+            const int64_t ow = first[j] + k + q;
+            const T* src = dz_rows[i] + ow * C;
+            if constexpr (decltype(border)::value) {
+              if (ow < 0 || ow >= g.out_w) src = kZeroLanes<T>;
+            }
+            acc[q] = at::vec::fmadd(wv[i * kw + j], lanes.load(src), acc[q]);
+          }
+        }
+      }
+      for (int q = 0; q < kG; ++q) lanes.store(acc[q], gx_row + (p + (k + q) * g.sw) * C + c0);
+    });
+  }
+}
+
+// One pass over bands of output rows: each band recomputes z for its rows, turns grad into dz,
+// sums its share of the weight and bias gradients, and writes the grad_x rows of its part of
+// the input as soon as the dz rows they read exist. dz lives in a ring of the last few rows
+// (grad itself when there is no activation), so grad and x are read once and dz never goes to
+// memory. A band's grad_x rows may read dz rows of the next or previous band: those are
+// recomputed (not summed again).
+template <typename T, typename K, Act kAct>
+void backward_nhwc_fixed(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
+                         T* gb, const Geometry& g, GradMask mask) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = g.channels, taps = g.taps();
+  const int64_t bands = bands_per_image(g), blocks = g.batch * bands;
+  const bool sums = mask.weight || mask.bias;
+  const bool ring = kAct != Act::kNone && mask.input;
+  // dz rows one grad_x row reads span (kh-1)*dh/sh + 1; one more is being written.
+  const int64_t ring_rows = (g.kh - 1) * g.dh / g.sh + 2;
+  std::vector<T> dw_part(sums ? blocks * (taps + 1) * C : 0);  // [block][taps + bias][C]
+  int64_t ow_lo, ow_hi;
+  interior_columns(g, ow_lo, ow_hi);
+  const int64_t row_len = g.out_w * C, full = C / V * V;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    TapScratch<T> scratch(g);
+    std::vector<T> dz_ring(ring ? ring_rows * row_len : 0);
+    std::vector<const T*> rows(g.kh);  // input rows (dz pass) or dz rows (grad_x pass)
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b / bands, band = b % bands;
+      const int64_t o0 = band * g.out_h / bands, o1 = (band + 1) * g.out_h / bands;
+      const int64_t i0 = band == 0 ? 0 : std::min(g.height, o0 * g.sh);
+      const int64_t i1 = band == bands - 1 ? g.height : std::min(g.height, o1 * g.sh);
+      T* part = sums ? dw_part.data() + b * (taps + 1) * C : nullptr;
+      if (sums) std::fill(part, part + (taps + 1) * C, T(0));
+      // The last output row grad_x row ih reads.
+      auto last_read = [&](int64_t ih) { return std::min(g.out_h - 1, (ih + g.ph) / g.sh); };
+      // dz rows: the band's own, and those its grad_x rows read.
+      int64_t r_lo = sums ? o0 : g.out_h, r_hi = sums ? o1 : 0;
+      if (mask.input && i1 > i0) {
+        const int64_t s = i0 + g.ph - (g.kh - 1) * g.dh;
+        r_lo = std::min(r_lo, s <= 0 ? 0 : (s + g.sh - 1) / g.sh);
+        r_hi = std::max(r_hi, last_read(i1 - 1) + 1);
+      }
+      const T* xn = x + n * g.height * g.width * C;
+      const T* gn = grad + n * g.out_h * row_len;
+      auto dz_row = [&](int64_t oh) -> const T* {
+        return ring ? dz_ring.data() + (oh % ring_rows) * row_len : gn + oh * row_len;
+      };
+      int64_t ih = i0;
+      auto emit_gx = [&](int64_t upto) {  // grad_x rows whose dz rows are all <= upto
+        for (; ih < i1 && last_read(ih) <= upto; ++ih) {
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t s = ih + g.ph - i * g.dh;
+            rows[i] = s >= 0 && s % g.sh == 0 && s / g.sh < g.out_h ? dz_row(s / g.sh) : nullptr;
+          }
+          T* gx_row = gx + ((n * g.height + ih) * g.width) * C;
+          for (int64_t c0 = 0; c0 < full; c0 += V) {
+            backward_gx_row<T, K, true>(rows.data(), gx_row, w_taps, g, c0, V, scratch);
+          }
+          if (full < C) {
+            backward_gx_row<T, K, false>(rows.data(), gx_row, w_taps, g, full, C - full,
+                                              scratch);
+          }
+        }
+      };
+      for (int64_t oh = r_lo; oh < r_hi; ++oh) {
+        const bool own = sums && oh >= o0 && oh < o1;
+        if (own || ring) {
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t ihx = oh * g.sh - g.ph + i * g.dh;
+            rows[i] = ihx >= 0 && ihx < g.height ? xn + ihx * g.width * C : nullptr;
+          }
+          T* dzr = ring ? dz_ring.data() + (oh % ring_rows) * row_len : nullptr;
+          const T* grow = gn + oh * row_len;
+          for (int64_t c0 = 0; c0 < full; c0 += V) {
+            backward_dz_row<T, K, kAct, true>(rows.data(), grow, dzr, w_taps, bias, part, g,
+                                                   c0, V, own, mask, ring, ow_lo, ow_hi,
+                                                   scratch);
+          }
+          if (full < C) {
+            backward_dz_row<T, K, kAct, false>(rows.data(), grow, dzr, w_taps, bias, part,
+                                                    g, full, C - full, own, mask, ring, ow_lo,
+                                                    ow_hi, scratch);
+          }
+        }
+        if (mask.input) emit_gx(oh);
+      }
+      if (mask.input) emit_gx(g.out_h);  // rows no output row reads, or past the band's dz rows
+    }
+  });
+  // Fixed-order reduction of the block partials, in double.
+  if (sums) {
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t t = 0; t <= taps; ++t) {
+        double total = 0.0;
+        for (int64_t b = 0; b < blocks; ++b) {
+          total += static_cast<double>(dw_part[(b * (taps + 1) + t) * C + c]);
+        }
+        if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
+        if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
+                   T* gb, const Geometry& g, Act act, GradMask mask) {
+  with_act(act, [&](auto a) {
+    with_kernel(g, [&](auto k) {
+      backward_nhwc_fixed<T, decltype(k), decltype(a)::value>(grad, x, w_taps, bias, gx, gw, gb,
+                                                              g, mask);
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace depthwise
+}  // namespace mobilefuse
