@@ -1,7 +1,13 @@
 """Tensors past 2**31 elements need 64-bit indexing: the kernels must neither crash nor wrap
-around. Slow (several GB of bfloat16 each): run with ``pytest --slow``."""
+around. Slow (several GB of bfloat16 each): run with ``pytest --slow``.
+
+Each test states the memory it needs and skips, saying so, on a machine with less: on CPU the
+depthwise and SE kernels work on float32 copies of bfloat16 tensors, so a 2**31-element
+convolution needs ~40 GB there."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -15,6 +21,17 @@ pytestmark = pytest.mark.slow
 BEYOND_INT32 = 2**31 + 4099
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 TOL = FORWARD_TOL[torch.bfloat16]
+
+
+def _needs_memory(device: str, gigabytes: float) -> None:
+    """Skip unless ``device`` has ``gigabytes`` of memory in all."""
+    if device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if total < gigabytes * 2**30:
+        pytest.skip(f"needs {gigabytes} GB of {device} memory, this machine has "
+                    f"{total / 2**30:.0f} GB")
 
 
 CHUNK = 1 << 26  # elements per slice when filling or summing (a 512 MiB int64 temporary)
@@ -40,6 +57,7 @@ def _channel_means(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_hardswish_past_int32(device):
+    _needs_memory(device, 12)
     x = _pattern(BEYOND_INT32, device)
     out = mobilefuse.ops.hardswish(x)
     for part in (slice(0, 1 << 20), slice(-(1 << 20), None)):
@@ -49,7 +67,8 @@ def test_hardswish_past_int32(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_channel_shuffle_past_int32(device):
-    x = _pattern(BEYOND_INT32 + 1, device).view(2, 4, -1)  # 2 x 4 x 268,435,969
+    _needs_memory(device, 12)
+    x = _pattern(2 * 4 * 268_435_969, device).view(2, 4, -1)  # 2**31 + 4104 elements
     out = mobilefuse.ops.channel_shuffle(x, 2)
     for c_out, c_in in enumerate((0, 2, 1, 3)):
         assert torch.equal(out[1, c_out, -4096:], x[1, c_in, -4096:]), c_out
@@ -57,6 +76,7 @@ def test_channel_shuffle_past_int32(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_depthwise_conv2d_past_int32(device):
+    _needs_memory(device, 40)
     # One sample of 2 channels of 32,771 x 32,771 pixels: 2,147,876,882 elements.
     side = 32771
     x = _pattern(2 * side * side, device).view(1, 2, side, side)
@@ -100,6 +120,7 @@ def _depthwise_rows(x: torch.Tensor, weight: torch.Tensor, first: int, last: int
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_squeeze_excite_past_int32(device):
+    _needs_memory(device, 32)
     x = _pattern(2 * SIDE * SIDE, device, offset=1.0).view(1, 2, SIDE, SIDE)
     se_weights = _se_weights(device)
     out = mobilefuse.ops.squeeze_excite(x, *se_weights, "relu", "hardsigmoid")
@@ -111,6 +132,7 @@ def test_squeeze_excite_past_int32(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_inverted_residual_past_int32(device):
+    _needs_memory(device, 48)
     x = _pattern(2 * SIDE * SIDE, device, offset=0.5).view(1, 2, SIDE, SIDE)
     dw_weight = torch.tensor(DEPTHWISE, dtype=torch.bfloat16, device=device).view(2, 1, 3, 3)
     project = torch.tensor([[1.0, 0.5], [-0.5, 1.0]], dtype=torch.bfloat16, device=device)
