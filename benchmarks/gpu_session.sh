@@ -3,7 +3,9 @@
 # then the profiles (per-layer tables, roofline, ncu counters of the depthwise and block
 # kernels); logs and result files go to $OUT (default ./gpu-out).
 # Usage on the GPU machine, from the repository root:
-#   bash benchmarks/gpu_session.sh [build] [tests] [bench] [profile]   (default: all four)
+#   bash benchmarks/gpu_session.sh [build] [tests] [bench] [profile] [large] [sanitizer]
+#   (default: the first four; large: the >2^31-element tests on cpu and cuda, which need more
+#   host memory than the CPU machines have; sanitizer: compute-sanitizer over the CUDA cases)
 # Each stage but build needs the build from an earlier call or stage on the same machine.
 set -uo pipefail
 OUT="${OUT:-$PWD/gpu-out}"
@@ -53,4 +55,19 @@ if want profile; then
   else
     echo "nsys is not on the PATH here" | tee "$OUT/nsys-summary.txt"
   fi
+fi
+if want large; then
+  python -m pytest tests/test_large_tensors.py --slow -v -rs -p no:cacheprovider 2>&1 |
+    tee "$OUT/large.log" | tail -20
+fi
+if want sanitizer; then
+  # The op tests' CUDA cases (cuda and triton-cuda), once per tool; a clean run ends with
+  # "ERROR SUMMARY: 0 errors".
+  for tool in memcheck racecheck; do
+    timeout 280 compute-sanitizer --tool "$tool" --print-limit 20 python -m pytest -q -x \
+      -p no:cacheprovider -k cuda tests/test_activations.py tests/test_channel_shuffle.py \
+      tests/test_depthwise_conv.py tests/test_squeeze_excite.py tests/test_inverted_residual.py \
+      >"$OUT/sanitizer-$tool.log" 2>&1
+    grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer-$tool.log" | tail -5
+  done
 fi
