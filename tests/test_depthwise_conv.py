@@ -103,6 +103,20 @@ def test_cpu_matches_reference(index):
     _check(CPU_CONFIGS[index], "cpu", "cpu", index)
 
 
+# NCHW planes past 2^17 pixels take the CPU plane kernels instead of the channel blocks.
+LARGE_PLANE_CONFIGS = [
+    {"shape": (1, 3, 363, 365), "kernel": (3, 3), "stride": 2, "padding": 1, "dilation": 1,
+     "activation": "relu6", "bias": True, "dtype": torch.float32, "layout": "contiguous"},
+    {"shape": (2, 2, 371, 359), "kernel": (5, 5), "stride": 1, "padding": 2, "dilation": 1,
+     "activation": "silu", "bias": False, "dtype": torch.bfloat16, "layout": "contiguous"},
+]
+
+
+@pytest.mark.parametrize("index", range(len(LARGE_PLANE_CONFIGS)))
+def test_cpu_large_nchw_planes_match_reference(index):
+    _check(LARGE_PLANE_CONFIGS[index], "cpu", "cpu", index)
+
+
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CONFIGS)))
 def test_triton_interpreter_matches_reference(index):
     _check(INTERPRETER_CONFIGS[index], "triton", "cpu", index)

@@ -1,4 +1,5 @@
-"""Both vector-ISA builds of the channels_last depthwise kernels against the float64 reference.
+"""Both vector-ISA builds of the depthwise kernels (channels_last, and NCHW through channel
+blocks) against the float64 reference.
 
 Where the build has the AVX-512 copies of the kernels, the rest of the suite runs them (on a CPU
 with AVX-512); ``ATEN_CPU_CAPABILITY=avx2`` sends a process to the AVX2 ones. Each setting runs
@@ -15,7 +16,8 @@ import pytest
 
 import mobilefuse
 
-# Channels around the 8- and 16-lane vector widths, every kernel size, stride and activation.
+# Channels around the 8- and 16-lane vector widths (partial channel blocks), every kernel size,
+# stride, activation and memory format.
 CHECK = r"""
 import itertools, sys
 import torch
@@ -27,19 +29,19 @@ from mobilefuse import reference
 gen = torch.Generator().manual_seed(0)
 activations = [None, "relu", "relu6", "hardswish", "silu"]
 cases = itertools.product([(2, 19, 11, 13), (1, 40, 7, 9)], [3, 5, 7], [1, 2], activations,
-                          [torch.float32, torch.float64])
-for shape, k, stride, act, dtype in cases:
+                          [torch.float32, torch.float64],
+                          [torch.channels_last, torch.contiguous_format])
+for shape, k, stride, act, dtype, fmt in cases:
     args = (stride, k // 2, 1, act)  # stride, padding, dilation, activation
-    inputs = {"x": torch.randn(shape, generator=gen).to(dtype).contiguous(
-                  memory_format=torch.channels_last),
+    inputs = {"x": torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=fmt),
               "weight": (torch.randn(shape[1], 1, k, k, generator=gen) / k).to(dtype),
               "bias": torch.randn(shape[1], generator=gen).to(dtype)}
     out = check_against_reference(
         "depthwise_conv2d", lambda x, weight, bias: mobilefuse.ops.depthwise_conv2d(
             x, weight, bias, *args),
         lambda x, weight, bias: reference.depthwise_conv2d(x, weight, bias, *args), inputs,
-        "cpu", tuple(inputs), what=f"{shape} k={k} {args} {dtype}")
-    assert out.is_contiguous(memory_format=torch.channels_last)
+        "cpu", tuple(inputs), what=f"{shape} k={k} {args} {dtype} {fmt}")
+    assert out.is_contiguous(memory_format=fmt)
 print(torch.backends.cpu.get_cpu_capability())
 """
 
@@ -55,7 +57,7 @@ def _run_check(**env: str) -> str:
 
 
 @pytest.mark.parametrize("capability", ["avx2", "default"])
-def test_channels_last_kernels_per_isa(capability):
+def test_kernels_per_isa(capability):
     """``default`` runs what ATen picks (AVX-512 where the CPU has it); ``avx2`` forces the
     AVX2 kernels, which a CPU with AVX-512 otherwise never runs."""
     if not mobilefuse.build_info().get("avx512_kernels"):

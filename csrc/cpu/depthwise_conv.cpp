@@ -1,9 +1,11 @@
 // Depthwise convolution on CPU, with bias and activation fused into the forward and the
 // activation's derivative fused into the backward (the pre-activation is recomputed).
 //
-// NCHW works plane by plane: each input plane is copied once into a zero-padded buffer split
-// into `stride_w` column phases, so every tap of every output row reads a contiguous run and
-// the inner loops are plain vector FMAs. NHWC vectorizes over channels and walks an output
+// NCHW transposes one vector's worth of channels at a time into an NHWC block and runs the
+// NHWC kernels on it (depthwise_channel_blocks.h). Planes too large for that buffer go plane
+// by plane: each input plane is copied once into a zero-padded buffer split into `stride_w`
+// column phases, so every tap of every output row reads a contiguous run and the inner loops
+// are plain vector FMAs. NHWC vectorizes over channels and walks an output
 // row one vector of channels at a time, in groups of pixels with independent sums that share
 // the input columns they read. Float16/bfloat16 run through float32 copies (float32
 // accumulation); float64 is computed in float64.
@@ -13,16 +15,15 @@
 // order: the weight and bias gradients are deterministic, with no atomics.
 //
 // The kernels live in depthwise_kernels.h. Where the build adds an AVX-512 copy of them
-// (depthwise_conv_avx512.cpp), channels_last runs it on CPUs that have AVX-512: a vector of 16
-// floats covers twice the channels per instruction. NCHW stays on the AVX2 build: it
-// vectorizes over the width, and the 7- and 14-pixel rows of late layers waste most of a
-// 16-lane vector.
+// (depthwise_conv_avx512.cpp), channels_last and the NCHW channel blocks run it on CPUs that
+// have AVX-512: a vector of 16 floats covers twice the channels per instruction. The NCHW
+// plane kernels stay on the AVX2 build: they vectorize over the width.
 #include <ATen/ATen.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
 
 #include "../layout.h"
-#include "depthwise_kernels.h"
+#include "depthwise_channel_blocks.h"
 
 namespace mobilefuse {
 namespace depthwise {
@@ -34,6 +35,12 @@ void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geom
 template <typename T>
 void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
                    T* gb, const Geometry& g, Act act, GradMask mask);
+template <typename T>
+void forward_nchw_blocked(const T* x, const T* w, const T* bias, T* out, const Geometry& g,
+                          Act act);
+template <typename T>
+void backward_nchw_blocked(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw,
+                           T* gb, const Geometry& g, Act act, GradMask mask);
 }  // namespace AVX512
 #endif
 }  // namespace depthwise
@@ -73,8 +80,38 @@ void run_backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias
   depthwise::backward_nhwc(grad, x, w_taps, bias, gx, gw, gb, g, act, mask);
 }
 
-using depthwise::backward_nchw;
-using depthwise::forward_nchw;
+// NCHW runs through channel blocks (depthwise_channel_blocks.h) unless a plane is so large
+// that the per-thread block buffers (plane x vector lanes, three of them in the backward)
+// would not fit in cache and would cost real memory: past 2^17 pixels (16 MiB a buffer at
+// most), the plane kernels, which buffer one padded plane.
+bool use_channel_blocks(const Geometry& g) { return g.height * g.width <= (int64_t{1} << 17); }
+
+template <typename T>
+void run_forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g,
+                      Act act) {
+  if (use_channel_blocks(g)) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+    if (use_avx512()) return depthwise::AVX512::forward_nchw_blocked(x, w, bias, out, g, act);
+#endif
+    return depthwise::forward_nchw_blocked(x, w, bias, out, g, act);
+  }
+  depthwise::forward_nchw(x, w, bias, out, g, act);
+}
+
+template <typename T>
+void run_backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw,
+                       T* gb, const Geometry& g, Act act, GradMask mask) {
+  if (use_channel_blocks(g)) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+    if (use_avx512()) {
+      return depthwise::AVX512::backward_nchw_blocked(grad, x, w, bias, gx, gw, gb, g, act,
+                                                      mask);
+    }
+#endif
+    return depthwise::backward_nchw_blocked(grad, x, w, bias, gx, gw, gb, g, act, mask);
+  }
+  depthwise::backward_nchw(grad, x, w, bias, gx, gw, gb, g, act, mask);
+}
 
 Act parse_activation(c10::string_view name) {
   if (name == "none") return Act::kNone;
@@ -168,7 +205,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
       run_forward_nhwc(xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
                    out.mutable_data_ptr<scalar_t>(), g, act);
     } else {
-      forward_nchw(xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
+      run_forward_nchw(xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
                    out.mutable_data_ptr<scalar_t>(), g, act);
     }
   });
@@ -211,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
         run_backward_nhwc(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                           w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
       } else {
-        backward_nchw(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        run_backward_nchw(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                       w.const_data_ptr<scalar_t>(), bp, gxp, gwp, gbp, g, act, mask);
       }
     });

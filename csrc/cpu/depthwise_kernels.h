@@ -20,6 +20,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "depthwise_types.h"
@@ -28,9 +29,13 @@ namespace mobilefuse {
 namespace depthwise {
 inline namespace CPU_CAPABILITY {
 
+// The per-group helpers must inline into the pixel loops: called, their arrays of vectors
+// go through memory. GCC stops inlining them once the unrolled loops grow large.
+#define MOBILEFUSE_ALWAYS_INLINE inline __attribute__((always_inline))
+
 // act(z), vectorized.
 template <typename Vec>
-inline Vec act_forward(Act act, Vec z) {
+MOBILEFUSE_ALWAYS_INLINE Vec act_forward(Act act, Vec z) {
   const Vec zero(0), three(3), six(6), one(1);
   switch (act) {
     case Act::kNone: return z;
@@ -45,7 +50,7 @@ inline Vec act_forward(Act act, Vec z) {
 
 // g * act'(z), with PyTorch's choices at the kinks.
 template <typename Vec>
-inline Vec act_backward(Act act, Vec g, Vec z) {
+MOBILEFUSE_ALWAYS_INLINE Vec act_backward(Act act, Vec g, Vec z) {
   const Vec zero(0), three(3), neg_three(-3), six(6), one(1), half(0.5);
   switch (act) {
     case Act::kNone: return g;
@@ -415,11 +420,11 @@ template <typename T, bool kFull>
 struct Lanes {
   using Vec = at::vec::Vectorized<T>;
   int64_t cnt;
-  Vec load(const T* p) const {
+  MOBILEFUSE_ALWAYS_INLINE Vec load(const T* p) const {
     if constexpr (kFull) return Vec::loadu(p);
     else return Vec::loadu(p, cnt);
   }
-  void store(const Vec& v, T* p) const {
+  MOBILEFUSE_ALWAYS_INLINE void store(const Vec& v, T* p) const {
     if constexpr (kFull) v.store(p);
     else v.store(p, cnt);
   }
@@ -429,7 +434,7 @@ struct Lanes {
 // for the rest (short rows keep a few independent sums too); border: the group reaches
 // outside [lo, hi), where every tap is inside the tensor it reads. Group size and border are
 // compile-time constants.
-template <typename F>
+template <int kMax = 4, typename F>
 inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
   auto groups_of = [&](auto size, int64_t& p, int64_t end) {
     constexpr int kG = decltype(size)::value;
@@ -439,10 +444,25 @@ inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
     }
   };
   int64_t p = 0;
+  if constexpr (kMax >= 8) groups_of(std::integral_constant<int, 8>(), p, count);
   groups_of(std::integral_constant<int, 4>(), p, count);
   groups_of(std::integral_constant<int, 2>(), p, count);
   groups_of(std::integral_constant<int, 1>(), p, count);
 }
+
+// Pixels per group in the NHWC forward at stride 1: with 32 vector registers (AVX-512) 8
+// independent sums hide the FMA latency and leave room for the window; with 16, 4. At
+// stride 2 the window of 8 pixels (17+ columns) does not fit: 4.
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int kForwardGroup = 8;
+#else
+constexpr int kForwardGroup = 4;
+#endif
+
+// Full unrolling of the small fixed loops over pixels, taps and window columns, past GCC's
+// default limit of 16 iterations: only fully unrolled do the arrays of vectors they index
+// live in registers (else they go to the stack, zeroed and spilled on every group).
+#define MOBILEFUSE_UNROLL _Pragma("GCC unroll 64")
 
 // Zero lanes (a vector has at most 16) that border pixels read in place of taps outside the
 // tensor: one code path for every pixel of a group, and no branch per tap.
@@ -458,8 +478,10 @@ struct Kernel {
 };
 
 // Calls f(Kernel<...>()) with the compile-time shape matching g, else the run-time one.
-template <typename F>
+// Float64 (gradcheck, not speed) always takes the run-time shape: half the instantiations.
+template <typename T, typename F>
 inline void with_kernel(const Geometry& g, F f) {
+  if constexpr (std::is_same_v<T, double>) return f(Kernel<0, 0, 0>());
   if (g.kh == 3 && g.kw == 3 && g.dw == 1 && g.sw == 1) return f(Kernel<3, 3, 1>());
   if (g.kh == 3 && g.kw == 3 && g.dw == 1 && g.sw == 2) return f(Kernel<3, 3, 2>());
   if (g.kh == 5 && g.kw == 5 && g.dw == 1 && g.sw == 1) return f(Kernel<5, 5, 1>());
@@ -488,8 +510,9 @@ constexpr int window_width() {
 // The window of a group in one row: the columns first, first + 1, ... (at xp, C apart) of a
 // row `limit` columns wide; border groups read zeros for columns outside it.
 template <typename T, typename K, int kG, bool kBorder, bool kFull>
-inline void load_window(const T* xp, int64_t first, int64_t limit, const Geometry& g,
+MOBILEFUSE_ALWAYS_INLINE void load_window(const T* xp, int64_t first, int64_t limit, const Geometry& g,
                         Lanes<T, kFull> lanes, at::vec::Vectorized<T>* cols) {
+  MOBILEFUSE_UNROLL
   for (int c = 0; c < window_width<K, kG>(); ++c) {
     const T* src = xp + c * g.channels;
     if constexpr (kBorder) {
@@ -506,12 +529,13 @@ inline void load_window(const T* xp, int64_t first, int64_t limit, const Geometr
 // outside the input. The weights wp (taps of C) are read at each use: L1 hits, which leave
 // the registers to the sums and the window.
 template <typename T, typename K, int kG, bool kBorder, bool kFull>
-inline void conv_group(const T* const* rows, const T* wp, at::vec::Vectorized<T> bias,
+MOBILEFUSE_ALWAYS_INLINE void conv_group(const T* const* rows, const T* wp, at::vec::Vectorized<T> bias,
                        const Geometry& g, Lanes<T, kFull> lanes, int64_t ow,
                        at::vec::Vectorized<T>* z) {
   const int64_t kh = K::kh > 0 ? K::kh : g.kh, kw = K::kw > 0 ? K::kw : g.kw;
   const int64_t C = g.channels, col = g.dw * C, step = g.sw * C;
   const int64_t iw0 = ow * g.sw - g.pw;
+  MOBILEFUSE_UNROLL
   for (int q = 0; q < kG; ++q) z[q] = bias;
   for (int64_t i = 0; i < kh; ++i) {
     if (!rows[i]) continue;
@@ -519,14 +543,17 @@ inline void conv_group(const T* const* rows, const T* wp, at::vec::Vectorized<T>
     if constexpr (K::sw > 0) {
       at::vec::Vectorized<T> cols[window_width<K, kG>()];
       load_window<T, K, kG, kBorder>(xp, iw0, g.width, g, lanes, cols);
+      MOBILEFUSE_UNROLL
       for (int j = 0; j < K::kw; ++j) {
         const auto w = lanes.load(wp + (i * kw + j) * C);
+        MOBILEFUSE_UNROLL
         for (int q = 0; q < kG; ++q) z[q] = at::vec::fmadd(cols[q * K::sw + j], w, z[q]);
       }
       continue;
     }
     for (int64_t j = 0; j < kw; ++j) {
       const auto w = lanes.load(wp + (i * kw + j) * C);
+      MOBILEFUSE_UNROLL
       for (int q = 0; q < kG; ++q) {
         const T* src = xp + j * col + q * step;
         if constexpr (kBorder) {
@@ -552,13 +579,46 @@ void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bia
   const T* const* rows = rows_at<T, K::kh>(in_rows, K::kh > 0 ? K::kh : g.kh, c0, rows_fixed, scratch);
   const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
   T* out = orow + c0;
-  for_pixel_groups(g.out_w, ow_lo, ow_hi, [&](int64_t ow, auto group, auto border) {
+  auto pixels = [&](int64_t ow, auto group, auto border) {
     constexpr int kG = decltype(group)::value;
     Vec z[kG];
     conv_group<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes,
                                                                ow, z);
+    MOBILEFUSE_UNROLL
     for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
-  });
+  };
+  for_pixel_groups<K::sw == 1 ? kForwardGroup : 4>(g.out_w, ow_lo, ow_hi, pixels);
+}
+
+// Per-thread state of the NHWC kernels: the input (or dz) rows a row of taps reads, and the
+// storage of the run-time-sized kernels.
+template <typename T>
+struct RowScratch {
+  TapScratch<T> taps;
+  std::vector<const T*> rows;
+  explicit RowScratch(const Geometry& g) : taps(g), rows(g.kh) {}
+};
+
+// Output row oh of one NHWC image xn into orow, every channel, one vector at a time.
+// [ow_lo, ow_hi) are the interior columns of g.
+template <typename T, typename K, Act kAct>
+void forward_nhwc_output_row(const T* xn, T* orow, const T* w_taps, const T* bias,
+                             const Geometry& g, int64_t oh, int64_t ow_lo, int64_t ow_hi,
+                             RowScratch<T>& s) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t C = g.channels, full = C / V * V;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+    s.rows[i] = ih >= 0 && ih < g.height ? xn + ih * g.width * C : nullptr;
+  }
+  for (int64_t c0 = 0; c0 < full; c0 += V) {
+    forward_row<T, K, kAct, true>(s.rows.data(), orow, w_taps, bias, g, c0, V, ow_lo, ow_hi,
+                                  s.taps);
+  }
+  if (full < C) {
+    forward_row<T, K, kAct, false>(s.rows.data(), orow, w_taps, bias, g, full, C - full, ow_lo,
+                                   ow_hi, s.taps);
+  }
 }
 
 // w_taps is the weight transposed to (kh*kw, C), so a tap's channels are contiguous. Each
@@ -566,28 +626,14 @@ void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bia
 // input columns advance by a fixed step.
 template <typename T, typename K, Act kAct>
 void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g) {
-  constexpr int64_t V = at::vec::Vectorized<T>::size();
-  const int64_t C = g.channels, full = C / V * V;
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
+  const int64_t image = g.height * g.width * g.channels, row = g.out_w * g.channels;
   at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    TapScratch<T> scratch(g);
-    std::vector<const T*> rows(g.kh);
+    RowScratch<T> scratch(g);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / g.out_h, oh = r % g.out_h;
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t ih = oh * g.sh - g.ph + i * g.dh;
-        rows[i] = ih >= 0 && ih < g.height ? x + (n * g.height + ih) * g.width * C : nullptr;
-      }
-      T* orow = out + r * g.out_w * C;
-      for (int64_t c0 = 0; c0 < full; c0 += V) {
-        forward_row<T, K, kAct, true>(rows.data(), orow, w_taps, bias, g, c0, V, ow_lo,
-                                           ow_hi, scratch);
-      }
-      if (full < C) {
-        forward_row<T, K, kAct, false>(rows.data(), orow, w_taps, bias, g, full, C - full,
-                                            ow_lo, ow_hi, scratch);
-      }
+      forward_nhwc_output_row<T, K, kAct>(x + r / g.out_h * image, out + r * row, w_taps, bias,
+                                          g, r % g.out_h, ow_lo, ow_hi, scratch);
     }
   });
 }
@@ -596,7 +642,7 @@ template <typename T>
 void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
                   Act act) {
   with_act(act, [&](auto a) {
-    with_kernel(g, [&](auto k) {
+    with_kernel<T>(g, [&](auto k) {
       forward_nhwc_fixed<T, decltype(k), decltype(a)::value>(x, w_taps, bias, out, g);
     });
   });
@@ -639,16 +685,19 @@ void backward_dz_row(const T* const* in_rows, const T* grow, T* dz_row, const T*
     constexpr int kG = decltype(group)::value;
     const int64_t iw0 = ow * g.sw - g.pw;
     Vec d[kG];
+    MOBILEFUSE_UNROLL
     for (int q = 0; q < kG; ++q) d[q] = lanes.load(grow + (ow + q) * C);
     if constexpr (kAct != Act::kNone) {
       Vec z[kG];
       conv_group<T, K, kG, decltype(border)::value, kFull>(rows, wp, bv, g, lanes, ow, z);
+      MOBILEFUSE_UNROLL
       for (int q = 0; q < kG; ++q) {
         d[q] = act_backward(kAct, d[q], z[q]);
         if (store) lanes.store(d[q], dz_row + (ow + q) * C);
       }
     }
     if (own) {
+      MOBILEFUSE_UNROLL
       for (int q = 0; q < kG; ++q) db = db + d[q];
     }
     if (!need_dw) return;
@@ -658,8 +707,10 @@ void backward_dz_row(const T* const* in_rows, const T* grow, T* dz_row, const T*
       if constexpr (K::sw > 0) {
         Vec cols[window_width<K, kG>()];
         load_window<T, K, kG, decltype(border)::value>(xp, iw0, g.width, g, lanes, cols);
+        MOBILEFUSE_UNROLL
         for (int j = 0; j < K::kw; ++j) {
           Vec acc = dw[i * kw + j];
+          MOBILEFUSE_UNROLL
           for (int q = 0; q < kG; ++q) acc = at::vec::fmadd(d[q], cols[q * K::sw + j], acc);
           dw[i * kw + j] = acc;
         }
@@ -667,6 +718,7 @@ void backward_dz_row(const T* const* in_rows, const T* grow, T* dz_row, const T*
       }
       for (int64_t j = 0; j < kw; ++j) {
         Vec acc = dw[i * kw + j];
+        MOBILEFUSE_UNROLL
         for (int q = 0; q < kG; ++q) {
           const T* src = xp + j * col + q * step;
           if constexpr (decltype(border)::value) {
@@ -721,6 +773,7 @@ void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const 
     for_pixel_groups(count, k_of(in_lo), k_of(in_hi), [&](int64_t k, auto group, auto border) {
       constexpr int kG = decltype(group)::value;
       Vec acc[kG];
+      MOBILEFUSE_UNROLL
       for (int q = 0; q < kG; ++q) acc[q] = Vec(0);
       for (int64_t i = 0; i < kh; ++i) {
         if (!dz_rows[i]) continue;
@@ -731,7 +784,9 @@ void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const 
           Vec cols[window_width<K, kG>()];
           load_window<T, K, kG, decltype(border)::value>(dz_rows[i] + ow0 * C, ow0, g.out_w, g,
                                                           lanes, cols);
+          MOBILEFUSE_UNROLL
           for (int j = 0; j < K::kw; ++j) {
+            MOBILEFUSE_UNROLL
             for (int q = 0; q < kG; ++q) {
               acc[q] = at::vec::fmadd(wv[i * kw + j], cols[K::kw - 1 - j + q], acc[q]);
             }
@@ -740,6 +795,7 @@ void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const 
         }
         for (int64_t j = 0; j < kw; ++j) {
           if (first[j] == kNone) continue;
+          MOBILEFUSE_UNROLL
           for (int q = 0; q < kG; ++q) {
             const int64_t ow = first[j] + k + q;
             const T* src = dz_rows[i] + ow * C;
@@ -750,119 +806,149 @@ void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const 
           }
         }
       }
+      MOBILEFUSE_UNROLL
       for (int q = 0; q < kG; ++q) lanes.store(acc[q], gx_row + (p + (k + q) * g.sw) * C + c0);
     });
   }
 }
 
-// One pass over bands of output rows: each band recomputes z for its rows, turns grad into dz,
-// sums its share of the weight and bias gradients, and writes the grad_x rows of its part of
-// the input as soon as the dz rows they read exist. dz lives in a ring of the last few rows
-// (grad itself when there is no activation), so grad and x are read once and dz never goes to
-// memory. A band's grad_x rows may read dz rows of the next or previous band: those are
-// recomputed (not summed again).
+// dz rows one grad_x row reads span (kh-1)*dh/sh + 1; one more is being written.
+inline int64_t dz_ring_rows(const Geometry& g) { return (g.kh - 1) * g.dh / g.sh + 2; }
+
+// Per-thread state of the NHWC backward: the row scratch and, with an activation and grad_x,
+// the ring of dz rows.
+template <typename T>
+struct BandScratch {
+  RowScratch<T> row;
+  std::vector<T> dz_ring;
+  BandScratch(const Geometry& g, bool ring)
+      : row(g), dz_ring(ring ? dz_ring_rows(g) * g.out_w * g.channels : 0) {}
+};
+
+// Band `band` of `bands` of one NHWC image (grad gn, input xn, grad_x gxn): recomputes z for
+// its output rows, turns grad into dz, sums its share of the weight and bias gradients into
+// `part` ((taps + 1) x C, zeroed here; null when neither is asked for), and writes the grad_x
+// rows of its part of the input as soon as the dz rows they read exist. dz lives in a ring of
+// the last few rows (grad itself when there is no activation), so grad and x are read once
+// and dz never goes to memory. A band's grad_x rows may read dz rows of the next or previous
+// band: those are recomputed (not summed again).
+template <typename T, typename K, Act kAct>
+void backward_nhwc_band(const T* gn, const T* xn, const T* w_taps, const T* bias, T* gxn,
+                        T* part, const Geometry& g, GradMask mask, int64_t band, int64_t bands,
+                        BandScratch<T>& s) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t C = g.channels, taps = g.taps();
+  const bool sums = part != nullptr;
+  const bool ring = !s.dz_ring.empty();
+  const int64_t ring_rows = dz_ring_rows(g);
+  int64_t ow_lo, ow_hi;
+  interior_columns(g, ow_lo, ow_hi);
+  const int64_t row_len = g.out_w * C, full = C / V * V;
+  std::vector<const T*>& rows = s.row.rows;  // input rows (dz pass) or dz rows (grad_x pass)
+  const int64_t o0 = band * g.out_h / bands, o1 = (band + 1) * g.out_h / bands;
+  const int64_t i0 = band == 0 ? 0 : std::min(g.height, o0 * g.sh);
+  const int64_t i1 = band == bands - 1 ? g.height : std::min(g.height, o1 * g.sh);
+  if (sums) std::fill(part, part + (taps + 1) * C, T(0));
+  // The last output row grad_x row ih reads.
+  auto last_read = [&](int64_t ih) { return std::min(g.out_h - 1, (ih + g.ph) / g.sh); };
+  // dz rows: the band's own, and those its grad_x rows read.
+  int64_t r_lo = sums ? o0 : g.out_h, r_hi = sums ? o1 : 0;
+  if (mask.input && i1 > i0) {
+    const int64_t first = i0 + g.ph - (g.kh - 1) * g.dh;
+    r_lo = std::min(r_lo, first <= 0 ? 0 : (first + g.sh - 1) / g.sh);
+    r_hi = std::max(r_hi, last_read(i1 - 1) + 1);
+  }
+  auto dz_row = [&](int64_t oh) -> const T* {
+    return ring ? s.dz_ring.data() + (oh % ring_rows) * row_len : gn + oh * row_len;
+  };
+  int64_t ih = i0;
+  auto emit_gx = [&](int64_t upto) {  // grad_x rows whose dz rows are all <= upto
+    for (; ih < i1 && last_read(ih) <= upto; ++ih) {
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t r = ih + g.ph - i * g.dh;
+        rows[i] = r >= 0 && r % g.sh == 0 && r / g.sh < g.out_h ? dz_row(r / g.sh) : nullptr;
+      }
+      T* gx_row = gxn + ih * g.width * C;
+      for (int64_t c0 = 0; c0 < full; c0 += V) {
+        backward_gx_row<T, K, true>(rows.data(), gx_row, w_taps, g, c0, V, s.row.taps);
+      }
+      if (full < C) {
+        backward_gx_row<T, K, false>(rows.data(), gx_row, w_taps, g, full, C - full,
+                                     s.row.taps);
+      }
+    }
+  };
+  for (int64_t oh = r_lo; oh < r_hi; ++oh) {
+    const bool own = sums && oh >= o0 && oh < o1;
+    if (own || ring) {
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ihx = oh * g.sh - g.ph + i * g.dh;
+        rows[i] = ihx >= 0 && ihx < g.height ? xn + ihx * g.width * C : nullptr;
+      }
+      T* dzr = ring ? s.dz_ring.data() + (oh % ring_rows) * row_len : nullptr;
+      const T* grow = gn + oh * row_len;
+      for (int64_t c0 = 0; c0 < full; c0 += V) {
+        backward_dz_row<T, K, kAct, true>(rows.data(), grow, dzr, w_taps, bias, part, g, c0, V,
+                                          own, mask, ring, ow_lo, ow_hi, s.row.taps);
+      }
+      if (full < C) {
+        backward_dz_row<T, K, kAct, false>(rows.data(), grow, dzr, w_taps, bias, part, g, full,
+                                           C - full, own, mask, ring, ow_lo, ow_hi,
+                                           s.row.taps);
+      }
+    }
+    if (mask.input) emit_gx(oh);
+  }
+  if (mask.input) emit_gx(g.out_h);  // rows no output row reads, or past the band's dz rows
+}
+
+// Adds block partial sums ([block][taps + 1][C]; each block's row `taps` is the bias) in a
+// fixed order, in double, into gw (C, taps) and gb (C,) as `mask` asks.
+template <typename T>
+void reduce_partials(const std::vector<T>& part, int64_t blocks, const Geometry& g, T* gw,
+                     T* gb, GradMask mask) {
+  const int64_t C = g.channels, taps = g.taps();
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t <= taps; ++t) {
+      double total = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        total += static_cast<double>(part[(b * (taps + 1) + t) * C + c]);
+      }
+      if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
+      if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
+    }
+  }
+}
+
+// Bands of output rows over all images, one task each; the weight and bias partial sums of
+// the bands are added in a fixed order.
 template <typename T, typename K, Act kAct>
 void backward_nhwc_fixed(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
                          T* gb, const Geometry& g, GradMask mask) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
   const int64_t C = g.channels, taps = g.taps();
   const int64_t bands = bands_per_image(g), blocks = g.batch * bands;
   const bool sums = mask.weight || mask.bias;
   const bool ring = kAct != Act::kNone && mask.input;
-  // dz rows one grad_x row reads span (kh-1)*dh/sh + 1; one more is being written.
-  const int64_t ring_rows = (g.kh - 1) * g.dh / g.sh + 2;
   std::vector<T> dw_part(sums ? blocks * (taps + 1) * C : 0);  // [block][taps + bias][C]
-  int64_t ow_lo, ow_hi;
-  interior_columns(g, ow_lo, ow_hi);
-  const int64_t row_len = g.out_w * C, full = C / V * V;
+  const int64_t image = g.height * g.width * C, out_image = g.out_h * g.out_w * C;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    TapScratch<T> scratch(g);
-    std::vector<T> dz_ring(ring ? ring_rows * row_len : 0);
-    std::vector<const T*> rows(g.kh);  // input rows (dz pass) or dz rows (grad_x pass)
+    BandScratch<T> scratch(g, ring);
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b / bands, band = b % bands;
-      const int64_t o0 = band * g.out_h / bands, o1 = (band + 1) * g.out_h / bands;
-      const int64_t i0 = band == 0 ? 0 : std::min(g.height, o0 * g.sh);
-      const int64_t i1 = band == bands - 1 ? g.height : std::min(g.height, o1 * g.sh);
-      T* part = sums ? dw_part.data() + b * (taps + 1) * C : nullptr;
-      if (sums) std::fill(part, part + (taps + 1) * C, T(0));
-      // The last output row grad_x row ih reads.
-      auto last_read = [&](int64_t ih) { return std::min(g.out_h - 1, (ih + g.ph) / g.sh); };
-      // dz rows: the band's own, and those its grad_x rows read.
-      int64_t r_lo = sums ? o0 : g.out_h, r_hi = sums ? o1 : 0;
-      if (mask.input && i1 > i0) {
-        const int64_t s = i0 + g.ph - (g.kh - 1) * g.dh;
-        r_lo = std::min(r_lo, s <= 0 ? 0 : (s + g.sh - 1) / g.sh);
-        r_hi = std::max(r_hi, last_read(i1 - 1) + 1);
-      }
-      const T* xn = x + n * g.height * g.width * C;
-      const T* gn = grad + n * g.out_h * row_len;
-      auto dz_row = [&](int64_t oh) -> const T* {
-        return ring ? dz_ring.data() + (oh % ring_rows) * row_len : gn + oh * row_len;
-      };
-      int64_t ih = i0;
-      auto emit_gx = [&](int64_t upto) {  // grad_x rows whose dz rows are all <= upto
-        for (; ih < i1 && last_read(ih) <= upto; ++ih) {
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t s = ih + g.ph - i * g.dh;
-            rows[i] = s >= 0 && s % g.sh == 0 && s / g.sh < g.out_h ? dz_row(s / g.sh) : nullptr;
-          }
-          T* gx_row = gx + ((n * g.height + ih) * g.width) * C;
-          for (int64_t c0 = 0; c0 < full; c0 += V) {
-            backward_gx_row<T, K, true>(rows.data(), gx_row, w_taps, g, c0, V, scratch);
-          }
-          if (full < C) {
-            backward_gx_row<T, K, false>(rows.data(), gx_row, w_taps, g, full, C - full,
-                                              scratch);
-          }
-        }
-      };
-      for (int64_t oh = r_lo; oh < r_hi; ++oh) {
-        const bool own = sums && oh >= o0 && oh < o1;
-        if (own || ring) {
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t ihx = oh * g.sh - g.ph + i * g.dh;
-            rows[i] = ihx >= 0 && ihx < g.height ? xn + ihx * g.width * C : nullptr;
-          }
-          T* dzr = ring ? dz_ring.data() + (oh % ring_rows) * row_len : nullptr;
-          const T* grow = gn + oh * row_len;
-          for (int64_t c0 = 0; c0 < full; c0 += V) {
-            backward_dz_row<T, K, kAct, true>(rows.data(), grow, dzr, w_taps, bias, part, g,
-                                                   c0, V, own, mask, ring, ow_lo, ow_hi,
-                                                   scratch);
-          }
-          if (full < C) {
-            backward_dz_row<T, K, kAct, false>(rows.data(), grow, dzr, w_taps, bias, part,
-                                                    g, full, C - full, own, mask, ring, ow_lo,
-                                                    ow_hi, scratch);
-          }
-        }
-        if (mask.input) emit_gx(oh);
-      }
-      if (mask.input) emit_gx(g.out_h);  // rows no output row reads, or past the band's dz rows
+      const int64_t n = b / bands;
+      backward_nhwc_band<T, K, kAct>(grad + n * out_image, x + n * image, w_taps, bias,
+                                     gx ? gx + n * image : nullptr,
+                                     sums ? dw_part.data() + b * (taps + 1) * C : nullptr, g,
+                                     mask, b % bands, bands, scratch);
     }
   });
-  // Fixed-order reduction of the block partials, in double.
-  if (sums) {
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t t = 0; t <= taps; ++t) {
-        double total = 0.0;
-        for (int64_t b = 0; b < blocks; ++b) {
-          total += static_cast<double>(dw_part[(b * (taps + 1) + t) * C + c]);
-        }
-        if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
-        if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
-      }
-    }
-  }
+  if (sums) reduce_partials(dw_part, blocks, g, gw, gb, mask);
 }
 
 template <typename T>
 void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
                    T* gb, const Geometry& g, Act act, GradMask mask) {
   with_act(act, [&](auto a) {
-    with_kernel(g, [&](auto k) {
+    with_kernel<T>(g, [&](auto k) {
       backward_nhwc_fixed<T, decltype(k), decltype(a)::value>(grad, x, w_taps, bias, gx, gw, gb,
                                                               g, mask);
     });

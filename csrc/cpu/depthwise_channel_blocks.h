@@ -1,0 +1,183 @@
+// NCHW depthwise convolution through the NHWC kernels, one block of channels at a time.
+//
+// Vectorizing NCHW over the width wastes most of a vector on the 7- and 14-pixel rows of late
+// layers, and a 16-lane vector more so. Here each task takes one vector's worth of channels
+// (V) of one image, transposes their planes into a (H, W, V) buffer, runs the NHWC kernels on
+// it as an image of V channels, and transposes the result back into the NCHW planes. The
+// transposes stay in cache: a block of 7x7..56x56 planes is 3..200 KB.
+//
+// The weight (and bias) are laid out per block, by tap, with zeros in the lanes past C; the
+// lanes of a partial last block compute on zeros and are not stored.
+#pragma once
+
+#include <type_traits>
+
+#include "depthwise_kernels.h"
+
+namespace mobilefuse {
+namespace depthwise {
+inline namespace CPU_CAPABILITY {
+
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < m, j < n: vector tiles where ATen has
+// them for this ISA, element by element at the edges (and for double).
+template <typename T>
+inline void transpose(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t m,
+                      int64_t n) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    // Masked 16 x 16 tiles cover the edges too.
+    at::vec::transpose_mxn<float>(src, ld_src, dst, ld_dst, static_cast<int>(m),
+                                  static_cast<int>(n));
+    return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i + 8 <= m; i += 8) {
+      int64_t j = 0;
+      for (; j + 8 <= n; j += 8) {
+        at::vec::transpose_mxn<float, 8, 8>(src + i * ld_src + j, ld_src, dst + j * ld_dst + i,
+                                            ld_dst);
+      }
+      for (int64_t r = i; r < i + 8; ++r) {
+        for (int64_t c = j; c < n; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+      }
+    }
+  }
+#endif
+  for (; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
+  }
+}
+
+// The weight (C, taps) and bias (C,) laid out per block of V channels: [block][taps][V] and
+// [block][V], zero past C.
+template <typename T>
+struct BlockedParams {
+  int64_t blocks;
+  std::vector<T> weight, bias;
+  BlockedParams(const T* w, const T* b, const Geometry& g, int64_t V)
+      : blocks((g.channels + V - 1) / V),
+        weight(blocks * g.taps() * V, T(0)),
+        bias(blocks * V, T(0)) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const int64_t blk = c / V, lane = c % V;
+      for (int64_t t = 0; t < g.taps(); ++t) {
+        weight[(blk * g.taps() + t) * V + lane] = w[c * g.taps() + t];
+      }
+      if (b) bias[blk * V + lane] = b[c];
+    }
+  }
+  const T* weight_of(int64_t blk, int64_t taps, int64_t V) const {
+    return weight.data() + blk * taps * V;
+  }
+};
+
+// The geometry of one block: a single image of V channels.
+inline Geometry block_geometry(const Geometry& g, int64_t V) {
+  Geometry b = g;
+  b.batch = 1;
+  b.channels = V;
+  return b;
+}
+
+template <typename T, typename K, Act kAct>
+void forward_nchw_blocked_fixed(const T* x, const T* w, const T* bias, T* out,
+                                const Geometry& g) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const BlockedParams<T> params(w, bias, g, V);
+  const Geometry gb = block_geometry(g, V);
+  const int64_t plane = g.height * g.width, out_plane = g.out_h * g.out_w;
+  int64_t ow_lo, ow_hi;
+  interior_columns(gb, ow_lo, ow_hi);
+  at::parallel_for(0, g.batch * params.blocks, 1, [&](int64_t begin, int64_t end) {
+    RowScratch<T> scratch(gb);
+    std::vector<T> xb(plane * V, T(0)), ob(out_plane * V);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / params.blocks, blk = task % params.blocks;
+      const int64_t c0 = blk * V, cnt = std::min(V, g.channels - c0);
+      transpose(x + (n * g.channels + c0) * plane, plane, xb.data(), V, cnt, plane);
+      const T* wb = params.weight_of(blk, g.taps(), V);
+      const T* bb = params.bias.data() + blk * V;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        forward_nhwc_output_row<T, K, kAct>(xb.data(), ob.data() + oh * g.out_w * V, wb, bb,
+                                            gb, oh, ow_lo, ow_hi, scratch);
+      }
+      transpose(ob.data(), V, out + (n * g.channels + c0) * out_plane, out_plane, out_plane,
+                cnt);
+    }
+  });
+}
+
+template <typename T, typename K, Act kAct>
+void backward_nchw_blocked_fixed(const T* grad, const T* x, const T* w, const T* bias, T* gx,
+                                 T* gw, T* gb, const Geometry& g, GradMask mask) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const BlockedParams<T> params(w, bias, g, V);
+  const Geometry geo = block_geometry(g, V);
+  const int64_t plane = g.height * g.width, out_plane = g.out_h * g.out_w;
+  const int64_t taps = g.taps(), tasks = g.batch * params.blocks;
+  const bool sums = mask.weight || mask.bias;
+  const bool need_x = kAct != Act::kNone || mask.weight;
+  const bool ring = kAct != Act::kNone && mask.input;
+  std::vector<T> part(sums ? tasks * (taps + 1) * V : 0);  // [n][block][taps + bias][V]
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BandScratch<T> scratch(geo, ring);
+    std::vector<T> xb(need_x ? plane * V : 0, T(0)), gb_buf(out_plane * V, T(0));
+    std::vector<T> gxb(mask.input ? plane * V : 0);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / params.blocks, blk = task % params.blocks;
+      const int64_t c0 = blk * V, cnt = std::min(V, g.channels - c0);
+      if (need_x) transpose(x + (n * g.channels + c0) * plane, plane, xb.data(), V, cnt, plane);
+      transpose(grad + (n * g.channels + c0) * out_plane, out_plane, gb_buf.data(), V, cnt,
+                out_plane);
+      // One band per block: the tasks already spread over the threads.
+      backward_nhwc_band<T, K, kAct>(gb_buf.data(), xb.data(), params.weight_of(blk, taps, V),
+                                     params.bias.data() + blk * V,
+                                     mask.input ? gxb.data() : nullptr,
+                                     sums ? part.data() + task * (taps + 1) * V : nullptr, geo,
+                                     mask, 0, 1, scratch);
+      if (mask.input) {
+        transpose(gxb.data(), V, gx + (n * g.channels + c0) * plane, plane, plane, cnt);
+      }
+    }
+  });
+  if (!sums) return;
+  // Fixed-order sums over the images, in double.
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const int64_t blk = c / V, lane = c % V;
+    for (int64_t t = 0; t <= taps; ++t) {
+      double total = 0.0;
+      for (int64_t n = 0; n < g.batch; ++n) {
+        total += static_cast<double>(part[((n * params.blocks + blk) * (taps + 1) + t) * V + lane]);
+      }
+      if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
+      if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
+    }
+  }
+}
+
+template <typename T>
+void forward_nchw_blocked(const T* x, const T* w, const T* bias, T* out, const Geometry& g,
+                          Act act) {
+  with_act(act, [&](auto a) {
+    with_kernel<T>(g, [&](auto k) {
+      forward_nchw_blocked_fixed<T, decltype(k), decltype(a)::value>(x, w, bias, out, g);
+    });
+  });
+}
+
+template <typename T>
+void backward_nchw_blocked(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw,
+                           T* gb, const Geometry& g, Act act, GradMask mask) {
+  with_act(act, [&](auto a) {
+    with_kernel<T>(g, [&](auto k) {
+      backward_nchw_blocked_fixed<T, decltype(k), decltype(a)::value>(grad, x, w, bias, gx, gw,
+                                                                      gb, g, mask);
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace depthwise
+}  // namespace mobilefuse
