@@ -54,23 +54,22 @@ inline void transpose(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int6
 // [block][V], zero past C.
 template <typename T>
 struct BlockedParams {
-  int64_t blocks;
+  int64_t taps, lanes, blocks;
   std::vector<T> weight, bias;
   BlockedParams(const T* w, const T* b, const Geometry& g, int64_t V)
-      : blocks((g.channels + V - 1) / V),
-        weight(blocks * g.taps() * V, T(0)),
+      : taps(g.taps()),
+        lanes(V),
+        blocks((g.channels + V - 1) / V),
+        weight(blocks * taps * V, T(0)),
         bias(blocks * V, T(0)) {
     for (int64_t c = 0; c < g.channels; ++c) {
       const int64_t blk = c / V, lane = c % V;
-      for (int64_t t = 0; t < g.taps(); ++t) {
-        weight[(blk * g.taps() + t) * V + lane] = w[c * g.taps() + t];
-      }
+      for (int64_t t = 0; t < taps; ++t) weight[(blk * taps + t) * V + lane] = w[c * taps + t];
       if (b) bias[blk * V + lane] = b[c];
     }
   }
-  const T* weight_of(int64_t blk, int64_t taps, int64_t V) const {
-    return weight.data() + blk * taps * V;
-  }
+  const T* weight_of(int64_t blk) const { return weight.data() + blk * taps * lanes; }
+  const T* bias_of(int64_t blk) const { return bias.data() + blk * lanes; }
 };
 
 // The geometry of one block: a single image of V channels.
@@ -97,11 +96,10 @@ void forward_nchw_blocked_fixed(const T* x, const T* w, const T* bias, T* out,
       const int64_t n = task / params.blocks, blk = task % params.blocks;
       const int64_t c0 = blk * V, cnt = std::min(V, g.channels - c0);
       transpose(x + (n * g.channels + c0) * plane, plane, xb.data(), V, cnt, plane);
-      const T* wb = params.weight_of(blk, g.taps(), V);
-      const T* bb = params.bias.data() + blk * V;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        forward_nhwc_output_row<T, K, kAct>(xb.data(), ob.data() + oh * g.out_w * V, wb, bb,
-                                            gb, oh, ow_lo, ow_hi, scratch);
+        forward_nhwc_output_row<T, K, kAct>(xb.data(), ob.data() + oh * g.out_w * V,
+                                            params.weight_of(blk), params.bias_of(blk), gb, oh,
+                                            ow_lo, ow_hi, scratch);
       }
       transpose(ob.data(), V, out + (n * g.channels + c0) * out_plane, out_plane, out_plane,
                 cnt);
@@ -132,9 +130,8 @@ void backward_nchw_blocked_fixed(const T* grad, const T* x, const T* w, const T*
       transpose(grad + (n * g.channels + c0) * out_plane, out_plane, gb_buf.data(), V, cnt,
                 out_plane);
       // One band per block: the tasks already spread over the threads.
-      backward_nhwc_band<T, K, kAct>(gb_buf.data(), xb.data(), params.weight_of(blk, taps, V),
-                                     params.bias.data() + blk * V,
-                                     mask.input ? gxb.data() : nullptr,
+      backward_nhwc_band<T, K, kAct>(gb_buf.data(), xb.data(), params.weight_of(blk),
+                                     params.bias_of(blk), mask.input ? gxb.data() : nullptr,
                                      sums ? part.data() + task * (taps + 1) * V : nullptr, geo,
                                      mask, 0, 1, scratch);
       if (mask.input) {
@@ -143,38 +140,26 @@ void backward_nchw_blocked_fixed(const T* grad, const T* x, const T* w, const T*
     }
   });
   if (!sums) return;
-  // Fixed-order sums over the images, in double.
-  for (int64_t c = 0; c < g.channels; ++c) {
-    const int64_t blk = c / V, lane = c % V;
-    for (int64_t t = 0; t <= taps; ++t) {
-      double total = 0.0;
-      for (int64_t n = 0; n < g.batch; ++n) {
-        total += static_cast<double>(part[((n * params.blocks + blk) * (taps + 1) + t) * V + lane]);
-      }
-      if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
-      if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
-    }
-  }
+  // Sums over the images; channel c is lane c % V of block c / V within an image's partials.
+  const int64_t block_len = (taps + 1) * V;
+  reduce_partials(part, g.batch, params.blocks * block_len, V,
+                  [&](int64_t c) { return c / V * block_len + c % V; }, g, gw, gb, mask);
 }
 
 template <typename T>
 void forward_nchw_blocked(const T* x, const T* w, const T* bias, T* out, const Geometry& g,
                           Act act) {
-  with_act(act, [&](auto a) {
-    with_kernel<T>(g, [&](auto k) {
-      forward_nchw_blocked_fixed<T, decltype(k), decltype(a)::value>(x, w, bias, out, g);
-    });
+  with_fixed<T>(g, act, [&](auto k, auto a) {
+    forward_nchw_blocked_fixed<T, decltype(k), decltype(a)::value>(x, w, bias, out, g);
   });
 }
 
 template <typename T>
 void backward_nchw_blocked(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw,
                            T* gb, const Geometry& g, Act act, GradMask mask) {
-  with_act(act, [&](auto a) {
-    with_kernel<T>(g, [&](auto k) {
-      backward_nchw_blocked_fixed<T, decltype(k), decltype(a)::value>(grad, x, w, bias, gx, gw,
-                                                                      gb, g, mask);
-    });
+  with_fixed<T>(g, act, [&](auto k, auto a) {
+    backward_nchw_blocked_fixed<T, decltype(k), decltype(a)::value>(grad, x, w, bias, gx, gw, gb,
+                                                                    g, mask);
   });
 }
 

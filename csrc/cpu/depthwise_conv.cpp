@@ -82,8 +82,8 @@ void run_backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias
 
 // NCHW runs through channel blocks (depthwise_channel_blocks.h) unless a plane is so large
 // that the per-thread block buffers (plane x vector lanes, three of them in the backward)
-// would not fit in cache and would cost real memory: past 2^17 pixels (16 MiB a buffer at
-// most), the plane kernels, which buffer one padded plane.
+// would not fit in cache and would cost real memory: past 2^17 pixels (8 MiB a buffer at
+// most: 16 float or 8 double lanes), the plane kernels, which buffer one padded plane.
 bool use_channel_blocks(const Geometry& g) { return g.height * g.width <= (int64_t{1} << 17); }
 
 template <typename T>

@@ -1,6 +1,6 @@
-// The depthwise kernels for channels_last (and NCHW through channel blocks) compiled with AVX-512 (setup.py adds this file, with
-// the AVX-512 flags, where the build machine has AVX-512). depthwise_conv.cpp calls them on
-// CPUs that have it.
+// The depthwise kernels for channels_last (and NCHW through channel blocks) compiled with
+// AVX-512 (setup.py adds this file, with the AVX-512 flags, where the build machine has
+// AVX-512). depthwise_conv.cpp calls them on CPUs that have it.
 #include "depthwise_channel_blocks.h"
 
 #ifndef CPU_CAPABILITY_AVX512

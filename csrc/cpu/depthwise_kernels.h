@@ -501,6 +501,12 @@ inline void with_act(Act act, F f) {
   }
 }
 
+// Calls f(Kernel<...>(), std::integral_constant<Act, act>): both as compile-time constants.
+template <typename T, typename F>
+inline void with_fixed(const Geometry& g, Act act, F f) {
+  with_act(act, [&](auto a) { with_kernel<T>(g, [&](auto k) { f(k, a); }); });
+}
+
 // Input columns a group of kG pixels reads in one kernel row, for a windowed kernel.
 template <typename K, int kG>
 constexpr int window_width() {
@@ -641,10 +647,8 @@ void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, cons
 template <typename T>
 void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
                   Act act) {
-  with_act(act, [&](auto a) {
-    with_kernel<T>(g, [&](auto k) {
-      forward_nhwc_fixed<T, decltype(k), decltype(a)::value>(x, w_taps, bias, out, g);
-    });
+  with_fixed<T>(g, act, [&](auto k, auto a) {
+    forward_nhwc_fixed<T, decltype(k), decltype(a)::value>(x, w_taps, bias, out, g);
   });
 }
 
@@ -902,17 +906,20 @@ void backward_nhwc_band(const T* gn, const T* xn, const T* w_taps, const T* bias
   if (mask.input) emit_gx(g.out_h);  // rows no output row reads, or past the band's dz rows
 }
 
-// Adds block partial sums ([block][taps + 1][C]; each block's row `taps` is the bias) in a
-// fixed order, in double, into gw (C, taps) and gb (C,) as `mask` asks.
-template <typename T>
-void reduce_partials(const std::vector<T>& part, int64_t blocks, const Geometry& g, T* gw,
-                     T* gb, GradMask mask) {
-  const int64_t C = g.channels, taps = g.taps();
-  for (int64_t c = 0; c < C; ++c) {
+// Adds block partial sums in a fixed order, in double, into gw (C, taps) and gb (C,) as
+// `mask` asks. Block b's sum of tap t (t == taps: the bias) for channel c sits at
+// b * block_stride + t * tap_stride + channel_at(c).
+template <typename T, typename ChannelAt>
+void reduce_partials(const std::vector<T>& part, int64_t blocks, int64_t block_stride,
+                     int64_t tap_stride, ChannelAt channel_at, const Geometry& g, T* gw, T* gb,
+                     GradMask mask) {
+  const int64_t taps = g.taps();
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const T* base = part.data() + channel_at(c);
     for (int64_t t = 0; t <= taps; ++t) {
       double total = 0.0;
       for (int64_t b = 0; b < blocks; ++b) {
-        total += static_cast<double>(part[(b * (taps + 1) + t) * C + c]);
+        total += static_cast<double>(base[b * block_stride + t * tap_stride]);
       }
       if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
       if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
@@ -941,17 +948,18 @@ void backward_nhwc_fixed(const T* grad, const T* x, const T* w_taps, const T* bi
                                      mask, b % bands, bands, scratch);
     }
   });
-  if (sums) reduce_partials(dw_part, blocks, g, gw, gb, mask);
+  if (sums) {  // dw_part is [block][taps + bias][C]
+    reduce_partials(dw_part, blocks, (taps + 1) * C, C, [](int64_t c) { return c; }, g, gw, gb,
+                    mask);
+  }
 }
 
 template <typename T>
 void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
                    T* gb, const Geometry& g, Act act, GradMask mask) {
-  with_act(act, [&](auto a) {
-    with_kernel<T>(g, [&](auto k) {
-      backward_nhwc_fixed<T, decltype(k), decltype(a)::value>(grad, x, w_taps, bias, gx, gw, gb,
-                                                              g, mask);
-    });
+  with_fixed<T>(g, act, [&](auto k, auto a) {
+    backward_nhwc_fixed<T, decltype(k), decltype(a)::value>(grad, x, w_taps, bias, gx, gw, gb, g,
+                                                            mask);
   });
 }
 
