@@ -21,8 +21,9 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent
-CPU_SOURCES = ["csrc/registration.cpp", "csrc/cpu/activations.cpp", "csrc/cpu/channel_shuffle.cpp",
-               "csrc/cpu/depthwise_conv.cpp", "csrc/cpu/squeeze_excite.cpp"]
+CPU_SOURCES = ["csrc/registration.cpp", "csrc/depthwise_autograd.cpp", "csrc/cpu/activations.cpp",
+               "csrc/cpu/channel_shuffle.cpp", "csrc/cpu/depthwise_conv.cpp",
+               "csrc/cpu/squeeze_excite.cpp"]
 # Compiled with AVX512_FLAGS on top of the extension's flags, in "avx512" builds only.
 AVX512_SOURCES = ["csrc/cpu/depthwise_conv_avx512.cpp"]
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",

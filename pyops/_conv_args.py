@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from mobilefuse._checks import check_float_tensor, check_like_x, check_tensor, check_vector
 
 ACTIVATIONS: tuple[str, ...] = ("none", "relu", "relu6", "hardswish", "silu")
@@ -57,9 +59,55 @@ def _activation(value: object) -> str:
     return str(name)
 
 
+# Settings of calls already checked, by everything the checks read: the tensors' shapes,
+# dtypes and devices and the other arguments. A layer calls with the same ones every time, and
+# the full check costs several microseconds, a tenth of a small layer.
+_CHECKED: dict[tuple, DepthwiseArgs] = {}
+_CHECKED_LIMIT = 1024
+
+
+def _call_key(x: object, weight: object, bias: object, settings: tuple) -> tuple | None:
+    """The cache key of a call, or None when it has no hashable one."""
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        return None
+    if bias is None:
+        bias_key: tuple | None = None
+    elif isinstance(bias, torch.Tensor):
+        bias_key = (bias.shape, bias.dtype, bias.device)
+    else:
+        return None
+    if not all(_plain(v) for v in settings):
+        return None
+    return (x.shape, x.dtype, x.device, weight.shape, weight.dtype, weight.device, bias_key,
+            settings)
+
+
+def _plain(value: object) -> bool:
+    """Whether ``value`` is None, a str, an int or a tuple of ints, of exactly those types:
+    True == 1 and 1.0 == 1 as keys, and neither is a valid stride."""
+    if value is None or type(value) in (int, str):
+        return True
+    return type(value) is tuple and all(type(v) is int for v in value)
+
+
 def check_depthwise_args(x: object, weight: object, bias: object, stride: object,
                          padding: object, dilation: object, activation: object) -> DepthwiseArgs:
     """Validate a depthwise_conv2d call; return its normalized settings."""
+    if torch.compiler.is_compiling():
+        return _check_depthwise_args(x, weight, bias, stride, padding, dilation, activation)
+    key = _call_key(x, weight, bias, (stride, padding, dilation, activation))
+    args = _CHECKED.get(key) if key is not None else None
+    if args is None:
+        args = _check_depthwise_args(x, weight, bias, stride, padding, dilation, activation)
+        if key is not None:
+            if len(_CHECKED) >= _CHECKED_LIMIT:
+                _CHECKED.clear()
+            _CHECKED[key] = args
+    return args
+
+
+def _check_depthwise_args(x: object, weight: object, bias: object, stride: object,
+                          padding: object, dilation: object, activation: object) -> DepthwiseArgs:
     x = check_float_tensor(OP, "x", x)
     weight = check_tensor(OP, "weight", weight)
     if x.dim() != 4:

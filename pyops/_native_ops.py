@@ -1,4 +1,5 @@
-"""Fake kernels and autograd for the ops whose schemas and kernels live in csrc/ (CPU, CUDA)."""
+"""Fake kernels and autograd for the ops whose schemas and kernels live in csrc/ (CPU, CUDA);
+depthwise_conv2d carries its autograd in C++."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import torch
 
 from mobilefuse._autograd import (
     register_activation_autograd,
-    register_depthwise_autograd,
     register_shuffle_autograd,
 )
 from mobilefuse._extension import has_extension
@@ -33,7 +33,7 @@ def _register() -> None:
     torch.library.register_fake("mobilefuse::depthwise_conv2d")(depthwise_conv2d_fake)
     torch.library.register_fake("mobilefuse::depthwise_conv2d_backward")(
         depthwise_conv2d_backward_fake)
-    register_depthwise_autograd("mobilefuse::depthwise_conv2d", ops.depthwise_conv2d_backward)
+    # depthwise_conv2d's autograd is registered in C++ (csrc/depthwise_autograd.cpp).
     # Called inside mobilefuse::squeeze_excite, which carries the autograd.
     torch.library.register_fake("mobilefuse::se_channel_sum")(se_channel_sum_fake)
     torch.library.register_fake("mobilefuse::se_channel_affine")(se_channel_affine_fake)

@@ -125,6 +125,28 @@ def test_depthwise_rejects_bad_arguments(kwargs, error, match):
         _dw(**kwargs)
 
 
+@pytest.mark.parametrize("stride", [True, 1.0, (1, True), [1, 1.0]])
+def test_depthwise_checked_calls_do_not_admit_equal_bad_values(stride):
+    # Checked settings are remembered by value, and True == 1.0 == 1: a valid call first must
+    # not let its look-alikes through.
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(4, 1, 3, 3)
+    _dw(x, w, stride=1)
+    _dw(x, w, stride=(1, 1))
+    with pytest.raises(TypeError, match="stride must be an int or a pair of ints"):
+        _dw(x, w, stride=stride)
+
+
+def test_depthwise_checked_calls_still_check_new_tensors():
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(4, 1, 3, 3)
+    _dw(x, w)
+    with pytest.raises(TypeError, match="weight must have x's dtype"):
+        _dw(x, w.double())
+    with pytest.raises(ValueError, match="all tensors must be on one device"):
+        _dw(x, w.to("meta"))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        _dw(x, w, torch.randn(5))
+
+
 @pytest.mark.parametrize("name", ["depthwise_conv2d", "triton_depthwise_conv2d"])
 def test_registered_depthwise_ops_check_shapes(name):
     op = getattr(torch.ops.mobilefuse, name)

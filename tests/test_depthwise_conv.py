@@ -117,6 +117,28 @@ def test_cpu_large_nchw_planes_match_reference(index):
     _check(LARGE_PLANE_CONFIGS[index], "cpu", "cpu", index)
 
 
+# channels_last rows wide enough that the CPU kernels split the channels into several tiles
+# (kh rows of a tile within 24 KB), the last one partial, and batch 1 splits rows into bands.
+TILED_CONFIGS = [
+    {"shape": (1, 37, 23, 61), "kernel": (3, 3), "stride": 1, "padding": 1, "dilation": 1,
+     "activation": "relu6", "bias": True, "dtype": torch.float32, "layout": "channels_last"},
+    {"shape": (2, 50, 17, 45), "kernel": (5, 5), "stride": 2, "padding": 2, "dilation": 1,
+     "activation": "silu", "bias": True, "dtype": torch.bfloat16, "layout": "channels_last"},
+    {"shape": (1, 21, 12, 130), "kernel": (7, 7), "stride": 1, "padding": 3, "dilation": 1,
+     "activation": "hardswish", "bias": False, "dtype": torch.float32,
+     "layout": "channels_last"},
+    {"shape": (3, 24, 9, 200), "kernel": (3, 3), "stride": 2, "padding": 0, "dilation": 1,
+     "activation": None, "bias": True, "dtype": torch.float16, "layout": "channels_last"},
+    {"shape": (1, 33, 10, 70), "kernel": (3, 3), "stride": 1, "padding": 2, "dilation": 2,
+     "activation": "relu", "bias": True, "dtype": torch.float64, "layout": "channels_last"},
+]
+
+
+@pytest.mark.parametrize("index", range(len(TILED_CONFIGS)))
+def test_cpu_channel_tiles_match_reference(index):
+    _check(TILED_CONFIGS[index], "cpu", "cpu", index)
+
+
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CONFIGS)))
 def test_triton_interpreter_matches_reference(index):
     _check(INTERPRETER_CONFIGS[index], "triton", "cpu", index)

@@ -16,8 +16,9 @@ import pytest
 
 import mobilefuse
 
-# Channels around the 8- and 16-lane vector widths (partial channel blocks), every kernel size,
-# stride, activation and memory format.
+# Channels around the 8- and 16-lane vector widths (partial channel blocks; in the 100-wide
+# rows, several channel tiles with a partial last one), every kernel size, stride, activation
+# and memory format.
 CHECK = r"""
 import itertools, sys
 import torch
@@ -28,8 +29,8 @@ from mobilefuse import reference
 
 gen = torch.Generator().manual_seed(0)
 activations = [None, "relu", "relu6", "hardswish", "silu"]
-cases = itertools.product([(2, 19, 11, 13), (1, 40, 7, 9)], [3, 5, 7], [1, 2], activations,
-                          [torch.float32, torch.float64],
+cases = itertools.product([(2, 19, 11, 13), (1, 40, 7, 9), (1, 37, 7, 100)], [3, 5, 7],
+                          [1, 2], activations, [torch.float32, torch.float64],
                           [torch.channels_last, torch.contiguous_format])
 for shape, k, stride, act, dtype, fmt in cases:
     args = (stride, k // 2, 1, act)  # stride, padding, dilation, activation

@@ -99,7 +99,7 @@ void forward_nchw_blocked_fixed(const T* x, const T* w, const T* bias, T* out,
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         forward_nhwc_output_row<T, K, kAct>(xb.data(), ob.data() + oh * g.out_w * V,
                                             params.weight_of(blk), params.bias_of(blk), gb, oh,
-                                            ow_lo, ow_hi, scratch);
+                                            ow_lo, ow_hi, 0, V, scratch);
       }
       transpose(ob.data(), V, out + (n * g.channels + c0) * out_plane, out_plane, out_plane,
                 cnt);
@@ -133,7 +133,7 @@ void backward_nchw_blocked_fixed(const T* grad, const T* x, const T* w, const T*
       backward_nhwc_band<T, K, kAct>(gb_buf.data(), xb.data(), params.weight_of(blk),
                                      params.bias_of(blk), mask.input ? gxb.data() : nullptr,
                                      sums ? part.data() + task * (taps + 1) * V : nullptr, geo,
-                                     mask, 0, 1, scratch);
+                                     mask, 0, 1, 0, V, scratch);
       if (mask.input) {
         transpose(gxb.data(), V, gx + (n * g.channels + c0) * plane, plane, plane, cnt);
       }

@@ -430,11 +430,13 @@ struct Lanes {
   }
 };
 
-// Calls f(first, group, border) over the pixels [0, count) in groups of 4, then of 2 and 1
-// for the rest (short rows keep a few independent sums too); border: the group reaches
-// outside [lo, hi), where every tap is inside the tensor it reads. Group size and border are
-// compile-time constants.
-template <int kMax = 4, typename F>
+// Calls f(first, group, border) over the pixels [0, count) in groups of kMax, then of 4, 2
+// and 1 for the rest (short rows keep a few independent sums too); a row that kAlt divides
+// and kMax does not goes in groups of kAlt instead (7 for the 7-, 14- and 28-pixel rows of
+// these networks, which else end in a 2- and a 1-pixel group: one chain of FMAs, latency
+// bound). border: the group reaches outside [lo, hi), where every tap is inside the tensor
+// it reads. Group size and border are compile-time constants.
+template <int kMax = 4, int kAlt = 0, typename F>
 inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
   auto groups_of = [&](auto size, int64_t& p, int64_t end) {
     constexpr int kG = decltype(size)::value;
@@ -444,7 +446,13 @@ inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
     }
   };
   int64_t p = 0;
-  if constexpr (kMax >= 8) groups_of(std::integral_constant<int, 8>(), p, count);
+  if constexpr (kAlt > 0) {
+    if (count % kAlt == 0 && (count % kMax != 0 || kAlt > kMax)) {
+      groups_of(std::integral_constant<int, kAlt>(), p, count);
+      return;
+    }
+  }
+  if constexpr (kMax > 4) groups_of(std::integral_constant<int, kMax>(), p, count);
   groups_of(std::integral_constant<int, 4>(), p, count);
   groups_of(std::integral_constant<int, 2>(), p, count);
   groups_of(std::integral_constant<int, 1>(), p, count);
@@ -455,7 +463,9 @@ inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
 // stride 2 the window of 8 pixels (17+ columns) does not fit: 4.
 #ifdef CPU_CAPABILITY_AVX512
 constexpr int kForwardGroup = 8;
+constexpr int kAltGroup = 7;
 #else
+constexpr int kAltGroup = 0;
 constexpr int kForwardGroup = 4;
 #endif
 
@@ -593,7 +603,7 @@ void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bia
     MOBILEFUSE_UNROLL
     for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
   };
-  for_pixel_groups<K::sw == 1 ? kForwardGroup : 4>(g.out_w, ow_lo, ow_hi, pixels);
+  for_pixel_groups<K::sw == 1 ? kForwardGroup : 4, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
 }
 
 // Per-thread state of the NHWC kernels: the input (or dz) rows a row of taps reads, and the
@@ -605,41 +615,67 @@ struct RowScratch {
   explicit RowScratch(const Geometry& g) : taps(g), rows(g.kh) {}
 };
 
-// Output row oh of one NHWC image xn into orow, every channel, one vector at a time.
+// Calls f(c0, cnt, full) for each vector of channels in [lo, hi) (lo a multiple of the
+// vector size): full is std::true_type for whole vectors, std::false_type for a partial last.
+template <typename T, typename F>
+MOBILEFUSE_ALWAYS_INLINE void for_channel_vectors(int64_t lo, int64_t hi, F f) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  int64_t c0 = lo;
+  for (; c0 + V <= hi; c0 += V) f(c0, V, std::true_type());
+  if (c0 < hi) f(c0, hi - c0, std::false_type());
+}
+
+// Output row oh of one NHWC image xn into orow, channels [c_lo, c_hi), one vector at a time.
 // [ow_lo, ow_hi) are the interior columns of g.
 template <typename T, typename K, Act kAct>
 void forward_nhwc_output_row(const T* xn, T* orow, const T* w_taps, const T* bias,
                              const Geometry& g, int64_t oh, int64_t ow_lo, int64_t ow_hi,
-                             RowScratch<T>& s) {
-  constexpr int64_t V = at::vec::Vectorized<T>::size();
-  const int64_t C = g.channels, full = C / V * V;
+                             int64_t c_lo, int64_t c_hi, RowScratch<T>& s) {
+  const int64_t C = g.channels;
   for (int64_t i = 0; i < g.kh; ++i) {
     const int64_t ih = oh * g.sh - g.ph + i * g.dh;
     s.rows[i] = ih >= 0 && ih < g.height ? xn + ih * g.width * C : nullptr;
   }
-  for (int64_t c0 = 0; c0 < full; c0 += V) {
-    forward_row<T, K, kAct, true>(s.rows.data(), orow, w_taps, bias, g, c0, V, ow_lo, ow_hi,
-                                  s.taps);
-  }
-  if (full < C) {
-    forward_row<T, K, kAct, false>(s.rows.data(), orow, w_taps, bias, g, full, C - full, ow_lo,
-                                   ow_hi, s.taps);
-  }
+  for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full) {
+    forward_row<T, K, kAct, decltype(full)::value>(s.rows.data(), orow, w_taps, bias, g, c0, cnt,
+                                                   ow_lo, ow_hi, s.taps);
+  });
 }
 
-// w_taps is the weight transposed to (kh*kw, C), so a tap's channels are contiguous. Each
-// task is one output row, walked one vector of channels at a time: along the row, the taps'
-// input columns advance by a fixed step.
+// Channels per task of the NHWC kernels: whole vectors, as many as keep the kh input rows
+// they read within 24 KB (half of L1), at least one. A task walks its channels down the
+// image, so kh - 1 of those rows are L1 hits for the next output row, and so are the taps'
+// weights; a task of every channel would read each row from L2 (or memory) kh times once
+// kh rows of all channels outgrow L1.
+template <typename T>
+inline int64_t tile_channels(const Geometry& g) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t vector_rows = g.kh * g.width * V * static_cast<int64_t>(sizeof(T));
+  const int64_t vectors = std::max<int64_t>(1, 24 * 1024 / std::max<int64_t>(1, vector_rows));
+  return std::min(vectors * V, (g.channels + V - 1) / V * V);
+}
+
+// Each task is one band of output rows of one channel tile of one image; bands only where
+// the images and tiles alone leave threads idle.
 template <typename T, typename K, Act kAct>
 void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g) {
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
   const int64_t image = g.height * g.width * g.channels, row = g.out_w * g.channels;
-  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tile = tile_channels<T>(g), tiles = (g.channels + tile - 1) / tile;
+  const int64_t wanted = 4 * at::get_num_threads();
+  const int64_t bands = std::clamp<int64_t>((wanted + g.batch * tiles - 1) / (g.batch * tiles),
+                                            1, std::max<int64_t>(1, g.out_h));
+  at::parallel_for(0, g.batch * tiles * bands, 1, [&](int64_t begin, int64_t end) {
     RowScratch<T> scratch(g);
-    for (int64_t r = begin; r < end; ++r) {
-      forward_nhwc_output_row<T, K, kAct>(x + r / g.out_h * image, out + r * row, w_taps, bias,
-                                          g, r % g.out_h, ow_lo, ow_hi, scratch);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (tiles * bands), t = task / bands % tiles, b = task % bands;
+      const int64_t c_lo = t * tile, c_hi = std::min(g.channels, c_lo + tile);
+      for (int64_t oh = b * g.out_h / bands; oh < (b + 1) * g.out_h / bands; ++oh) {
+        forward_nhwc_output_row<T, K, kAct>(x + n * image, out + (n * g.out_h + oh) * row,
+                                            w_taps, bias, g, oh, ow_lo, ow_hi, c_lo, c_hi,
+                                            scratch);
+      }
     }
   });
 }
@@ -835,24 +871,23 @@ struct BandScratch {
 // rows of its part of the input as soon as the dz rows they read exist. dz lives in a ring of
 // the last few rows (grad itself when there is no activation), so grad and x are read once
 // and dz never goes to memory. A band's grad_x rows may read dz rows of the next or previous
-// band: those are recomputed (not summed again).
+// band: those are recomputed (not summed again). Only the channels [c_lo, c_hi) are touched
+// (of `part` too, which the caller zeroes).
 template <typename T, typename K, Act kAct>
 void backward_nhwc_band(const T* gn, const T* xn, const T* w_taps, const T* bias, T* gxn,
                         T* part, const Geometry& g, GradMask mask, int64_t band, int64_t bands,
-                        BandScratch<T>& s) {
-  constexpr int64_t V = at::vec::Vectorized<T>::size();
-  const int64_t C = g.channels, taps = g.taps();
+                        int64_t c_lo, int64_t c_hi, BandScratch<T>& s) {
+  const int64_t C = g.channels;
   const bool sums = part != nullptr;
   const bool ring = !s.dz_ring.empty();
   const int64_t ring_rows = dz_ring_rows(g);
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
-  const int64_t row_len = g.out_w * C, full = C / V * V;
+  const int64_t row_len = g.out_w * C;
   std::vector<const T*>& rows = s.row.rows;  // input rows (dz pass) or dz rows (grad_x pass)
   const int64_t o0 = band * g.out_h / bands, o1 = (band + 1) * g.out_h / bands;
   const int64_t i0 = band == 0 ? 0 : std::min(g.height, o0 * g.sh);
   const int64_t i1 = band == bands - 1 ? g.height : std::min(g.height, o1 * g.sh);
-  if (sums) std::fill(part, part + (taps + 1) * C, T(0));
   // The last output row grad_x row ih reads.
   auto last_read = [&](int64_t ih) { return std::min(g.out_h - 1, (ih + g.ph) / g.sh); };
   // dz rows: the band's own, and those its grad_x rows read.
@@ -873,13 +908,10 @@ void backward_nhwc_band(const T* gn, const T* xn, const T* w_taps, const T* bias
         rows[i] = r >= 0 && r % g.sh == 0 && r / g.sh < g.out_h ? dz_row(r / g.sh) : nullptr;
       }
       T* gx_row = gxn + ih * g.width * C;
-      for (int64_t c0 = 0; c0 < full; c0 += V) {
-        backward_gx_row<T, K, true>(rows.data(), gx_row, w_taps, g, c0, V, s.row.taps);
-      }
-      if (full < C) {
-        backward_gx_row<T, K, false>(rows.data(), gx_row, w_taps, g, full, C - full,
-                                     s.row.taps);
-      }
+      for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full) {
+        backward_gx_row<T, K, decltype(full)::value>(rows.data(), gx_row, w_taps, g, c0, cnt,
+                                                     s.row.taps);
+      });
     }
   };
   for (int64_t oh = r_lo; oh < r_hi; ++oh) {
@@ -891,15 +923,11 @@ void backward_nhwc_band(const T* gn, const T* xn, const T* w_taps, const T* bias
       }
       T* dzr = ring ? s.dz_ring.data() + (oh % ring_rows) * row_len : nullptr;
       const T* grow = gn + oh * row_len;
-      for (int64_t c0 = 0; c0 < full; c0 += V) {
-        backward_dz_row<T, K, kAct, true>(rows.data(), grow, dzr, w_taps, bias, part, g, c0, V,
-                                          own, mask, ring, ow_lo, ow_hi, s.row.taps);
-      }
-      if (full < C) {
-        backward_dz_row<T, K, kAct, false>(rows.data(), grow, dzr, w_taps, bias, part, g, full,
-                                           C - full, own, mask, ring, ow_lo, ow_hi,
-                                           s.row.taps);
-      }
+      for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full) {
+        backward_dz_row<T, K, kAct, decltype(full)::value>(rows.data(), grow, dzr, w_taps, bias,
+                                                           part, g, c0, cnt, own, mask, ring,
+                                                           ow_lo, ow_hi, s.row.taps);
+      });
     }
     if (mask.input) emit_gx(oh);
   }
@@ -927,25 +955,27 @@ void reduce_partials(const std::vector<T>& part, int64_t blocks, int64_t block_s
   }
 }
 
-// Bands of output rows over all images, one task each; the weight and bias partial sums of
-// the bands are added in a fixed order.
+// Bands of output rows over all images, one task per band and channel tile; the weight and
+// bias partial sums of the bands are added in a fixed order.
 template <typename T, typename K, Act kAct>
 void backward_nhwc_fixed(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
                          T* gb, const Geometry& g, GradMask mask) {
   const int64_t C = g.channels, taps = g.taps();
   const int64_t bands = bands_per_image(g), blocks = g.batch * bands;
+  const int64_t tile = tile_channels<T>(g), tiles = (C + tile - 1) / tile;
   const bool sums = mask.weight || mask.bias;
   const bool ring = kAct != Act::kNone && mask.input;
   std::vector<T> dw_part(sums ? blocks * (taps + 1) * C : 0);  // [block][taps + bias][C]
   const int64_t image = g.height * g.width * C, out_image = g.out_h * g.out_w * C;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks * tiles, 1, [&](int64_t begin, int64_t end) {
     BandScratch<T> scratch(g, ring);
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b / bands;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / tiles, n = b / bands, t = task % tiles;
       backward_nhwc_band<T, K, kAct>(grad + n * out_image, x + n * image, w_taps, bias,
                                      gx ? gx + n * image : nullptr,
                                      sums ? dw_part.data() + b * (taps + 1) * C : nullptr, g,
-                                     mask, b % bands, bands, scratch);
+                                     mask, b % bands, bands, t * tile,
+                                     std::min(C, (t + 1) * tile), scratch);
     }
   });
   if (sums) {  // dw_part is [block][taps + bias][C]
