@@ -447,7 +447,7 @@ inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
   };
   int64_t p = 0;
   if constexpr (kAlt > 0) {
-    if (count % kAlt == 0 && (count % kMax != 0 || kAlt > kMax)) {
+    if (count % kAlt == 0 && count % kMax != 0) {
       groups_of(std::integral_constant<int, kAlt>(), p, count);
       return;
     }
@@ -460,7 +460,9 @@ inline void for_pixel_groups(int64_t count, int64_t lo, int64_t hi, F f) {
 
 // Pixels per group in the NHWC forward at stride 1: with 32 vector registers (AVX-512) 8
 // independent sums hide the FMA latency and leave room for the window; with 16, 4. At
-// stride 2 the window of 8 pixels (17+ columns) does not fit: 4.
+// stride 2 the window of 8 pixels (17+ columns) does not fit: 4. With AVX-512, rows that
+// these do not divide and 7 does go in 7s (a 7x7 map with 5x5 taps: 0.31 -> 0.25 ms NCHW);
+// at stride 2, 7s where 4s fit were slower (C144 56x56: 0.14-0.16 -> 0.18 ms).
 #ifdef CPU_CAPABILITY_AVX512
 constexpr int kForwardGroup = 8;
 constexpr int kAltGroup = 7;
