@@ -58,14 +58,14 @@ class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2d
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["dilation"] = dilation.vec();
     ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["has_bias"] = has_bias;
     return forward_op(x, weight, bias, stride, padding, dilation, activation);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    // The bias is the third differentiable input only when it was given.
+    // The bias (saved undefined when absent) is the third differentiable input only when
+    // it was given.
+    const bool has_bias = saved[2].defined();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    has_bias && ctx->needs_input_grad(2)};
     variable_list out(7);

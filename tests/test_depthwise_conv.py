@@ -98,11 +98,6 @@ CPU_CONFIGS = _configs(120, seed=1, small=False)
 INTERPRETER_CONFIGS = _configs(24, seed=2, small=True)
 
 
-@pytest.mark.parametrize("index", range(len(CPU_CONFIGS)))
-def test_cpu_matches_reference(index):
-    _check(CPU_CONFIGS[index], "cpu", "cpu", index)
-
-
 # NCHW planes past 2^17 pixels take the CPU plane kernels instead of the channel blocks.
 LARGE_PLANE_CONFIGS = [
     {"shape": (1, 3, 363, 365), "kernel": (3, 3), "stride": 2, "padding": 1, "dilation": 1,
@@ -110,11 +105,6 @@ LARGE_PLANE_CONFIGS = [
     {"shape": (2, 2, 371, 359), "kernel": (5, 5), "stride": 1, "padding": 2, "dilation": 1,
      "activation": "silu", "bias": False, "dtype": torch.bfloat16, "layout": "contiguous"},
 ]
-
-
-@pytest.mark.parametrize("index", range(len(LARGE_PLANE_CONFIGS)))
-def test_cpu_large_nchw_planes_match_reference(index):
-    _check(LARGE_PLANE_CONFIGS[index], "cpu", "cpu", index)
 
 
 # channels_last rows wide enough that the CPU kernels split the channels into several tiles
@@ -134,9 +124,14 @@ TILED_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("index", range(len(TILED_CONFIGS)))
-def test_cpu_channel_tiles_match_reference(index):
-    _check(TILED_CONFIGS[index], "cpu", "cpu", index)
+CPU_CONFIG_SETS = {"random": CPU_CONFIGS, "large_nchw_planes": LARGE_PLANE_CONFIGS,
+                   "channel_tiles": TILED_CONFIGS}
+
+
+@pytest.mark.parametrize("config_set,index", [
+    (name, i) for name, configs in CPU_CONFIG_SETS.items() for i in range(len(configs))])
+def test_cpu_matches_reference(config_set, index):
+    _check(CPU_CONFIG_SETS[config_set][index], "cpu", "cpu", index)
 
 
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CONFIGS)))
