@@ -124,8 +124,32 @@ TILED_CONFIGS = [
 ]
 
 
+
+
+def _pair_config(shape: tuple[int, int, int, int], k: int, activation: str | None,
+                 dtype: torch.dtype = torch.float32, bias: bool = True) -> dict:
+    return {"shape": shape, "kernel": (k, k), "stride": 2, "padding": k // 2, "dilation": 1,
+            "activation": activation, "bias": bias, "dtype": dtype, "layout": "channels_last"}
+
+
+# channels_last grad_x at stride 2 with padding k // 2 walks the input pixels in pairs: odd
+# and even widths (a last pixel without its pair), rows shorter than one group of pairs,
+# pair counts that end in groups of 2 and 1, partial channel vectors.
+STRIDE2_PAIR_CONFIGS = [
+    _pair_config((2, 17, 7, 7), 3, "relu6"),
+    _pair_config((1, 40, 6, 14), 3, "hardswish"),
+    _pair_config((2, 17, 5, 15), 5, "silu"),
+    _pair_config((1, 33, 9, 1), 3, None),
+    _pair_config((1, 16, 4, 2), 5, "relu", bias=False),
+    _pair_config((3, 8, 11, 29), 3, "relu", bias=False),
+    _pair_config((1, 24, 10, 56), 3, "relu6"),
+    _pair_config((1, 19, 8, 3), 5, "hardswish"),
+    _pair_config((2, 17, 6, 11), 3, "relu6", dtype=torch.float16),
+]
+
+
 CPU_CONFIG_SETS = {"random": CPU_CONFIGS, "large_nchw_planes": LARGE_PLANE_CONFIGS,
-                   "channel_tiles": TILED_CONFIGS}
+                   "channel_tiles": TILED_CONFIGS, "stride2_pairs": STRIDE2_PAIR_CONFIGS}
 
 
 @pytest.mark.parametrize("config_set,index", [
