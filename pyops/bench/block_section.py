@@ -20,7 +20,7 @@ def time_block(case: blocks.BlockCase, dtype: torch.dtype, layout: str,
     """Both passes of every implementation of one block in one dtype and layout."""
     entries = []
     for pass_ in blocks.PASSES:
-        timed = []
+        timed, calls = [], []
         for impl in blocks.impl_names(device, not args.no_compile):
             entry = {
                 "impl": impl, "pass": pass_, "model": case.model, "block": case.path,
@@ -37,9 +37,11 @@ def time_block(case: blocks.BlockCase, dtype: torch.dtype, layout: str,
                 entry["error"] = timing.error_text(exc)
                 timed.append(entry)
                 continue
-            timing.measure(entry, call, device, reps, args.warmup)
-            entry["kernel_launches"] = blocks.count_kernel_launches(call, device)
             timed.append(entry)
+            calls.append((entry, call))
+        timing.measure_side_by_side(calls, device, reps, args.warmup)
+        for entry, call in calls:
+            entry["kernel_launches"] = blocks.count_kernel_launches(call, device)
         add_ratios(timed)
         entries += timed
     return entries

@@ -36,14 +36,14 @@ def time_layer(layer: DepthwiseLayer, dtype: torch.dtype, layout: str,
     inputs = dw.make_inputs(layer, args.dw_batch, dtype, layout, device)
     entries = []
     for pass_ in dw.PASSES:
-        timed = []
+        calls = []
         for impl in dw.impl_names(device, not args.no_compile):
             entry = _entry(layer, impl, dtype, layout, pass_, args.dw_batch, args.dw_models)
             if impl == cases.MOBILEFUSE:
                 entry["backend"] = cases.auto_backend(dw.OP, inputs.x)
-            call = dw.build_call(impl, layer, inputs, pass_)
-            timing.measure(entry, call, device, reps, args.warmup)
-            timed.append(entry)
+            calls.append((entry, dw.build_call(impl, layer, inputs, pass_)))
+        timing.measure_side_by_side(calls, device, reps, args.warmup)
+        timed = [entry for entry, _ in calls]
         add_ratios(timed)
         entries += timed
     return entries

@@ -14,7 +14,7 @@ import gc
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -130,6 +130,55 @@ def time_cpu(fn: Callable[[], object], reps: int, warmup_s: float = WARMUP_S) ->
                   f"time.perf_counter, {number} call(s) per sample", calls, spent)
 
 
+def time_cpu_side_by_side(fns: Sequence[Callable[[], object]], reps: int,
+                          warmup_s: float = WARMUP_S) -> list[Timing | Exception]:
+    """:func:`time_cpu` of several functions at once: each warmed up, then ``reps`` rounds of
+    one sample of every function, in an order rotated each round.
+
+    A slow spell of a shared machine (another tenant's memory traffic, a migrated thread)
+    then falls on every function alike instead of on whichever was being timed, so the
+    ratios between them hold even where the absolute times drift. A function that raises is
+    left out and its exception returned in its place.
+    """
+    errors: dict[int, Exception] = {}
+    numbers: dict[int, int] = {}  # calls per sample, from each function's warm-up
+    warm: dict[int, tuple[int, float]] = {}
+    for i, fn in enumerate(fns):
+        try:
+            calls, spent, estimate = warm_up(fn, warmup_s)
+        except Exception as exc:  # noqa: BLE001  (returned in its place)
+            errors[i] = exc
+            continue
+        numbers[i] = max(1, math.ceil(_MIN_SAMPLE_S / max(estimate, 1e-9)))
+        warm[i] = (calls, spent)
+    samples: dict[int, list[float]] = {i: [] for i in numbers}
+    order = list(numbers)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # as in time_cpu
+    try:
+        for r in range(max(reps, 1) if order else 0):
+            shift = r % len(order)
+            for i in order[shift:] + order[:shift]:
+                fn, number = fns[i], numbers[i]
+                start = time.perf_counter()
+                for _ in range(number):
+                    fn()
+                samples[i].append((time.perf_counter() - start) / number)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    results: list[Timing | Exception] = []
+    for i in range(len(fns)):
+        if i in errors:
+            results.append(errors[i])
+            continue
+        median, q20, q80 = _quantiles(samples[i])
+        results.append(Timing(median, q20, q80, len(samples[i]),
+                              f"time.perf_counter, {numbers[i]} call(s) per sample, "
+                              "interleaved with the case's other implementations", *warm[i]))
+    return results
+
+
 def _cuda_estimate_ms(fn: Callable[[], object], calls: int = 5) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -197,6 +246,24 @@ def measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.devic
     entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
                  method=t.method, warmup_calls=t.warmup_calls, warmup_s=t.warmup_s,
                  gbps=gbps(entry["bytes"], t.median_ms))
+
+
+def measure_side_by_side(timed: Sequence[tuple[dict[str, Any], Callable[[], object]]],
+                         device: torch.device, reps: int, warmup_s: float = WARMUP_S) -> None:
+    """:func:`measure` of several implementations of one case: interleaved on CPU (see
+    :func:`time_cpu_side_by_side`); on a GPU, one after another on its own clock."""
+    if device.type != "cpu":
+        for entry, fn in timed:
+            measure(entry, fn, device, reps, warmup_s)
+        return
+    results = time_cpu_side_by_side([fn for _, fn in timed], reps, warmup_s)
+    for (entry, _), t in zip(timed, results, strict=True):
+        if isinstance(t, Exception):
+            entry["error"] = error_text(t)
+            continue
+        entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms,
+                     samples=t.samples, method=t.method, warmup_calls=t.warmup_calls,
+                     warmup_s=t.warmup_s, gbps=gbps(entry["bytes"], t.median_ms))
 
 
 def gbps(nbytes: int, ms: float) -> float:
