@@ -196,9 +196,10 @@ def test_warm_up_takes_the_longer_of_time_and_calls() -> None:
     assert made > 10 and spent >= 0.05 and estimate >= 0
 
 
-def test_side_by_side_interleaves_and_reports_errors() -> None:
-    """Every round takes one sample of each function, in an order rotated each round; a
-    function that raises comes back as its exception and the others are still timed."""
+def test_side_by_side_rotates_rounds_and_reports_errors() -> None:
+    """Each round runs every function back to back (one untimed call, then its share of the
+    samples), in an order rotated round by round; a function that raises comes back as its
+    exception and the others are still timed."""
     log: list[str] = []
 
     def broken() -> None:
@@ -211,19 +212,25 @@ def test_side_by_side_interleaves_and_reports_errors() -> None:
     def fast() -> None:
         log.append("fast")
 
-    results = timing.time_cpu_side_by_side([slow, broken, fast], reps=4, warmup_s=0.0)
+    results = timing.time_cpu_side_by_side([slow, broken, fast], reps=4, warmup_s=0.0,
+                                           rounds=2)
     assert isinstance(results[1], RuntimeError)
     slow_t, fast_t = results[0], results[2]
     assert isinstance(slow_t, timing.Timing) and isinstance(fast_t, timing.Timing)
     assert slow_t.samples == fast_t.samples == 4
     assert slow_t.median_ms >= 2.0 > fast_t.median_ms
-    assert "interleaved" in slow_t.method
-    # Rounds: slow, fast x n | fast x n, slow | slow, fast x n | fast x n, slow: between the
-    # timed calls of slow, 2n calls of fast, none, 2n.
-    n = int(fast_t.method.split(",")[1].split()[0])
-    slow_at = [i for i, name in enumerate(log) if name == "slow"][-4:]
-    gaps = [b - a - 1 for a, b in zip(slow_at, slow_at[1:], strict=False)]
-    assert gaps == [2 * n, 0, 2 * n]
+    assert "2 rounds" in slow_t.method
+    # Warm-ups (slow, fast), then round 1 (slow, fast) and round 2 (fast, slow): runs of
+    # slow, fast, slow, fast, slow; in each round a function makes 1 + 2 samples' calls.
+    runs: list[list[str]] = []
+    for name in log:
+        if runs and runs[-1][0] == name:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    assert [run[0] for run in runs] == ["slow", "fast", "slow", "fast", "slow"]
+    n = int(fast_t.method.split(",")[1].split()[0])  # fast's calls per sample
+    assert n > 1 and len(runs[-1]) == 1 + 2 and len(runs[-2]) == 2 * (1 + 2 * n)
 
 
 def test_verify_only(tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ _MIN_SAMPLE_S = 1e-3
 # it. Warm up for whichever is longer, this many seconds or this many calls.
 WARMUP_S = 0.3
 WARMUP_CALLS = 10
+# Rounds of time_cpu_side_by_side: each implementation's samples in this many blocks.
+SIDE_BY_SIDE_ROUNDS = 3
 
 
 @dataclasses.dataclass
@@ -131,14 +133,18 @@ def time_cpu(fn: Callable[[], object], reps: int, warmup_s: float = WARMUP_S) ->
 
 
 def time_cpu_side_by_side(fns: Sequence[Callable[[], object]], reps: int,
-                          warmup_s: float = WARMUP_S) -> list[Timing | Exception]:
-    """:func:`time_cpu` of several functions at once: each warmed up, then ``reps`` rounds of
-    one sample of every function, in an order rotated each round.
+                          warmup_s: float = WARMUP_S,
+                          rounds: int = SIDE_BY_SIDE_ROUNDS) -> list[Timing | Exception]:
+    """:func:`time_cpu` of several functions at once: each warmed up, then ``rounds`` rounds
+    in which each function, in an order rotated round by round, makes one untimed call (its
+    data back in cache) and takes its share of the ``reps`` samples.
 
     A slow spell of a shared machine (another tenant's memory traffic, a migrated thread)
     then falls on every function alike instead of on whichever was being timed, so the
-    ratios between them hold even where the absolute times drift. A function that raises is
-    left out and its exception returned in its place.
+    ratios between them hold where absolute times drift; within a round each function runs
+    back to back, as with :func:`time_cpu` (one sample each, alternating, would time every
+    call with the caches the other function left). A function that raises is left out and
+    its exception returned in its place.
     """
     errors: dict[int, Exception] = {}
     numbers: dict[int, int] = {}  # calls per sample, from each function's warm-up
@@ -153,17 +159,21 @@ def time_cpu_side_by_side(fns: Sequence[Callable[[], object]], reps: int,
         warm[i] = (calls, spent)
     samples: dict[int, list[float]] = {i: [] for i in numbers}
     order = list(numbers)
+    rounds = max(1, min(rounds, reps))
+    per_round = math.ceil(max(reps, 1) / rounds)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # as in time_cpu
     try:
-        for r in range(max(reps, 1) if order else 0):
+        for r in range(rounds if order else 0):
             shift = r % len(order)
             for i in order[shift:] + order[:shift]:
                 fn, number = fns[i], numbers[i]
-                start = time.perf_counter()
-                for _ in range(number):
-                    fn()
-                samples[i].append((time.perf_counter() - start) / number)
+                fn()
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    for _ in range(number):
+                        fn()
+                    samples[i].append((time.perf_counter() - start) / number)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -173,9 +183,9 @@ def time_cpu_side_by_side(fns: Sequence[Callable[[], object]], reps: int,
             results.append(errors[i])
             continue
         median, q20, q80 = _quantiles(samples[i])
-        results.append(Timing(median, q20, q80, len(samples[i]),
-                              f"time.perf_counter, {numbers[i]} call(s) per sample, "
-                              "interleaved with the case's other implementations", *warm[i]))
+        method = (f"time.perf_counter, {numbers[i]} call(s) per sample, in {rounds} rounds "
+                  "with the case's other implementations")
+        results.append(Timing(median, q20, q80, len(samples[i]), method, *warm[i]))
     return results
 
 
