@@ -216,6 +216,36 @@ def test_only_requested_gradients(backend, device):
     assert gx.numel() == 0 and gb.numel() == 0 and gw.shape == w.shape
 
 
+@pytest.mark.parametrize("stride,kernel,activation", [
+    (1, 3, "relu6"), (2, 3, "hardswish"), (2, 5, "silu"), (2, 3, None)])
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, True),
+                                  (False, False, True), (True, True, False)])
+def test_cpu_channels_last_gradient_subsets(stride, kernel, activation, mask):
+    """Each subset of the gradients the CPU backward can be asked for matches the float64
+    reference (channels_last takes one fused pass, or at stride 2 with an activation a dz
+    pass then a grad_x pass; each skips what is not asked for); the others come back empty."""
+    gen = torch.Generator().manual_seed(stride * 10 + kernel)
+    x = make_input((2, 21, 13, 15), torch.float32, "cpu", "channels_last", gen)
+    w = torch.randn(21, 1, kernel, kernel, generator=gen) * 0.5
+    b = torch.randn(21, generator=gen)
+    pad = kernel // 2
+    out_size = (13 + 2 * pad - kernel) // stride + 1, (15 + 2 * pad - kernel) // stride + 1
+    g = torch.randn(2, 21, *out_size, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    got = torch.ops.mobilefuse.depthwise_conv2d_backward(
+        g, x, w, b, [stride] * 2, [pad] * 2, [1, 1], activation or "none", list(mask))
+    leaves = [t.double().requires_grad_() for t in (x, w, b)]
+    ref = reference.depthwise_conv2d(*leaves, stride, pad, 1, activation)
+    expected = torch.autograd.grad(ref, leaves, g.double())
+    for name, asked, result, want in zip(("grad x", "grad weight", "grad bias"), mask, got,
+                                         expected, strict=True):
+        if not asked:
+            assert result.numel() == 0, name
+            continue
+        assert_close_to_reference(result, want, BACKWARD_TOL[torch.float32],
+                                  f"{name} stride={stride} k={kernel} {activation} {mask}")
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_CASES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_weight_gradient_is_deterministic(backend, device, layout):
