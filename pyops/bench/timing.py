@@ -260,8 +260,8 @@ def measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.devic
 
 def measure_side_by_side(timed: Sequence[tuple[dict[str, Any], Callable[[], object]]],
                          device: torch.device, reps: int, warmup_s: float = WARMUP_S) -> None:
-    """:func:`measure` of several implementations of one case: interleaved on CPU (see
-    :func:`time_cpu_side_by_side`); on a GPU, one after another on its own clock."""
+    """:func:`measure` of several implementations of one case: in rotating rounds on CPU
+    (see :func:`time_cpu_side_by_side`); on a GPU, one after another on its own clock."""
     if device.type != "cpu":
         for entry, fn in timed:
             measure(entry, fn, device, reps, warmup_s)
