@@ -124,8 +124,6 @@ TILED_CONFIGS = [
 ]
 
 
-
-
 def _pair_config(shape: tuple[int, int, int, int], k: int, activation: str | None,
                  dtype: torch.dtype = torch.float32, bias: bool = True) -> dict:
     return {"shape": shape, "kernel": (k, k), "stride": 2, "padding": k // 2, "dilation": 1,
@@ -222,8 +220,8 @@ def test_only_requested_gradients(backend, device):
                                   (False, False, True), (True, True, False)])
 def test_cpu_channels_last_gradient_subsets(stride, kernel, activation, mask):
     """Each subset of the gradients the CPU backward can be asked for matches the float64
-    reference (channels_last takes one fused pass, or at stride 2 with an activation a dz
-    pass then a grad_x pass; each skips what is not asked for); the others come back empty."""
+    reference (the channels_last pass skips what is not asked for: the dz ring without grad_x,
+    the weight and bias sums without them); the others come back empty."""
     gen = torch.Generator().manual_seed(stride * 10 + kernel)
     x = make_input((2, 21, 13, 15), torch.float32, "cpu", "channels_last", gen)
     w = torch.randn(21, 1, kernel, kernel, generator=gen) * 0.5

@@ -107,6 +107,14 @@ def warm_up(fn: Callable[[], object], min_s: float = WARMUP_S,
     return len(times), time.perf_counter() - begin, settled[len(settled) // 2]
 
 
+def _sample_s(fn: Callable[[], object], number: int) -> float:
+    """Seconds per call of ``number`` back-to-back calls of ``fn``."""
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number
+
+
 def time_cpu(fn: Callable[[], object], reps: int, warmup_s: float = WARMUP_S) -> Timing:
     """``reps`` wall-clock samples of ``fn``, each long enough (>= 1 ms) to time precisely.
 
@@ -120,10 +128,7 @@ def time_cpu(fn: Callable[[], object], reps: int, warmup_s: float = WARMUP_S) ->
     gc.disable()  # as timeit does: a collection inside a sample is noise, not the op
     try:
         for _ in range(max(reps, 1)):
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            times.append((time.perf_counter() - start) / number)
+            times.append(_sample_s(fn, number))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -167,13 +172,8 @@ def time_cpu_side_by_side(fns: Sequence[Callable[[], object]], reps: int,
         for r in range(rounds if order else 0):
             shift = r % len(order)
             for i in order[shift:] + order[:shift]:
-                fn, number = fns[i], numbers[i]
-                fn()
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    for _ in range(number):
-                        fn()
-                    samples[i].append((time.perf_counter() - start) / number)
+                fns[i]()
+                samples[i] += [_sample_s(fns[i], numbers[i]) for _ in range(per_round)]
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -251,7 +251,14 @@ def measure(entry: dict[str, Any], fn: Callable[[], object], device: torch.devic
     try:
         t = time_fn(fn, device, reps, warmup_s)
     except Exception as exc:  # noqa: BLE001
-        entry["error"] = error_text(exc)
+        t = exc
+    _record(entry, t)
+
+
+def _record(entry: dict[str, Any], t: Timing | Exception) -> None:
+    """``t`` into ``entry``: ms, quantiles, warm-up and GB/s, or the error."""
+    if isinstance(t, Exception):
+        entry["error"] = error_text(t)
         return
     entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, samples=t.samples,
                  method=t.method, warmup_calls=t.warmup_calls, warmup_s=t.warmup_s,
@@ -268,12 +275,7 @@ def measure_side_by_side(timed: Sequence[tuple[dict[str, Any], Callable[[], obje
         return
     results = time_cpu_side_by_side([fn for _, fn in timed], reps, warmup_s)
     for (entry, _), t in zip(timed, results, strict=True):
-        if isinstance(t, Exception):
-            entry["error"] = error_text(t)
-            continue
-        entry.update(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms,
-                     samples=t.samples, method=t.method, warmup_calls=t.warmup_calls,
-                     warmup_s=t.warmup_s, gbps=gbps(entry["bytes"], t.median_ms))
+        _record(entry, t)
 
 
 def gbps(nbytes: int, ms: float) -> float:
