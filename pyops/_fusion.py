@@ -15,7 +15,8 @@ BatchNorm fuses its activation in both modes.
 
 Other convolutions (dense, grouped) followed by a BatchNorm become :class:`FoldedConv2d`: in
 eval mode the vendor convolution runs with the BatchNorm folded into its weight and bias and the
-activation applied in place on its fresh output (when no gradient is recorded), which saves the
+activation applied on its output (a oneDNN post-op in CPU inference, see
+:mod:`mobilefuse._onednn`; elsewhere in place when no gradient is recorded), which saves the
 BatchNorm's and the activation's passes over memory.
 """
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from mobilefuse import ops
+from mobilefuse._onednn import conv2d_epilogue
 from mobilefuse._swap import origin_class
 from mobilefuse.backends import run_on_backend
 
@@ -91,7 +93,10 @@ class Fusion:
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None
                     for t in tensors) + (norm.eps,)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._fold(weight, bias))
+            # Outside inference mode, so the cached weight keeps a version counter and the
+            # vendor convolution may keep its reordered copy (mobilefuse._onednn).
+            with torch.inference_mode(False):
+                self._cache = (key, self._fold(weight, bias))
         return self._cache[1]
 
     def _fold(self, weight: torch.Tensor, bias: torch.Tensor | None
@@ -167,8 +172,8 @@ class FoldedConv2d(nn.Conv2d):
 
     Same parameters and ``state_dict`` keys as the convolution it replaces. While its
     :class:`Fusion` is active it runs the vendor convolution with the folded weight and bias and
-    then the fused activation (in place when no gradient is recorded); otherwise it is a plain
-    ``nn.Conv2d``.
+    the fused activation (a oneDNN post-op in CPU inference, else in place when no gradient is
+    recorded); otherwise it is a plain ``nn.Conv2d``.
     """
 
     fusion: Fusion
@@ -178,8 +183,10 @@ class FoldedConv2d(nn.Conv2d):
         if not self.fusion.active():
             return super().forward(x)
         weight, bias = self.fusion.fold(self.weight, self.bias)
-        y = self._conv_forward(x, weight, bias)
-        return ops.activate_fresh(y, self.fusion.activation)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return ops.activate_fresh(self._conv_forward(x, weight, bias), self.fusion.activation)
+        return conv2d_epilogue(x, weight, bias, self.stride, self.padding, self.dilation,
+                               self.groups, self.fusion.activation)
 
     def extra_repr(self) -> str:
         """nn.Conv2d's description plus what is folded into it."""

@@ -19,6 +19,7 @@ from mobilefuse._block_args import BlockArgs, SEWeights, check_block_args
 from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
 from mobilefuse._conv_args import OP as DEPTHWISE
 from mobilefuse._conv_args import check_depthwise_args
+from mobilefuse._onednn import conv2d_epilogue
 from mobilefuse._ranges import in_op_range, op_range
 from mobilefuse._se_args import OP as SQUEEZE_EXCITE
 from mobilefuse._se_args import check_squeeze_excite_args
@@ -208,10 +209,11 @@ def activate_fresh(y: torch.Tensor, activation: str | None) -> torch.Tensor:
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               activation: str | None) -> torch.Tensor:
-    """``act(conv1x1(x))`` through the vendor convolution (a GEMM)."""
-    y = F.conv2d(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias)
-    return activate_fresh(y, activation)
+               activation: str | None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(conv1x1(x))`` (``+ residual``) through the vendor convolution (a GEMM), with the
+    activation and the add as oneDNN post-ops in CPU inference."""
+    return conv2d_epilogue(x, weight if weight.dim() == 4 else weight[:, :, None, None], bias,
+                           activation=activation, residual=residual)
 
 
 def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
@@ -235,11 +237,12 @@ def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
         out = project_act(conv1x1(h, project_weight, project_bias))
         out = out + x                                              # when residual
 
-    The 1x1 convolutions run on the vendor GEMM (oneDNN on CPU, cuDNN/cuBLAS on GPU) with the
-    activation applied in place on their output when no gradient is recorded; the depthwise
-    convolution runs its fused kernel with bias and activation in its epilogue; the
-    squeeze-and-excitation is one fused op (two passes over its input); the residual add
-    accumulates into the projection's output. All of it is differentiable.
+    The 1x1 convolutions run on the vendor GEMM (oneDNN on CPU, cuDNN/cuBLAS on GPU). In CPU
+    inference (float32, channels_last, no gradient recorded) their activation and the
+    residual add are oneDNN post-ops on a cached reordered weight; elsewhere they are applied
+    in place on the fresh output when no gradient is recorded. The depthwise convolution runs
+    its fused kernel with bias and activation in its epilogue; the squeeze-and-excitation is
+    one fused op (two passes over its input). All of it is differentiable.
     :class:`mobilefuse.nn.InvertedResidual` calls this with BatchNorms folded in eval mode.
 
     Args:
@@ -319,7 +322,5 @@ def _run_block(x: torch.Tensor, expand_weight: torch.Tensor | None,
                          args.activations[1])
     if se_weights is not None:
         h = squeeze_excite(h, *se_weights, se_activation, se_gate)
-    out = _pointwise(h, project_weight, project_bias, args.project_activation)
-    if not args.residual:
-        return out
-    return out.add_(x) if eager_no_grad() else out + x
+    return _pointwise(h, project_weight, project_bias, args.project_activation,
+                      x if args.residual else None)
