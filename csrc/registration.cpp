@@ -34,6 +34,12 @@ TORCH_LIBRARY(mobilefuse, m) {
   // float64); and x * scale[n, c] (+ shift[n, c]) in x's dtype and layout.
   m.def("se_channel_sum(Tensor x, Tensor? y) -> Tensor");
   m.def("se_channel_affine(Tensor x, Tensor scale, Tensor? shift) -> Tensor");
+  // Inference only (no autograd): squeeze_excite(depthwise_conv2d(x, ...), w_reduce (R, C),
+  // b_reduce, w_expand (C, R), b_expand, se_activation, gate) with the pool taken in the
+  // depthwise kernel's epilogue; CPU.
+  m.def("depthwise_squeeze_excite(Tensor x, Tensor weight, Tensor? bias, int[2] stride, "
+        "int[2] padding, int[2] dilation, str activation, Tensor w_reduce, Tensor? b_reduce, "
+        "Tensor w_expand, Tensor? b_expand, str se_activation, str gate) -> Tensor");
 }
 
 namespace {

@@ -91,3 +91,17 @@ def se_channel_affine_fake(x: torch.Tensor, scale: torch.Tensor,
                  lambda: f"scale must be (N, C) = {(x.shape[0], x.shape[1])}, got "
                          f"{tuple(scale.shape)}")
     return torch.empty_like(x, memory_format=memory_format_of(x))
+
+
+def depthwise_squeeze_excite_fake(x: torch.Tensor, weight: torch.Tensor,
+                                  bias: torch.Tensor | None, stride: list[int],
+                                  padding: list[int], dilation: list[int], activation: str,
+                                  w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
+                                  w_expand: torch.Tensor, b_expand: torch.Tensor | None,
+                                  se_activation: str, gate: str) -> torch.Tensor:
+    """Output of ``depthwise_squeeze_excite``: the depthwise convolution's."""
+    torch._check(w_reduce.dim() == 2 and w_reduce.shape[1] == x.shape[1],
+                 lambda: f"w_reduce must be (R, C) with C={x.shape[1]}")
+    torch._check(tuple(w_expand.shape) == (x.shape[1], w_reduce.shape[0]),
+                 lambda: f"w_expand must be (C, R) = {(x.shape[1], w_reduce.shape[0])}")
+    return depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activation)

@@ -16,6 +16,7 @@ from mobilefuse._fake import (
     channel_shuffle_fake,
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
+    depthwise_squeeze_excite_fake,
     se_channel_affine_fake,
     se_channel_sum_fake,
 )
@@ -37,6 +38,9 @@ def _register() -> None:
     # Called inside mobilefuse::squeeze_excite, which carries the autograd.
     torch.library.register_fake("mobilefuse::se_channel_sum")(se_channel_sum_fake)
     torch.library.register_fake("mobilefuse::se_channel_affine")(se_channel_affine_fake)
+    # Inference only: the fused block calls it when no gradient is recorded.
+    torch.library.register_fake("mobilefuse::depthwise_squeeze_excite")(
+        depthwise_squeeze_excite_fake)
 
 
 if has_extension():

@@ -304,6 +304,30 @@ def run_inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
                           project_bias, se_weights, args, se_activation, se_gate)
 
 
+def _depthwise_squeeze_excite(h: torch.Tensor, dw_weight: torch.Tensor,
+                              dw_bias: torch.Tensor | None, args: BlockArgs,
+                              se_weights: SEWeights, se_activation: str, se_gate: str
+                              ) -> torch.Tensor | None:
+    """The depthwise convolution and the squeeze-and-excitation after it as one C++ inference
+    op (the pool taken in the depthwise kernel's epilogue), or None where that op does not
+    serve: gradients recorded, a trace, not a float32/float64 channels_last CPU tensor, or a
+    convolution the depthwise kernels do not take."""
+    if not (eager_no_grad() and h.device.type == "cpu"
+            and h.dtype in (torch.float32, torch.float64) and h.dim() == 4
+            and h.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    dw = check_depthwise_args(h, dw_weight, dw_bias, args.stride, args.padding, args.dilation,
+                              args.activations[1])
+    se = check_squeeze_excite_args(h, *se_weights, se_activation, se_gate)
+    if dw.kernel_gap is not None or select_backend(DEPTHWISE, h.device, h.dtype) != "cpu" or (
+            select_backend(SQUEEZE_EXCITE, h.device, h.dtype) != "cpu"):
+        return None
+    return torch.ops.mobilefuse.depthwise_squeeze_excite(
+        h, dw_weight, dw_bias, list(dw.stride), list(dw.padding), list(dw.dilation),
+        dw.activation, se.w_reduce, se_weights[1], se.w_expand, se_weights[3], se.activation,
+        se.gate)
+
+
 def _run_block(x: torch.Tensor, expand_weight: torch.Tensor | None,
                expand_bias: torch.Tensor | None, dw_weight: torch.Tensor,
                dw_bias: torch.Tensor | None, project_weight: torch.Tensor,
@@ -318,9 +342,14 @@ def _run_block(x: torch.Tensor, expand_weight: torch.Tensor | None,
     h = x
     if expand_weight is not None:
         h = _pointwise(h, expand_weight, expand_bias, args.activations[0])
-    h = depthwise_conv2d(h, dw_weight, dw_bias, args.stride, args.padding, args.dilation,
-                         args.activations[1])
-    if se_weights is not None:
-        h = squeeze_excite(h, *se_weights, se_activation, se_gate)
+    fused = None if se_weights is None else _depthwise_squeeze_excite(
+        h, dw_weight, dw_bias, args, se_weights, se_activation, se_gate)
+    if fused is not None:
+        h = fused
+    else:
+        h = depthwise_conv2d(h, dw_weight, dw_bias, args.stride, args.padding, args.dilation,
+                             args.activations[1])
+        if se_weights is not None:
+            h = squeeze_excite(h, *se_weights, se_activation, se_gate)
     return _pointwise(h, project_weight, project_bias, args.project_activation,
                       x if args.residual else None)

@@ -105,6 +105,20 @@ def test_squeeze_excite_ops(device, backend):
                                   (grad, args[0], pooled, *args[1:], backend, mask))
 
 
+def test_depthwise_squeeze_excite_op():
+    # Inference only (no autograd): schema and fake tensor.
+    utils = ("test_schema", "test_faketensor")
+    dw = _depthwise_samples("cpu")
+    for (x, w, b, *conv), (_, w1, b1, w2, b2, act, gate) in zip(dw, _se_samples("cpu"),
+                                                                  strict=True):
+        dtype = x.dtype
+        w1, w2 = torch.randn(3, x.shape[1], dtype=dtype), torch.randn(x.shape[1], 3, dtype=dtype)
+        b1 = None if b1 is None else torch.randn(3, dtype=dtype)
+        b2 = None if b2 is None else torch.randn(x.shape[1], dtype=dtype)
+        torch.library.opcheck(_op("depthwise_squeeze_excite"),
+                              (x, w, b, *conv, w1, b1, w2, b2, act, gate), test_utils=utils)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prefix", ["", "triton_"])
 def test_squeeze_excite_kernel_ops(device, prefix):

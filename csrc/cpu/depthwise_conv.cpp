@@ -24,6 +24,7 @@
 
 #include "../layout.h"
 #include "depthwise_channel_blocks.h"
+#include "depthwise_entry.h"
 
 namespace mobilefuse {
 namespace depthwise {
@@ -31,7 +32,8 @@ namespace depthwise {
 // Defined in depthwise_conv_avx512.cpp, compiled with AVX-512 enabled.
 namespace AVX512 {
 template <typename T>
-void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g, Act act);
+void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g, Act act,
+                  T* sums);
 template <typename T>
 void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
                    T* gb, const Geometry& g, Act act, GradMask mask);
@@ -43,14 +45,7 @@ void backward_nchw_blocked(const T* grad, const T* x, const T* w, const T* bias,
                            T* gb, const Geometry& g, Act act, GradMask mask);
 }  // namespace AVX512
 #endif
-}  // namespace depthwise
-
 namespace {
-
-using depthwise::Act;
-using depthwise::Geometry;
-using depthwise::GradMask;
-
 #ifdef MOBILEFUSE_AVX512_KERNELS
 // Whether this CPU has AVX-512, as ATen decides it (so ATEN_CPU_CAPABILITY=avx2 turns the
 // AVX-512 kernels off too).
@@ -59,59 +54,21 @@ bool use_avx512() {
   return has;
 }
 #endif
+}  // namespace
 
 template <typename T>
 void run_forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
-                      Act act) {
+                      Act act, T* sums) {
 #ifdef MOBILEFUSE_AVX512_KERNELS
-  if (use_avx512()) return depthwise::AVX512::forward_nhwc(x, w_taps, bias, out, g, act);
+  if (use_avx512()) return AVX512::forward_nhwc(x, w_taps, bias, out, g, act, sums);
 #endif
-  depthwise::forward_nhwc(x, w_taps, bias, out, g, act);
+  forward_nhwc(x, w_taps, bias, out, g, act, sums);
 }
 
-template <typename T>
-void run_backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx,
-                       T* gw, T* gb, const Geometry& g, Act act, GradMask mask) {
-#ifdef MOBILEFUSE_AVX512_KERNELS
-  if (use_avx512()) {
-    return depthwise::AVX512::backward_nhwc(grad, x, w_taps, bias, gx, gw, gb, g, act, mask);
-  }
-#endif
-  depthwise::backward_nhwc(grad, x, w_taps, bias, gx, gw, gb, g, act, mask);
-}
-
-// NCHW runs through channel blocks (depthwise_channel_blocks.h) unless a plane is so large
-// that the per-thread block buffers (plane x vector lanes, three of them in the backward)
-// would not fit in cache and would cost real memory: past 2^17 pixels (8 MiB a buffer at
-// most: 16 float or 8 double lanes), the plane kernels, which buffer one padded plane.
-bool use_channel_blocks(const Geometry& g) { return g.height * g.width <= (int64_t{1} << 17); }
-
-template <typename T>
-void run_forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g,
-                      Act act) {
-  if (use_channel_blocks(g)) {
-#ifdef MOBILEFUSE_AVX512_KERNELS
-    if (use_avx512()) return depthwise::AVX512::forward_nchw_blocked(x, w, bias, out, g, act);
-#endif
-    return depthwise::forward_nchw_blocked(x, w, bias, out, g, act);
-  }
-  depthwise::forward_nchw(x, w, bias, out, g, act);
-}
-
-template <typename T>
-void run_backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw,
-                       T* gb, const Geometry& g, Act act, GradMask mask) {
-  if (use_channel_blocks(g)) {
-#ifdef MOBILEFUSE_AVX512_KERNELS
-    if (use_avx512()) {
-      return depthwise::AVX512::backward_nchw_blocked(grad, x, w, bias, gx, gw, gb, g, act,
-                                                      mask);
-    }
-#endif
-    return depthwise::backward_nchw_blocked(grad, x, w, bias, gx, gw, gb, g, act, mask);
-  }
-  depthwise::backward_nchw(grad, x, w, bias, gx, gw, gb, g, act, mask);
-}
+template void run_forward_nhwc<float>(const float*, const float*, const float*, float*,
+                                      const Geometry&, Act, float*);
+template void run_forward_nhwc<double>(const double*, const double*, const double*, double*,
+                                       const Geometry&, Act, double*);
 
 Act parse_activation(c10::string_view name) {
   if (name == "none") return Act::kNone;
@@ -122,9 +79,6 @@ Act parse_activation(c10::string_view name) {
   TORCH_CHECK(false, "depthwise_conv2d: activation must be none, relu, relu6, hardswish or silu, "
               "got ", name);
 }
-
-// ---------------------------------------------------------------------------------------
-// Op entry points
 
 void check_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -182,6 +136,69 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArr
 at::Tensor weight_by_tap(const at::Tensor& w) {
   return w.reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
 }
+
+}  // namespace depthwise
+
+namespace {
+
+using depthwise::Act;
+using depthwise::Geometry;
+using depthwise::GradMask;
+using depthwise::check_args;
+using depthwise::make_geometry;
+using depthwise::parse_activation;
+using depthwise::run_forward_nhwc;
+using depthwise::weight_by_tap;
+#ifdef MOBILEFUSE_AVX512_KERNELS
+using depthwise::use_avx512;
+#endif
+
+template <typename T>
+void run_backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx,
+                       T* gw, T* gb, const Geometry& g, Act act, GradMask mask) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+  if (use_avx512()) {
+    return depthwise::AVX512::backward_nhwc(grad, x, w_taps, bias, gx, gw, gb, g, act, mask);
+  }
+#endif
+  depthwise::backward_nhwc(grad, x, w_taps, bias, gx, gw, gb, g, act, mask);
+}
+
+// NCHW runs through channel blocks (depthwise_channel_blocks.h) unless a plane is so large
+// that the per-thread block buffers (plane x vector lanes, three of them in the backward)
+// would not fit in cache and would cost real memory: past 2^17 pixels (8 MiB a buffer at
+// most: 16 float or 8 double lanes), the plane kernels, which buffer one padded plane.
+bool use_channel_blocks(const Geometry& g) { return g.height * g.width <= (int64_t{1} << 17); }
+
+template <typename T>
+void run_forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g,
+                      Act act) {
+  if (use_channel_blocks(g)) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+    if (use_avx512()) return depthwise::AVX512::forward_nchw_blocked(x, w, bias, out, g, act);
+#endif
+    return depthwise::forward_nchw_blocked(x, w, bias, out, g, act);
+  }
+  depthwise::forward_nchw(x, w, bias, out, g, act);
+}
+
+template <typename T>
+void run_backward_nchw(const T* grad, const T* x, const T* w, const T* bias, T* gx, T* gw,
+                       T* gb, const Geometry& g, Act act, GradMask mask) {
+  if (use_channel_blocks(g)) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+    if (use_avx512()) {
+      return depthwise::AVX512::backward_nchw_blocked(grad, x, w, bias, gx, gw, gb, g, act,
+                                                      mask);
+    }
+#endif
+    return depthwise::backward_nchw_blocked(grad, x, w, bias, gx, gw, gb, g, act, mask);
+  }
+  depthwise::backward_nchw(grad, x, w, bias, gx, gw, gb, g, act, mask);
+}
+
+// ---------------------------------------------------------------------------------------
+// Op entry points
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,

@@ -12,9 +12,9 @@ namespace depthwise {
 namespace AVX512 {
 
 template void forward_nhwc<float>(const float*, const float*, const float*, float*,
-                                  const Geometry&, Act);
+                                  const Geometry&, Act, float*);
 template void forward_nhwc<double>(const double*, const double*, const double*, double*,
-                                   const Geometry&, Act);
+                                   const Geometry&, Act, double*);
 template void backward_nhwc<float>(const float*, const float*, const float*, const float*,
                                    float*, float*, float*, const Geometry&, Act, GradMask);
 template void backward_nhwc<double>(const double*, const double*, const double*,

@@ -669,10 +669,31 @@ inline int64_t tile_channels(const Geometry& g, int64_t ring_rows = 0) {
   return std::min(vectors * V, (g.channels + V - 1) / V * V);
 }
 
+// sums[c] += the `width` pixels of an output row, channels [c_lo, c_hi): the squeeze-and-
+// excitation pool, taken while the row just written is still in L1.
+template <typename T>
+inline void add_row_sums(const T* row, int64_t width, int64_t C, int64_t c_lo, int64_t c_hi,
+                         T* sums) {
+  using Vec = at::vec::Vectorized<T>;
+  for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto) {
+    Vec a0(0), a1(0);  // two chains: the adds' latency, not their count, bounds the loop
+    int64_t ow = 0;
+    for (; ow + 2 <= width; ow += 2) {
+      a0 += Vec::loadu(row + ow * C + c0, cnt);
+      a1 += Vec::loadu(row + (ow + 1) * C + c0, cnt);
+    }
+    if (ow < width) a0 += Vec::loadu(row + ow * C + c0, cnt);
+    (Vec::loadu(sums + c0, cnt) + (a0 + a1)).store(sums + c0, cnt);
+  });
+}
+
 // Each task is one band of output rows of one channel tile of one image; bands only where
-// the images and tiles alone leave threads idle.
+// the images and tiles alone leave threads idle. With `sums`, sums[n * C + c] is set to the
+// sum of output channel c of image n: each band sums into its own block, and the blocks are
+// added in band order (the same bits for the same thread count).
 template <typename T, typename K, Act kAct>
-void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g) {
+void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
+                        T* sums) {
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
   const int64_t image = g.height * g.width * g.channels, row = g.out_w * g.channels;
@@ -680,25 +701,39 @@ void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, cons
   const int64_t wanted = 4 * at::get_num_threads();
   const int64_t bands = std::clamp<int64_t>((wanted + g.batch * tiles - 1) / (g.batch * tiles),
                                             1, std::max<int64_t>(1, g.out_h));
+  std::vector<T> band_sums(sums ? g.batch * bands * g.channels : 0, T(0));
   at::parallel_for(0, g.batch * tiles * bands, 1, [&](int64_t begin, int64_t end) {
     RowScratch<T> scratch(g);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (tiles * bands), t = task / bands % tiles, b = task % bands;
       const int64_t c_lo = t * tile, c_hi = std::min(g.channels, c_lo + tile);
       for (int64_t oh = b * g.out_h / bands; oh < (b + 1) * g.out_h / bands; ++oh) {
-        forward_nhwc_output_row<T, K, kAct>(x + n * image, out + (n * g.out_h + oh) * row,
-                                            w_taps, bias, g, oh, ow_lo, ow_hi, c_lo, c_hi,
-                                            scratch);
+        T* orow = out + (n * g.out_h + oh) * row;
+        forward_nhwc_output_row<T, K, kAct>(x + n * image, orow, w_taps, bias, g, oh, ow_lo,
+                                            ow_hi, c_lo, c_hi, scratch);
+        if (sums) {
+          add_row_sums(orow, g.out_w, g.channels, c_lo, c_hi,
+                       band_sums.data() + (n * bands + b) * g.channels);
+        }
       }
     }
   });
+  if (!sums) return;
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      T total = 0;
+      for (int64_t b = 0; b < bands; ++b) total += band_sums[(n * bands + b) * g.channels + c];
+      sums[n * g.channels + c] = total;
+    }
+  }
 }
 
+// The NHWC forward; with `sums` (N * C values), also each output channel's sum per image.
 template <typename T>
 void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
-                  Act act) {
+                  Act act, T* sums = nullptr) {
   with_fixed<T>(g, act, [&](auto k, auto a) {
-    forward_nhwc_fixed<T, decltype(k), decltype(a)::value>(x, w_taps, bias, out, g);
+    forward_nhwc_fixed<T, decltype(k), decltype(a)::value>(x, w_taps, bias, out, g, sums);
   });
 }
 

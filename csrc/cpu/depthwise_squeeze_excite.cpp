@@ -1,0 +1,89 @@
+// Inference form of depthwise convolution followed by squeeze-and-excitation, on CPU:
+// squeeze_excite(act(depthwise_conv2d(x))) with the SE pool summed from each output row while
+// that row is still in L1 (the depthwise kernel's epilogue), so the pool costs no pass over
+// memory; the excitation on the (N, C) means runs through torch inside this op (no Python between
+// the steps) and the gate multiplies the output in place. No autograd: the fused block calls it
+// only when no gradient is recorded. Float16/bfloat16 compute in float32, like the depthwise op.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../layout.h"
+#include "depthwise_entry.h"
+
+namespace mobilefuse {
+namespace {
+
+using depthwise::Act;
+using depthwise::Geometry;
+
+void check_se_weights(const char* op, const at::Tensor& x, const at::Tensor& w_reduce,
+                      const std::optional<at::Tensor>& b_reduce, const at::Tensor& w_expand,
+                      const std::optional<at::Tensor>& b_expand) {
+  const int64_t C = x.size(1);
+  TORCH_CHECK(w_reduce.dim() == 2 && w_reduce.size(1) == C, op,
+              ": w_reduce must have shape (R, C) with C=", C, ", got ", w_reduce.sizes());
+  const int64_t R = w_reduce.size(0);
+  TORCH_CHECK(w_expand.dim() == 2 && w_expand.size(0) == C && w_expand.size(1) == R, op,
+              ": w_expand must have shape (C, R) = (", C, ", ", R, "), got ", w_expand.sizes());
+  TORCH_CHECK(!b_reduce.has_value() || (b_reduce->dim() == 1 && b_reduce->size(0) == R), op,
+              ": b_reduce must have shape (R,) with R=", R);
+  TORCH_CHECK(!b_expand.has_value() || (b_expand->dim() == 1 && b_expand->size(0) == C), op,
+              ": b_expand must have shape (C,) with C=", C);
+  for (const at::Tensor* t : {&w_reduce, &w_expand, b_reduce ? &*b_reduce : nullptr,
+                              b_expand ? &*b_expand : nullptr}) {
+    if (t == nullptr) continue;
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
+                ": the squeeze-and-excitation weights must match x's dtype and device");
+  }
+}
+
+at::Tensor depthwise_squeeze_excite_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    c10::string_view activation, const at::Tensor& w_reduce,
+    const std::optional<at::Tensor>& b_reduce, const at::Tensor& w_expand,
+    const std::optional<at::Tensor>& b_expand, c10::string_view se_activation,
+    c10::string_view gate) {
+  const char* op = "depthwise_squeeze_excite";
+  depthwise::check_args(op, x, weight, bias, stride, padding, dilation);
+  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
+  check_se_weights(op, x, w_reduce, b_reduce, w_expand, b_expand);
+  TORCH_CHECK(se_activation == "relu" || se_activation == "silu", op,
+              ": se_activation must be relu or silu, got ", se_activation);
+  TORCH_CHECK(gate == "sigmoid" || gate == "hardsigmoid", op,
+              ": gate must be sigmoid or hardsigmoid, got ", gate);
+  const Act act = depthwise::parse_activation(activation);
+  const Geometry g = depthwise::make_geometry(x, weight, stride, padding, dilation);
+  const at::ScalarType ct = accumulate_type(x);
+  const at::Tensor xc = x.to(ct).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor w = depthwise::weight_by_tap(weight.to(ct));
+  const at::Tensor b = bias.has_value() ? bias->to(ct).contiguous() : at::Tensor();
+  at::Tensor out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, xc.options(),
+                             at::MemoryFormat::ChannelsLast);
+  if (out.numel() == 0) return out.to(x.scalar_type()).contiguous(kernel_format(x));
+  at::Tensor sums = at::empty({g.batch, g.channels}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_depthwise_squeeze_excite", [&] {
+    depthwise::run_forward_nhwc(xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                                out.mutable_data_ptr<scalar_t>(), g, act,
+                                sums.mutable_data_ptr<scalar_t>());
+  });
+  auto as_ct = [&](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->to(ct)) : std::nullopt;
+  };
+  const at::Tensor pooled = sums.div_(static_cast<double>(g.out_h * g.out_w));
+  at::Tensor hidden = at::linear(pooled, w_reduce.to(ct), as_ct(b_reduce));
+  hidden = se_activation == "relu" ? hidden.relu_() : at::silu_(hidden);
+  at::Tensor z = at::linear(hidden, w_expand.to(ct), as_ct(b_expand));
+  z = gate == "sigmoid" ? z.sigmoid_() : at::hardsigmoid_(z);
+  out.mul_(z.view({g.batch, g.channels, 1, 1}));
+  return out.to(x.scalar_type()).contiguous(kernel_format(x));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
+  m.impl("depthwise_squeeze_excite", &depthwise_squeeze_excite_cpu);
+}
+
+}  // namespace mobilefuse

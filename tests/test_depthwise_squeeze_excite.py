@@ -1,0 +1,127 @@
+"""The inference op depthwise convolution + squeeze-and-excitation (the SE pool taken in the
+depthwise kernel's epilogue) against the float64 reference, and the block route that uses it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import FORWARD_TOL, assert_close_to_reference, make_input
+
+import mobilefuse
+from mobilefuse import ops, reference
+from mobilefuse._extension import has_extension
+
+pytestmark = pytest.mark.skipif(not has_extension(), reason="C++ extension not built")
+
+ACTIVATIONS = ["none", "relu", "relu6", "hardswish", "silu"]
+
+
+def _op(*args):
+    return torch.ops.mobilefuse.depthwise_squeeze_excite(*args)
+
+
+def _reference(x, w, b, stride, padding, act, w1, b1, w2, b2, se_act, gate):
+    def d(t):
+        return None if t is None else t.double()
+    h = reference.depthwise_conv2d(x.double(), w.double(), d(b), stride, padding, 1, act)
+    return reference.squeeze_excite(h, w1.double(), d(b1), w2.double(), d(b2), se_act, gate)
+
+
+def _case(rng: random.Random, dtype: torch.dtype, layout: str):
+    n, c, r = rng.choice([1, 2, 3]), rng.choice([1, 5, 16, 17, 40, 72]), rng.choice([1, 3, 8])
+    k, stride = rng.choice([3, 5, 7]), rng.choice([1, 2])
+    h, w = rng.randint(k // 2 + 1, 19), rng.randint(k // 2 + 1, 23)
+    padding = rng.choice([k // 2, 0, 1]) if min(h, w) >= k else k // 2
+    bias = rng.random() < 0.7
+    x = make_input((n, c, h, w), dtype, "cpu", layout)
+    weight = torch.randn(c, 1, k, k, dtype=dtype) / k
+    b = torch.randn(c, dtype=dtype) if bias else None
+    w1, b1 = torch.randn(r, c, dtype=dtype) / c ** 0.5, torch.randn(r, dtype=dtype)
+    w2, b2 = torch.randn(c, r, dtype=dtype) / r ** 0.5, torch.randn(c, dtype=dtype)
+    if rng.random() < 0.3:
+        b1 = None
+    if rng.random() < 0.3:
+        b2 = None
+    return (x, weight, b, [stride, stride], [padding, padding], [1, 1], rng.choice(ACTIVATIONS),
+            w1, b1, w2, b2, rng.choice(["relu", "silu"]), rng.choice(["sigmoid", "hardsigmoid"]))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_float64_reference(seed, dtype, layout):
+    args = _case(random.Random(seed * 31 + len(layout)), dtype, layout)
+    x, w, b, stride, padding, _, act, w1, b1, w2, b2, se_act, gate = args
+    out = _op(*args)
+    expected = _reference(x, w, b, stride[0], padding[0], act, w1, b1, w2, b2, se_act, gate)
+    assert out.dtype == dtype and out.shape == expected.shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
+    assert_close_to_reference(out, expected, FORWARD_TOL[dtype], f"seed {seed}")
+
+
+def test_many_bands_sum_alike_run_to_run():
+    # A single image and few channels split the rows into bands, each summed on its own.
+    x = torch.randn(1, 24, 61, 37).contiguous(memory_format=torch.channels_last)
+    w, w1, w2 = torch.randn(24, 1, 3, 3), torch.randn(6, 24) / 5, torch.randn(24, 6) / 3
+    args = (x, w, None, [1, 1], [1, 1], [1, 1], "relu6", w1, None, w2, None, "relu", "sigmoid")
+    first = _op(*args)
+    assert torch.equal(first, _op(*args))
+    expected = _reference(x, w, None, 1, 1, "relu6", w1, None, w2, None, "relu", "sigmoid")
+    assert_close_to_reference(first, expected, FORWARD_TOL[torch.float32], "bands")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"w1": torch.randn(4, 7)}, "w_reduce must have shape"),
+    ({"w2": torch.randn(4, 8)}, "w_expand must have shape"),
+    ({"b1": torch.randn(5)}, "b_reduce must have shape"),
+    ({"b2": torch.randn(3)}, "b_expand must have shape"),
+    ({"w1": torch.randn(4, 8).double()}, "must match x's dtype"),
+    ({"se_act": "gelu"}, "se_activation must be relu or silu"),
+    ({"gate": "tanh"}, "gate must be sigmoid or hardsigmoid"),
+    ({"act": "gelu"}, "activation must be"),
+    ({"weight": torch.randn(8, 2, 3, 3)}, "weight must have shape"),
+])
+def test_bad_arguments_raise_clear_errors(bad, message):
+    parts = {"x": torch.randn(2, 8, 6, 6), "weight": torch.randn(8, 1, 3, 3), "act": "relu",
+             "w1": torch.randn(4, 8), "b1": None, "w2": torch.randn(8, 4), "b2": None,
+             "se_act": "relu", "gate": "sigmoid", **bad}
+    with pytest.raises(RuntimeError, match=message):
+        _op(parts["x"], parts["weight"], None, [1, 1], [1, 1], [1, 1], parts["act"],
+            parts["w1"], parts["b1"], parts["w2"], parts["b2"], parts["se_act"], parts["gate"])
+
+
+def _se_block():
+    # MobileNetV3-Large's fourth block: expand 24 -> 72, 5x5 depthwise stride 2, SE, project.
+    return mobilefuse.models.create_model("mobilenet_v3_large").features[4].eval()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_block_inference_takes_the_fused_route_where_it_serves(monkeypatch, channels_last):
+    block = _se_block()
+    x = torch.randn(2, 24, 13, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = block.double()(x.double())
+    fast = mobilefuse.accelerate(block.float())
+    routes = []
+    real = ops._depthwise_squeeze_excite
+
+    def spy(*args):
+        out = real(*args)
+        routes.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ops, "_depthwise_squeeze_excite", spy)
+    with torch.no_grad():
+        out = fast(x)
+    assert routes == [channels_last]
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "block")
+    # With gradients recorded the autograd route runs and gives the same numbers.
+    routes.clear()
+    again = fast(x.clone().requires_grad_())
+    assert routes == [False]
+    assert_close_to_reference(again, expected, FORWARD_TOL[torch.float32], "block (grad)")
