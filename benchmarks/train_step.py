@@ -2,6 +2,7 @@
 accelerate() with per-layer swaps only, interleaved in one process.
 
     python benchmarks/train_step.py --models mobilenet_v3_large,efficientnet_b0 --mode train
+    python benchmarks/train_step.py --mode eval --features --reps 15   # feature extractors
 
 Prints the medians and ratios and writes them as JSON (``--out``). CPU runs reuse freed heap
 blocks (see ``mobilefuse.bench.timing.configure_allocator``), as the benchmark runner does.
@@ -35,11 +36,15 @@ def _per_layer_only(model: nn.Module) -> nn.Module:
         accelerate_module.block_gap = block_gap
 
 
-def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int) -> dict:
-    """Median milliseconds per step of each variant, measured round-robin."""
+def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int,
+            features: bool = False) -> dict:
+    """Median milliseconds per step of each variant, measured round-robin; ``features``: the
+    model's feature extractor (``model.features``) only."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     eager = create_model(name).train(train).to(memory_format=fmt)
+    if features:
+        eager = eager.features
     variants = {"eager": eager, "blocks": mobilefuse.accelerate(eager),
                 "per_layer": _per_layer_only(eager)}
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
@@ -62,7 +67,8 @@ def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int) 
             times[key].append(time.perf_counter() - start)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"model": name, "mode": "train" if train else "eval", "batch": batch,
-            "layout": "channels_last" if channels_last else "NCHW", "median_ms": ms,
+            "layout": "channels_last" if channels_last else "NCHW",
+            "part": "features" if features else "model", "median_ms": ms,
             "speedup_blocks": ms["eager"] / ms["blocks"],
             "speedup_per_layer": ms["eager"] / ms["per_layer"]}
 
@@ -75,16 +81,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--features", action="store_true",
+                        help="time the feature extractor (model.features) only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     allocator = timing.configure_allocator()
     rows = []
     for name in args.models.split(","):
-        row = measure(name, args.mode == "train", args.batch, not args.nchw, args.reps)
+        row = measure(name, args.mode == "train", args.batch, not args.nchw, args.reps,
+                      args.features)
         rows.append(row)
         ms = row["median_ms"]
-        print(f"{name} {row['mode']} {row['layout']}: eager {ms['eager']:.1f} ms, blocks "
-              f"{ms['blocks']:.1f} ms ({row['speedup_blocks']:.2f}x), per-layer "
+        print(f"{name} {row['part']} {row['mode']} {row['layout']}: eager {ms['eager']:.1f} "
+              f"ms, blocks {ms['blocks']:.1f} ms ({row['speedup_blocks']:.2f}x), per-layer "
               f"{ms['per_layer']:.1f} ms ({row['speedup_per_layer']:.2f}x)")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

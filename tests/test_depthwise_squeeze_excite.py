@@ -30,7 +30,7 @@ def _reference(x, w, b, stride, padding, act, w1, b1, w2, b2, se_act, gate):
 
 
 def _case(rng: random.Random, dtype: torch.dtype, layout: str):
-    n, c, r = rng.choice([1, 2, 3]), rng.choice([1, 5, 16, 17, 40, 72]), rng.choice([1, 3, 8])
+    n, c, r = rng.choice([1, 2, 3, 4, 5]), rng.choice([1, 5, 16, 17, 40, 72]), rng.choice([1, 3, 8])
     k, stride = rng.choice([3, 5, 7]), rng.choice([1, 2])
     h, w = rng.randint(k // 2 + 1, 19), rng.randint(k // 2 + 1, 23)
     padding = rng.choice([k // 2, 0, 1]) if min(h, w) >= k else k // 2
@@ -60,6 +60,30 @@ def test_matches_float64_reference(seed, dtype, layout):
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
     assert_close_to_reference(out, expected, FORWARD_TOL[dtype], f"seed {seed}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 4, 5])
+def test_both_routes_match_float64_reference(batch, threads):
+    # Two images or more per thread: each image is convolved, excited and gated on one thread
+    # in a row (the excitation in C++ loops); fewer: rows spread over threads, torch excites.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed in range(3):
+            args = list(_case(random.Random(100 * batch + seed), torch.float32,
+                              "channels_last"))
+            x = args[0]
+            args[0] = torch.randn(batch, *x.shape[1:]).contiguous(
+                memory_format=torch.channels_last)
+            out = _op(*args)
+            x, w, b, stride, padding, _, act, w1, b1, w2, b2, se_act, gate = args
+            expected = _reference(x, w, b, stride[0], padding[0], act, w1, b1, w2, b2, se_act,
+                                  gate)
+            assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32],
+                                      f"batch {batch}, {threads} threads, seed {seed}")
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_many_bands_sum_alike_run_to_run():

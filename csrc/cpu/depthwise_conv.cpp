@@ -35,6 +35,10 @@ template <typename T>
 void forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g, Act act,
                   T* sums);
 template <typename T>
+void forward_nhwc_by_image(const T* x, const T* w_taps, const T* bias, T* out,
+                           const Geometry& g, Act act,
+                           const std::function<void(int64_t, const T*)>& after);
+template <typename T>
 void backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx, T* gw,
                    T* gb, const Geometry& g, Act act, GradMask mask);
 template <typename T>
@@ -64,6 +68,23 @@ void run_forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const 
 #endif
   forward_nhwc(x, w_taps, bias, out, g, act, sums);
 }
+
+template <typename T>
+void run_forward_nhwc_by_image(const T* x, const T* w_taps, const T* bias, T* out,
+                               const Geometry& g, Act act,
+                               const std::function<void(int64_t, const T*)>& after) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+  if (use_avx512()) return AVX512::forward_nhwc_by_image(x, w_taps, bias, out, g, act, after);
+#endif
+  forward_nhwc_by_image(x, w_taps, bias, out, g, act, after);
+}
+
+template void run_forward_nhwc_by_image<float>(
+    const float*, const float*, const float*, float*, const Geometry&, Act,
+    const std::function<void(int64_t, const float*)>&);
+template void run_forward_nhwc_by_image<double>(
+    const double*, const double*, const double*, double*, const Geometry&, Act,
+    const std::function<void(int64_t, const double*)>&);
 
 template void run_forward_nhwc<float>(const float*, const float*, const float*, float*,
                                       const Geometry&, Act, float*);

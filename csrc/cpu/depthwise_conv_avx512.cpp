@@ -15,6 +15,12 @@ template void forward_nhwc<float>(const float*, const float*, const float*, floa
                                   const Geometry&, Act, float*);
 template void forward_nhwc<double>(const double*, const double*, const double*, double*,
                                    const Geometry&, Act, double*);
+template void forward_nhwc_by_image<float>(const float*, const float*, const float*, float*,
+                                           const Geometry&, Act,
+                                           const std::function<void(int64_t, const float*)>&);
+template void forward_nhwc_by_image<double>(const double*, const double*, const double*,
+                                            double*, const Geometry&, Act,
+                                            const std::function<void(int64_t, const double*)>&);
 template void backward_nhwc<float>(const float*, const float*, const float*, const float*,
                                    float*, float*, float*, const Geometry&, Act, GradMask);
 template void backward_nhwc<double>(const double*, const double*, const double*,

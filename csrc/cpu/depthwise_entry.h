@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+
 #include "depthwise_types.h"
 
 namespace mobilefuse {
@@ -29,6 +31,13 @@ at::Tensor weight_by_tap(const at::Tensor& w);
 template <typename T>
 void run_forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
                       Act act, T* sums = nullptr);
+
+// The NHWC forward one image per task: after(n, sums) runs on that task's thread as soon as
+// image n's output is written, with that image's per-channel sums (C values).
+template <typename T>
+void run_forward_nhwc_by_image(const T* x, const T* w_taps, const T* bias, T* out,
+                               const Geometry& g, Act act,
+                               const std::function<void(int64_t, const T*)>& after);
 
 }  // namespace depthwise
 }  // namespace mobilefuse

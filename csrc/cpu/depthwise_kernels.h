@@ -20,6 +20,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <functional>
 #include <type_traits>
 #include <vector>
 
@@ -726,6 +727,45 @@ void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, cons
       sums[n * g.channels + c] = total;
     }
   }
+}
+
+// Image n's whole output on the calling thread, one channel tile at a time down the image,
+// and sums[c] = the sum of its output channel c.
+template <typename T, typename K, Act kAct>
+void forward_nhwc_image(const T* xn, T* on, const T* w_taps, const T* bias, const Geometry& g,
+                        T* sums, RowScratch<T>& scratch) {
+  int64_t ow_lo, ow_hi;
+  interior_columns(g, ow_lo, ow_hi);
+  const int64_t row = g.out_w * g.channels, tile = tile_channels<T>(g);
+  std::fill(sums, sums + g.channels, T(0));
+  for (int64_t c_lo = 0; c_lo < g.channels; c_lo += tile) {
+    const int64_t c_hi = std::min(g.channels, c_lo + tile);
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      forward_nhwc_output_row<T, K, kAct>(xn, on + oh * row, w_taps, bias, g, oh, ow_lo, ow_hi,
+                                          c_lo, c_hi, scratch);
+      add_row_sums(on + oh * row, g.out_w, g.channels, c_lo, c_hi, sums);
+    }
+  }
+}
+
+// The NHWC forward one image per task: `after(n, sums)` runs on the same thread as soon as
+// image n's output is written (and still in cache), with its per-channel sums.
+template <typename T>
+void forward_nhwc_by_image(const T* x, const T* w_taps, const T* bias, T* out,
+                           const Geometry& g, Act act,
+                           const std::function<void(int64_t, const T*)>& after) {
+  with_fixed<T>(g, act, [&](auto k, auto a) {
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      RowScratch<T> scratch(g);
+      std::vector<T> sums(g.channels);
+      for (int64_t n = begin; n < end; ++n) {
+        forward_nhwc_image<T, decltype(k), decltype(a)::value>(
+            x + n * g.height * g.width * g.channels, out + n * g.out_h * g.out_w * g.channels,
+            w_taps, bias, g, sums.data(), scratch);
+        after(n, sums.data());
+      }
+    });
+  });
 }
 
 // The NHWC forward; with `sums` (N * C values), also each output channel's sum per image.

@@ -1,11 +1,19 @@
 // Inference form of depthwise convolution followed by squeeze-and-excitation, on CPU:
 // squeeze_excite(act(depthwise_conv2d(x))) with the SE pool summed from each output row while
 // that row is still in L1 (the depthwise kernel's epilogue), so the pool costs no pass over
-// memory; the excitation on the (N, C) means runs through torch inside this op (no Python between
-// the steps) and the gate multiplies the output in place. No autograd: the fused block calls it
+// memory. With two images or more per thread each image is convolved, excited and gated by one
+// thread in a row, its output still in cache; otherwise the excitation on the (N, C) means runs
+// through torch inside this op and the gate multiplies the output in place. No autograd: the fused block calls it
 // only when no gradient is recorded. Float16/bfloat16 compute in float32, like the depthwise op.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "../layout.h"
 #include "depthwise_entry.h"
@@ -37,6 +45,53 @@ void check_se_weights(const char* op, const at::Tensor& x, const at::Tensor& w_r
   }
 }
 
+// The excitation of one image from its per-channel output sums, and its gate applied in
+// place on its output (pixels x C, NHWC) while that output is still in cache. Weights as
+// w1 (R, C) and w2t (R, C), the expansion transposed, so both loops run along C.
+template <typename T>
+struct ImageExcitation {
+  const T *w1, *b1, *w2t, *b2;
+  int64_t R, C;
+  bool silu, sigmoid;
+  T inv_pixels;
+
+  void operator()(T* out, int64_t pixels, const T* sums, T* hidden, T* gate) const {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t V = Vec::size();
+    for (int64_t r = 0; r < R; ++r) {
+      Vec acc(0);
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t n = std::min(V, C - c);
+        acc = at::vec::fmadd(Vec::loadu(w1 + r * C + c, n), Vec::loadu(sums + c, n), acc);
+      }
+      const T pre = at::vec::vec_reduce_all<T>([](Vec a, Vec b) { return a + b; }, acc) *
+                        inv_pixels + (b1 ? b1[r] : T(0));
+      hidden[r] = silu ? pre / (T(1) + std::exp(-pre)) : std::max(pre, T(0));
+    }
+    for (int64_t c = 0; c < C; ++c) gate[c] = b2 ? b2[c] : T(0);
+    for (int64_t r = 0; r < R; ++r) {
+      const Vec h(hidden[r]);
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t n = std::min(V, C - c);
+        at::vec::fmadd(Vec::loadu(w2t + r * C + c, n), h, Vec::loadu(gate + c, n))
+            .store(gate + c, n);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const T z = gate[c];
+      gate[c] = sigmoid ? T(1) / (T(1) + std::exp(-z))
+                        : std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
+    }
+    for (int64_t p = 0; p < pixels; ++p) {
+      T* o = out + p * C;
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t n = std::min(V, C - c);
+        (Vec::loadu(o + c, n) * Vec::loadu(gate + c, n)).store(o + c, n);
+      }
+    }
+  }
+};
+
 at::Tensor depthwise_squeeze_excite_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -61,6 +116,34 @@ at::Tensor depthwise_squeeze_excite_cpu(
   at::Tensor out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, xc.options(),
                              at::MemoryFormat::ChannelsLast);
   if (out.numel() == 0) return out.to(x.scalar_type()).contiguous(kernel_format(x));
+  auto as_ct = [&](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->to(ct).contiguous()) : std::nullopt;
+  };
+  // Two images or more per thread: each image's gate is applied by the thread that wrote it,
+  // right after, from cache. Fewer: the rows of one image spread over threads, and the gate
+  // is one more pass.
+  if (g.batch >= 2 * at::get_num_threads()) {
+    const at::Tensor w1 = w_reduce.to(ct).contiguous(), w2t = w_expand.to(ct).t().contiguous();
+    const std::optional<at::Tensor> b1 = as_ct(b_reduce), b2 = as_ct(b_expand);
+    AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_depthwise_squeeze_excite_by_image", [&] {
+      const ImageExcitation<scalar_t> excite{
+          w1.const_data_ptr<scalar_t>(), b1 ? b1->const_data_ptr<scalar_t>() : nullptr,
+          w2t.const_data_ptr<scalar_t>(), b2 ? b2->const_data_ptr<scalar_t>() : nullptr,
+          w1.size(0), g.channels, se_activation == "silu", gate == "sigmoid",
+          static_cast<scalar_t>(1.0 / static_cast<double>(g.out_h * g.out_w))};
+      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      const int64_t pixels = g.out_h * g.out_w;
+      depthwise::run_forward_nhwc_by_image<scalar_t>(
+          xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, op, g, act,
+          [&](int64_t n, const scalar_t* sums) {
+            std::vector<scalar_t> scratch(excite.R + excite.C);
+            excite(op + n * pixels * g.channels, pixels, sums, scratch.data(),
+                   scratch.data() + excite.R);
+          });
+    });
+    return out.to(x.scalar_type()).contiguous(kernel_format(x));
+  }
   at::Tensor sums = at::empty({g.batch, g.channels}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_depthwise_squeeze_excite", [&] {
     depthwise::run_forward_nhwc(xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -68,9 +151,6 @@ at::Tensor depthwise_squeeze_excite_cpu(
                                 out.mutable_data_ptr<scalar_t>(), g, act,
                                 sums.mutable_data_ptr<scalar_t>());
   });
-  auto as_ct = [&](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(t->to(ct)) : std::nullopt;
-  };
   const at::Tensor pooled = sums.div_(static_cast<double>(g.out_h * g.out_w));
   at::Tensor hidden = at::linear(pooled, w_reduce.to(ct), as_ct(b_reduce));
   hidden = se_activation == "relu" ? hidden.relu_() : at::silu_(hidden);
