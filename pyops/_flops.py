@@ -47,6 +47,19 @@ def _squeeze_excite_backward(grad_out: Shape, x: Shape, pooled: Shape, w_reduce:
     return 2 * excitation_flops(x, w_reduce)
 
 
+def _depthwise_squeeze_excite(x: Shape, weight: Shape, *args: Any, out_shape: Shape,
+                              **__: Any) -> int:
+    # (x, weight, bias, stride, padding, dilation, activation, w_reduce, ...)
+    return depthwise_flops(out_shape, weight) + excitation_flops(x, args[5])
+
+
+def _onednn_convolution(*args: Any, out_shape: Shape, **__: Any) -> int:
+    # torch.ops.mkldnn._convolution_pointwise: (X, W, ...) has 10 arguments, its .binary
+    # overload (X, other, W, ...) 13. Counted as aten.convolution counts a convolution.
+    weight = args[2] if len(args) == 13 else args[1]
+    return 2 * math.prod(out_shape) * math.prod(weight[1:])
+
+
 _FORMULAS: dict[str, Callable[..., int]] = {
     "depthwise_conv2d": _depthwise,
     "triton_depthwise_conv2d": _depthwise,
@@ -54,11 +67,21 @@ _FORMULAS: dict[str, Callable[..., int]] = {
     "triton_depthwise_conv2d_backward": _depthwise_backward,
     "squeeze_excite": _squeeze_excite,
     "squeeze_excite_backward": _squeeze_excite_backward,
+    "depthwise_squeeze_excite": _depthwise_squeeze_excite,
 }
+
+
+def _register_onednn() -> None:
+    # The CPU inference route runs its convolutions as oneDNN ops (mobilefuse._onednn), which
+    # torch's counter does not know; counted so an accelerated model keeps its eager FLOPs.
+    packet = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+    if packet is not None and packet not in flop_registry:
+        register_flop_formula(packet)(_onednn_convolution)
 
 
 def register() -> list[str]:
     """Register the formulas of the ops this build has (once); returns their names."""
+    _register_onednn()
     done = []
     for name, formula in _FORMULAS.items():
         try:

@@ -71,6 +71,17 @@ def packed_weight(weight: torch.Tensor, x_shape: torch.Size, stride: _Pair, padd
     return packed
 
 
+def _adds(x: torch.Tensor, weight: torch.Tensor, stride: _Pair, padding: _Pair,
+          activation: str | None, residual: torch.Tensor) -> bool:
+    """Whether oneDNN's add post-op can take ``residual``: a 1x1 convolution that keeps the
+    input's size, no activation before the add, a residual shaped and laid out as the output."""
+    return (activation is None and tuple(weight.shape[2:]) == (1, 1)
+            and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+            and residual.shape == (x.shape[0], weight.shape[0], *x.shape[2:])
+            and residual.dtype == x.dtype and residual.device == x.device
+            and residual.is_contiguous(memory_format=torch.channels_last))
+
+
 def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     stride: _Pair = (1, 1), padding: _Pair = (0, 0), dilation: _Pair = (1, 1),
                     groups: int = 1, activation: str | None = None,
@@ -83,10 +94,9 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """
     from mobilefuse import ops  # ops imports this module's users
 
-    fused = serves(x, weight, activation) and (
-        residual is None or (activation is None and residual.shape[1] == weight.shape[0]
-                             and residual.dtype == x.dtype and residual.device == x.device
-                             and residual.is_contiguous(memory_format=torch.channels_last)))
+    fused = serves(x, weight, activation) and (residual is None or _adds(x, weight, stride,
+                                                                        padding, activation,
+                                                                        residual))
     if not fused:
         y = ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
                                activation)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FORWARD_TOL, assert_close_to_reference
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import mobilefuse
 from mobilefuse import _onednn
@@ -148,3 +149,17 @@ def test_accelerated_block_in_inference_mode_packs_its_folded_weights():
         again = fast(x)
     assert_close_scaled(y, expected, torch.float32)
     assert torch.equal(y, again)
+
+
+@pytest.mark.parametrize("index", [4, 5])  # SE without and with the residual add
+def test_flop_counter_counts_the_inference_route_as_eager(index):
+    block = mobilefuse.models.create_model("mobilenet_v3_large").features[index].eval()
+    x = _random((2, block.block[0][0].in_channels, 9, 11)).to(memory_format=CL)
+
+    def flops(module: nn.Module) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x)
+        return counter.get_total_flops()
+
+    eager = flops(block)
+    assert eager > 0 and flops(mobilefuse.accelerate(block)) == eager
