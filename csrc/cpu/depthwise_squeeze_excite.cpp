@@ -47,38 +47,35 @@ void check_se_weights(const char* op, const at::Tensor& x, const at::Tensor& w_r
 
 // The excitation of one image from its per-channel output sums, and its gate applied in
 // place on its output (pixels x C, NHWC) while that output is still in cache. Weights as
-// w1 (R, C) and w2t (R, C), the expansion transposed, so both loops run along C.
+// given: w1 (R, C) and w2 (C, R), each output a dot product along a contiguous row.
 template <typename T>
 struct ImageExcitation {
-  const T *w1, *b1, *w2t, *b2;
+  const T *w1, *b1, *w2, *b2;
   int64_t R, C;
   bool silu, sigmoid;
   T inv_pixels;
+
+  // sum over i < len of a[i] * b[i].
+  static T dot(const T* a, const T* b, int64_t len) {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t V = Vec::size();
+    Vec acc(0);
+    for (int64_t i = 0; i < len; i += V) {
+      const int64_t n = std::min(V, len - i);
+      acc = at::vec::fmadd(Vec::loadu(a + i, n), Vec::loadu(b + i, n), acc);
+    }
+    return at::vec::vec_reduce_all<T>([](Vec x, Vec y) { return x + y; }, acc);
+  }
 
   void operator()(T* out, int64_t pixels, const T* sums, T* hidden, T* gate) const {
     using Vec = at::vec::Vectorized<T>;
     constexpr int64_t V = Vec::size();
     for (int64_t r = 0; r < R; ++r) {
-      Vec acc(0);
-      for (int64_t c = 0; c < C; c += V) {
-        const int64_t n = std::min(V, C - c);
-        acc = at::vec::fmadd(Vec::loadu(w1 + r * C + c, n), Vec::loadu(sums + c, n), acc);
-      }
-      const T pre = at::vec::vec_reduce_all<T>([](Vec a, Vec b) { return a + b; }, acc) *
-                        inv_pixels + (b1 ? b1[r] : T(0));
+      const T pre = dot(w1 + r * C, sums, C) * inv_pixels + (b1 ? b1[r] : T(0));
       hidden[r] = silu ? pre / (T(1) + std::exp(-pre)) : std::max(pre, T(0));
     }
-    for (int64_t c = 0; c < C; ++c) gate[c] = b2 ? b2[c] : T(0);
-    for (int64_t r = 0; r < R; ++r) {
-      const Vec h(hidden[r]);
-      for (int64_t c = 0; c < C; c += V) {
-        const int64_t n = std::min(V, C - c);
-        at::vec::fmadd(Vec::loadu(w2t + r * C + c, n), h, Vec::loadu(gate + c, n))
-            .store(gate + c, n);
-      }
-    }
     for (int64_t c = 0; c < C; ++c) {
-      const T z = gate[c];
+      const T z = dot(w2 + c * R, hidden, R) + (b2 ? b2[c] : T(0));
       gate[c] = sigmoid ? T(1) / (T(1) + std::exp(-z))
                         : std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
     }
@@ -123,12 +120,12 @@ at::Tensor depthwise_squeeze_excite_cpu(
   // right after, from cache. Fewer: the rows of one image spread over threads, and the gate
   // is one more pass.
   if (g.batch >= 2 * at::get_num_threads()) {
-    const at::Tensor w1 = w_reduce.to(ct).contiguous(), w2t = w_expand.to(ct).t().contiguous();
+    const at::Tensor w1 = w_reduce.to(ct).contiguous(), w2 = w_expand.to(ct).contiguous();
     const std::optional<at::Tensor> b1 = as_ct(b_reduce), b2 = as_ct(b_expand);
     AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_depthwise_squeeze_excite_by_image", [&] {
       const ImageExcitation<scalar_t> excite{
           w1.const_data_ptr<scalar_t>(), b1 ? b1->const_data_ptr<scalar_t>() : nullptr,
-          w2t.const_data_ptr<scalar_t>(), b2 ? b2->const_data_ptr<scalar_t>() : nullptr,
+          w2.const_data_ptr<scalar_t>(), b2 ? b2->const_data_ptr<scalar_t>() : nullptr,
           w1.size(0), g.channels, se_activation == "silu", gate == "sigmoid",
           static_cast<scalar_t>(1.0 / static_cast<double>(g.out_h * g.out_w))};
       scalar_t* op = out.mutable_data_ptr<scalar_t>();
