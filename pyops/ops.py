@@ -239,10 +239,12 @@ def inverted_residual(x: torch.Tensor, expand_weight: torch.Tensor | None,
 
     The 1x1 convolutions run on the vendor GEMM (oneDNN on CPU, cuDNN/cuBLAS on GPU). In CPU
     inference (float32, channels_last, no gradient recorded) their activation and the
-    residual add are oneDNN post-ops on a cached reordered weight; elsewhere they are applied
-    in place on the fresh output when no gradient is recorded. The depthwise convolution runs
-    its fused kernel with bias and activation in its epilogue; the squeeze-and-excitation is
-    one fused op (two passes over its input). All of it is differentiable.
+    residual add are oneDNN post-ops on a cached reordered weight, and the depthwise
+    convolution and the squeeze-and-excitation are one op that takes the SE pool in the
+    depthwise kernel's epilogue. Elsewhere the activation and the add are applied in place on
+    the fresh output when no gradient is recorded, the depthwise convolution runs its fused
+    kernel with bias and activation in its epilogue, and the squeeze-and-excitation is one
+    fused op (two passes over its input). All of it is differentiable.
     :class:`mobilefuse.nn.InvertedResidual` calls this with BatchNorms folded in eval mode.
 
     Args:

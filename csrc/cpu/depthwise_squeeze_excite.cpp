@@ -3,8 +3,9 @@
 // that row is still in L1 (the depthwise kernel's epilogue), so the pool costs no pass over
 // memory. With two images or more per thread each image is convolved, excited and gated by one
 // thread in a row, its output still in cache; otherwise the excitation on the (N, C) means runs
-// through torch inside this op and the gate multiplies the output in place. No autograd: the fused block calls it
-// only when no gradient is recorded. Float16/bfloat16 compute in float32, like the depthwise op.
+// through torch inside this op and the gate multiplies the output in place. No autograd: the
+// fused block calls it only when no gradient is recorded. Float16/bfloat16 compute in float32,
+// like the depthwise op.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -128,14 +129,14 @@ at::Tensor depthwise_squeeze_excite_cpu(
           w2.const_data_ptr<scalar_t>(), b2 ? b2->const_data_ptr<scalar_t>() : nullptr,
           w1.size(0), g.channels, se_activation == "silu", gate == "sigmoid",
           static_cast<scalar_t>(1.0 / static_cast<double>(g.out_h * g.out_w))};
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
       const int64_t pixels = g.out_h * g.out_w;
       depthwise::run_forward_nhwc_by_image<scalar_t>(
           xc.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, op, g, act,
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out_data, g, act,
           [&](int64_t n, const scalar_t* sums) {
             std::vector<scalar_t> scratch(excite.R + excite.C);
-            excite(op + n * pixels * g.channels, pixels, sums, scratch.data(),
+            excite(out_data + n * pixels * g.channels, pixels, sums, scratch.data(),
                    scratch.data() + excite.R);
           });
     });
