@@ -40,11 +40,12 @@ def _ops_present() -> bool:
 
 def serves(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> bool:
     """Whether :func:`conv2d_epilogue` runs oneDNN's fused convolution for these tensors."""
+    from mobilefuse import ops  # imported here: ops imports this module
+
     return (activation in _POST_OPS and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and weight.device.type == "cpu"
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and _ops_present() and torch.backends.mkldnn.enabled)
+            and ops.eager_no_grad() and _ops_present() and torch.backends.mkldnn.enabled)
 
 
 # weight -> (what it was packed for, the packed weight)
@@ -92,7 +93,7 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     ``padding`` is a pair of ints. Elsewhere it is ``F.conv2d`` with the activation and the add
     done in place on the fresh output when no gradient is recorded (out of place otherwise).
     """
-    from mobilefuse import ops  # ops imports this module's users
+    from mobilefuse import ops  # imported here: ops imports this module
 
     fused = serves(x, weight, activation) and (residual is None or _adds(x, weight, stride,
                                                                         padding, activation,
