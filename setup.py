@@ -23,9 +23,10 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 ROOT = Path(__file__).parent
 CPU_SOURCES = ["csrc/registration.cpp", "csrc/depthwise_autograd.cpp", "csrc/cpu/activations.cpp",
                "csrc/cpu/channel_shuffle.cpp", "csrc/cpu/depthwise_conv.cpp",
-               "csrc/cpu/squeeze_excite.cpp", "csrc/cpu/depthwise_squeeze_excite.cpp"]
+               "csrc/cpu/squeeze_excite.cpp", "csrc/cpu/depthwise_squeeze_excite.cpp",
+               "csrc/cpu/batch_norm_activation.cpp"]
 # Compiled with AVX512_FLAGS on top of the extension's flags, in "avx512" builds only.
-AVX512_SOURCES = ["csrc/cpu/depthwise_conv_avx512.cpp"]
+AVX512_SOURCES = ["csrc/cpu/depthwise_conv_avx512.cpp", "csrc/cpu/batch_norm_activation_avx512.cpp"]
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                 "-UCPU_CAPABILITY", "-UCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX512",
                 "-DCPU_CAPABILITY_AVX512"]

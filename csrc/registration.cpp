@@ -34,6 +34,15 @@ TORCH_LIBRARY(mobilefuse, m) {
   // float64); and x * scale[n, c] (+ shift[n, c]) in x's dtype and layout.
   m.def("se_channel_sum(Tensor x, Tensor? y) -> Tensor");
   m.def("se_channel_affine(Tensor x, Tensor scale, Tensor? shift) -> Tensor");
+  // act(batch_norm(x)) with given batch statistics (mean, invstd per channel; weight and bias
+  // optional), x's dtype and layout; and its backward through the batch statistics (as
+  // native_batch_norm_backward in training mode) with the activation's derivative recomputed
+  // from x. Masked-out gradients come back empty. CPU; the fused block's training path.
+  m.def("batch_norm_activation(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, "
+        "Tensor? bias, str activation) -> Tensor");
+  m.def("batch_norm_activation_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, "
+        "Tensor? weight, Tensor? bias, str activation, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
   // Inference only (no autograd): squeeze_excite(depthwise_conv2d(x, ...), w_reduce (R, C),
   // b_reduce, w_expand (C, R), b_expand, se_activation, gate) with the pool taken in the
   // depthwise kernel's epilogue; CPU.

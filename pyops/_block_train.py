@@ -101,6 +101,48 @@ def _activate(t: torch.Tensor, name: str | None) -> torch.Tensor:
     return t if name is None else INPLACE_ACTIVATIONS[name](t)
 
 
+def _forward_norm_act(backend: str, t: torch.Tensor, norm: nn.Module,
+                      stats: tuple[torch.Tensor, torch.Tensor], act: str | None) -> torch.Tensor:
+    """act(BatchNorm(t)) in the forward: on CPU one pass, elsewhere normalize then activate
+    in place."""
+    if backend == "cpu":
+        return _norm_act(backend, t, norm, *stats, act)[0]
+    return _activate(_normalize(backend, t, norm, *stats), act)
+
+
+def _norm_act(backend: str, t: torch.Tensor, norm: nn.Module, mean: torch.Tensor,
+              invstd: torch.Tensor, act: str | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(act(BatchNorm(t)), BatchNorm(t) where the activation's backward will need it, else
+    None). On CPU one pass (mobilefuse::batch_norm_activation); elsewhere the normalization
+    then the activation, out of place so the normalized tensor survives."""
+    if backend == "cpu":
+        return torch.ops.mobilefuse.batch_norm_activation(
+            t, mean, invstd, norm.weight, norm.bias, act or "none"), None
+    h = _normalize(backend, t, norm, mean, invstd)
+    return (h, h) if act is None else (_ACTIVATION_OUT_OF_PLACE[act](h), h)
+
+
+def _norm_act_backward(backend: str, grad: torch.Tensor, t: torch.Tensor, norm: nn.Module,
+                       mean: torch.Tensor, invstd: torch.Tensor, act: str | None,
+                       needs_affine: bool, normalized: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (t, norm weight, norm bias) of act(BatchNorm(t)) on batch statistics. On CPU
+    two passes that recompute the pre-activation (mobilefuse::batch_norm_activation_backward);
+    elsewhere the activation's backward from ``normalized`` (recomputed when not given), then
+    BatchNorm's."""
+    if backend == "cpu":
+        affine = needs_affine and norm.weight is not None
+        gi, gw, gb = torch.ops.mobilefuse.batch_norm_activation_backward(
+            grad, t, mean, invstd, norm.weight, norm.bias, act or "none", [True, affine, affine])
+        return gi, (gw if affine else None), (gb if affine else None)
+    if act is not None:
+        if normalized is None:
+            normalized = _normalize(backend, t, norm, mean, invstd)
+        grad = _ACTIVATION_BACKWARD[act](grad, normalized)
+    return _norm_backward(grad, t, norm, mean, invstd, needs_affine)
+
+
 def _norm_backward(grad: torch.Tensor, t: torch.Tensor, norm: nn.Module, mean: torch.Tensor,
                    invstd: torch.Tensor, needs_affine: bool
                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -144,14 +186,14 @@ class BlockTrainFunction(torch.autograd.Function):
         if we is not None:
             e = F.conv2d(x, we, be)
             stats1 = batch_statistics(norm1, e)
-            a1 = _activate(_normalize(plan.backend, e, norm1, *stats1), act1)
+            a1 = _forward_norm_act(plan.backend, e, norm1, stats1, act1)
         else:
             a1 = x
         d = _depthwise(plan.backend)(a1, wd, bd, list(plan.stride), list(plan.padding),
                                      list(plan.dilation), "none")
         del a1
         stats2 = batch_statistics(norm2, d)
-        a2 = _activate(_normalize(plan.backend, d, norm2, *stats2), act2)
+        a2 = _forward_norm_act(plan.backend, d, norm2, stats2, act2)
         pooled = None
         if plan.se is not None:
             a2, pooled = squeeze_excite_op(a2, _matrix(wr), br, _matrix(wx), bx, *plan.se,
@@ -159,7 +201,7 @@ class BlockTrainFunction(torch.autograd.Function):
         p = F.conv2d(a2, wp, bp)
         del a2
         stats3 = batch_statistics(norm3, p)
-        out = _activate(_normalize(plan.backend, p, norm3, *stats3), act3)
+        out = _forward_norm_act(plan.backend, p, norm3, stats3, act3)
         ctx.plan = plan
         ctx.stats = (stats1, stats2, stats3)
         ctx.save_for_backward(x, None if we is None else e, d, p, pooled, *params)
@@ -179,13 +221,10 @@ class BlockTrainFunction(torch.autograd.Function):
         grads: list[torch.Tensor | None] = [None] * 16
         backend = plan.backend
         grad = grad.contiguous(memory_format=memory_format_of(p))
-        if act3 is not None:
-            grad = _ACTIVATION_BACKWARD[act3](grad, _normalize(backend, p, norm3, *stats3))
-        grad, grads[14], grads[15] = _norm_backward(grad, p, norm3, *stats3,
-                                                    needs[14] or needs[15])
+        grad, grads[14], grads[15] = _norm_act_backward(backend, grad, p, norm3, *stats3, act3,
+                                                        needs[14] or needs[15])
         # The depthwise stage's output, recomputed: BatchNorm, then the activation.
-        h2 = _normalize(backend, d, norm2, *stats2)
-        a2 = h2 if act2 is None else _ACTIVATION_OUT_OF_PLACE[act2](h2)
+        a2, h2 = _norm_act(backend, d, norm2, *stats2, act2)
         z = a2
         if plan.se is not None:
             gate = excite(pooled, _matrix(wr), br, _matrix(wx), bx, *plan.se)[3]
@@ -203,13 +242,11 @@ class BlockTrainFunction(torch.autograd.Function):
                                               strict=True)):
                 grads[8 + i] = g.reshape(w.shape) if m else None
         del a2
-        if act2 is not None:
-            grad = _ACTIVATION_BACKWARD[act2](grad, h2)
+        grad, grads[6], grads[7] = _norm_act_backward(backend, grad, d, norm2, *stats2, act2,
+                                                      needs[6] or needs[7], h2)
         del h2
-        grad, grads[6], grads[7] = _norm_backward(grad, d, norm2, *stats2, needs[6] or needs[7])
         if we is not None:
-            h1 = _normalize(backend, e, norm1, *stats1)
-            a1 = h1 if act1 is None else _ACTIVATION_OUT_OF_PLACE[act1](h1)
+            a1, h1 = _norm_act(backend, e, norm1, *stats1, act1)
         else:
             h1 = a1 = x
         need_a1 = we is not None or ctx.needs_input_grad[1]
@@ -222,10 +259,9 @@ class BlockTrainFunction(torch.autograd.Function):
         del a1
         grad_x = ga1 if need_a1 else None
         if we is not None:
-            if act1 is not None:
-                ga1 = _ACTIVATION_BACKWARD[act1](ga1, h1)
+            ge, grads[2], grads[3] = _norm_act_backward(backend, ga1, e, norm1, *stats1, act1,
+                                                        needs[2] or needs[3], h1)
             del h1
-            ge, grads[2], grads[3] = _norm_backward(ga1, e, norm1, *stats1, needs[2] or needs[3])
             grad_x, grads[0], grads[1] = _conv1x1_backward(
                 ge, x, we, be, (ctx.needs_input_grad[1], needs[0], needs[1]))
         return (None, grad_x, *grads)

@@ -105,3 +105,33 @@ def depthwise_squeeze_excite_fake(x: torch.Tensor, weight: torch.Tensor,
     torch._check(tuple(w_expand.shape) == (x.shape[1], w_reduce.shape[0]),
                  lambda: f"w_expand must be (C, R) = {(x.shape[1], w_reduce.shape[0])}")
     return depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activation)
+
+
+def batch_norm_activation_fake(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                               weight: torch.Tensor | None, bias: torch.Tensor | None,
+                               activation: str) -> torch.Tensor:
+    """``act(batch_norm(x))`` in x's dtype and layout."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    for name, t in (("mean", mean), ("invstd", invstd), ("weight", weight), ("bias", bias)):
+        torch._check(t is None or tuple(t.shape) == (x.shape[1],),
+                     lambda name=name: f"{name} must have shape (C,) with C={x.shape[1]}")
+    return torch.empty_like(x, memory_format=memory_format_of(x))
+
+
+def batch_norm_activation_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
+                                        mean: torch.Tensor, invstd: torch.Tensor,
+                                        weight: torch.Tensor | None, bias: torch.Tensor | None,
+                                        activation: str, output_mask: list[bool]
+                                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``batch_norm_activation`` (x, weight, bias); the ones not asked for are
+    empty."""
+    torch._check(grad_out.shape == x.shape,
+                 lambda: f"grad_out has shape {tuple(grad_out.shape)}, expected x's")
+    grad_x = batch_norm_activation_fake(x, mean, invstd, weight, bias, activation) if (
+        output_mask[0]) else x.new_empty(0)
+    channels = x.shape[1]
+    grad_w = x.new_empty(channels, dtype=x.dtype if weight is None else weight.dtype) if (
+        output_mask[1]) else x.new_empty(0, dtype=x.dtype if weight is None else weight.dtype)
+    grad_b = x.new_empty(channels, dtype=x.dtype if bias is None else bias.dtype) if (
+        output_mask[2]) else x.new_empty(0, dtype=x.dtype if bias is None else bias.dtype)
+    return grad_x, grad_w, grad_b

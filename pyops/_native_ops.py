@@ -13,6 +13,8 @@ from mobilefuse._extension import has_extension
 from mobilefuse._fake import (
     activation_backward_fake,
     activation_fake,
+    batch_norm_activation_backward_fake,
+    batch_norm_activation_fake,
     channel_shuffle_fake,
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
@@ -38,6 +40,10 @@ def _register() -> None:
     # Called inside mobilefuse::squeeze_excite, which carries the autograd.
     torch.library.register_fake("mobilefuse::se_channel_sum")(se_channel_sum_fake)
     torch.library.register_fake("mobilefuse::se_channel_affine")(se_channel_affine_fake)
+    # The fused block's training path (mobilefuse/_block_train.py) carries the autograd.
+    torch.library.register_fake("mobilefuse::batch_norm_activation")(batch_norm_activation_fake)
+    torch.library.register_fake("mobilefuse::batch_norm_activation_backward")(
+        batch_norm_activation_backward_fake)
     # Inference only: the fused block calls it when no gradient is recorded.
     torch.library.register_fake("mobilefuse::depthwise_squeeze_excite")(
         depthwise_squeeze_excite_fake)

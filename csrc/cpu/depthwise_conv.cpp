@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include "../layout.h"
+#include "cpu_capability.h"
 #include "depthwise_channel_blocks.h"
 #include "depthwise_entry.h"
 
@@ -49,16 +50,6 @@ void backward_nchw_blocked(const T* grad, const T* x, const T* w, const T* bias,
                            T* gb, const Geometry& g, Act act, GradMask mask);
 }  // namespace AVX512
 #endif
-namespace {
-#ifdef MOBILEFUSE_AVX512_KERNELS
-// Whether this CPU has AVX-512, as ATen decides it (so ATEN_CPU_CAPABILITY=avx2 turns the
-// AVX-512 kernels off too).
-bool use_avx512() {
-  static const bool has = at::get_cpu_capability() == "AVX512";
-  return has;
-}
-#endif
-}  // namespace
 
 template <typename T>
 void run_forward_nhwc(const T* x, const T* w_taps, const T* bias, T* out, const Geometry& g,
@@ -170,9 +161,6 @@ using depthwise::make_geometry;
 using depthwise::parse_activation;
 using depthwise::run_forward_nhwc;
 using depthwise::weight_by_tap;
-#ifdef MOBILEFUSE_AVX512_KERNELS
-using depthwise::use_avx512;
-#endif
 
 template <typename T>
 void run_backward_nhwc(const T* grad, const T* x, const T* w_taps, const T* bias, T* gx,

@@ -1,0 +1,230 @@
+// BatchNorm with batch statistics followed by an activation, as one pass forward and two passes
+// backward (CPU). The fused block's training path calls these with the statistics it computed
+// (torch.batch_norm_update_stats): forward writes act(x * scale + shift) with
+// scale = invstd * weight and shift = bias - mean * scale, where eager writes the normalized
+// tensor and then activates it; backward recomputes the pre-activation from x, so the
+// activation's gradient, BatchNorm's two per-channel sums and the input gradient take two
+// reads of (grad, x) and one write, where eager takes five passes and two more tensors.
+//
+// channels_last walks rows of C channels, vectorized over C; NCHW walks planes. The sums are
+// deterministic: channels_last rows are cut into chunks whose size depends only on the shape,
+// each chunk is summed by one thread, and the chunks are added in order; NCHW sums each channel
+// on one thread. Float16/bfloat16 compute through float32 copies; float64 in float64.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../layout.h"
+#include "batch_norm_activation_kernels.h"
+#include "cpu_capability.h"
+#include "depthwise_entry.h"
+
+namespace mobilefuse {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+// Defined in batch_norm_activation_avx512.cpp, compiled with AVX-512 enabled.
+namespace batch_norm::AVX512 {
+template <typename T>
+void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s, Act act);
+template <typename T>
+void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
+                   double* sum_g, double* sum_gx, const Shape& s, Act act);
+template <typename T>
+void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, const T* alpha,
+                    const T* beta, const T* gamma, T* out, const Shape& s, Act act);
+}  // namespace batch_norm::AVX512
+#endif
+
+namespace {
+
+using depthwise::Act;
+
+struct Problem {
+  at::Tensor x;  // in kernel_format, accumulate type
+  at::Tensor mean, invstd, weight, bias;  // (C,), accumulate type; weight/bias may be empty
+  bool channels_last;
+  int64_t batch, channels, spatial;
+  batch_norm::Shape shape() const { return {batch, channels, spatial, channels_last}; }
+};
+
+at::Tensor per_channel(const char* op, const char* name, const at::Tensor& t, int64_t channels,
+                       at::ScalarType type) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == channels, op, ": ", name,
+              " must have shape (C,) with C=", channels, ", got ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ",
+              t.device());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+              " must be a floating-point tensor, got ", t.scalar_type());
+  return t.to(type).contiguous();
+}
+
+Problem prepare(const char* op, const at::Tensor& x_in, const at::Tensor& mean,
+                const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
+                const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x_in.dim() == 4, op, ": x must have rank 4 (N, C, H, W), got rank ", x_in.dim());
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), op,
+              ": x must be float16, bfloat16, float32 or float64, got ", x_in.scalar_type());
+  TORCH_CHECK(x_in.device().is_cpu(), op, ": expected CPU tensors, got x on ", x_in.device());
+  const at::ScalarType acc = accumulate_type(x_in);
+  const int64_t channels = x_in.size(1);
+  const at::MemoryFormat fmt = kernel_format(x_in);
+  Problem p;
+  p.x = x_in.to(acc).contiguous(fmt);
+  p.mean = per_channel(op, "mean", mean, channels, acc);
+  p.invstd = per_channel(op, "invstd", invstd, channels, acc);
+  if (weight.has_value()) p.weight = per_channel(op, "weight", *weight, channels, acc);
+  if (bias.has_value()) p.bias = per_channel(op, "bias", *bias, channels, acc);
+  p.channels_last = fmt == at::MemoryFormat::ChannelsLast;
+  p.batch = x_in.size(0);
+  p.channels = channels;
+  p.spatial = x_in.size(2) * x_in.size(3);
+  return p;
+}
+
+// scale = invstd * weight, shift = bias - mean * scale (BatchNorm as an affine map).
+template <typename T>
+void affine_of(const Problem& p, std::vector<T>& scale, std::vector<T>& shift) {
+  const T* mean = p.mean.const_data_ptr<T>();
+  const T* invstd = p.invstd.const_data_ptr<T>();
+  const T* w = p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr;
+  const T* b = p.bias.defined() ? p.bias.const_data_ptr<T>() : nullptr;
+  scale.resize(p.channels);
+  shift.resize(p.channels);
+  for (int64_t c = 0; c < p.channels; ++c) {
+    scale[c] = invstd[c] * (w == nullptr ? T(1) : w[c]);
+    shift[c] = (b == nullptr ? T(0) : b[c]) - mean[c] * scale[c];
+  }
+}
+
+// The kernels for this CPU: the AVX-512 copies where they were built and ATen uses AVX-512.
+template <typename T>
+void run_forward(const T* x, const T* scale, const T* shift, T* out, const batch_norm::Shape& s,
+                 Act act) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+  if (use_avx512()) return batch_norm::AVX512::forward(x, scale, shift, out, s, act);
+#endif
+  batch_norm::forward(x, scale, shift, out, s, act);
+}
+
+template <typename T>
+void run_gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
+                       double* sum_g, double* sum_gx, const batch_norm::Shape& s, Act act) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+  if (use_avx512()) {
+    return batch_norm::AVX512::gradient_sums(grad, x, scale, shift, mean, sum_g, sum_gx, s,
+                                             act);
+  }
+#endif
+  batch_norm::gradient_sums(grad, x, scale, shift, mean, sum_g, sum_gx, s, act);
+}
+
+template <typename T>
+void run_input_gradient(const T* grad, const T* x, const T* scale, const T* shift,
+                        const T* alpha, const T* beta, const T* gamma, T* out,
+                        const batch_norm::Shape& s, Act act) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+  if (use_avx512()) {
+    return batch_norm::AVX512::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s,
+                                              act);
+  }
+#endif
+  batch_norm::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s, act);
+}
+
+at::Tensor batch_norm_activation_cpu(const at::Tensor& x, const at::Tensor& mean,
+                                     const at::Tensor& invstd,
+                                     const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& bias,
+                                     c10::string_view activation) {
+  const char* op = "batch_norm_activation";
+  const Act act = depthwise::parse_activation(activation);
+  const Problem p = prepare(op, x, mean, invstd, weight, bias);
+  at::Tensor out = at::empty_like(p.x);
+  if (out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "mobilefuse_batch_norm_activation", [&] {
+      std::vector<scalar_t> scale, shift;
+      affine_of(p, scale, shift);
+      run_forward(p.x.const_data_ptr<scalar_t>(), scale.data(), shift.data(),
+                  out.mutable_data_ptr<scalar_t>(), p.shape(), act);
+    });
+  }
+  return out.to(x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
+    const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, c10::string_view activation,
+    std::array<bool, 3> output_mask) {
+  const char* op = "batch_norm_activation_backward";
+  const Act act = depthwise::parse_activation(activation);
+  check_same_device_dtype_shape(op, grad_out, x);
+  const Problem p = prepare(op, x, mean, invstd, weight, bias);
+  const at::Tensor grad = grad_out.to(p.x.scalar_type())
+                              .contiguous(p.channels_last ? at::MemoryFormat::ChannelsLast
+                                                          : at::MemoryFormat::Contiguous);
+  const int64_t C = p.channels;
+  const int64_t count = p.batch * p.spatial;
+  at::Tensor grad_x, grad_weight, grad_bias;
+  AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "mobilefuse_batch_norm_activation_backward",
+                             [&] {
+    using T = scalar_t;
+    std::vector<T> scale, shift;
+    affine_of(p, scale, shift);
+    std::vector<double> sum_g(C), sum_gx(C);
+    const T* gp = grad.const_data_ptr<T>();
+    const T* xp = p.x.const_data_ptr<T>();
+    run_gradient_sums(gp, xp, scale.data(), shift.data(), p.mean.const_data_ptr<T>(),
+                      sum_g.data(), sum_gx.data(), p.shape(), act);
+    const T* inv = p.invstd.const_data_ptr<T>();
+    const T* mu = p.mean.const_data_ptr<T>();
+    const T* w = p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr;
+    if (output_mask[1]) {
+      grad_weight = at::empty({C}, p.x.options().memory_format(at::MemoryFormat::Contiguous));
+      T* gw = grad_weight.mutable_data_ptr<T>();
+      for (int64_t c = 0; c < C; ++c) gw[c] = static_cast<T>(sum_gx[c] * inv[c]);
+    }
+    if (output_mask[2]) {
+      grad_bias = at::empty({C}, p.x.options().memory_format(at::MemoryFormat::Contiguous));
+      T* gb = grad_bias.mutable_data_ptr<T>();
+      for (int64_t c = 0; c < C; ++c) gb[c] = static_cast<T>(sum_g[c]);
+    }
+    if (output_mask[0]) {
+      std::vector<T> alpha(C), beta(C), gamma(C);
+      const double m = static_cast<double>(std::max<int64_t>(count, 1));
+      for (int64_t c = 0; c < C; ++c) {
+        const double k = static_cast<double>(inv[c]) * (w == nullptr ? 1.0 : w[c]);
+        const double b = -k * inv[c] * inv[c] * sum_gx[c] / m;
+        alpha[c] = static_cast<T>(k);
+        beta[c] = static_cast<T>(b);
+        gamma[c] = static_cast<T>(-k * sum_g[c] / m - b * mu[c]);
+      }
+      grad_x = at::empty_like(p.x);
+      if (grad_x.numel() > 0) {
+        run_input_gradient(gp, xp, scale.data(), shift.data(), alpha.data(), beta.data(),
+                           gamma.data(), grad_x.mutable_data_ptr<T>(), p.shape(), act);
+      }
+    }
+  });
+  // Gradients output_mask leaves out come back empty, like depthwise_conv2d_backward's.
+  auto cast = [&](const at::Tensor& t, at::ScalarType type) {
+    return t.defined() ? t.to(type) : at::empty({0}, x.options().dtype(type));
+  };
+  return {cast(grad_x, x.scalar_type()),
+          cast(grad_weight, weight.has_value() ? weight->scalar_type() : x.scalar_type()),
+          cast(grad_bias, bias.has_value() ? bias->scalar_type() : x.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
+  m.impl("batch_norm_activation", &batch_norm_activation_cpu);
+  m.impl("batch_norm_activation_backward", &batch_norm_activation_backward_cpu);
+}
+
+}  // namespace mobilefuse

@@ -1,0 +1,252 @@
+// The passes of BatchNorm + activation (see batch_norm_activation.cpp) on raw pointers, float
+// or double. channels_last walks rows of C channels, vectorized over C; NCHW walks planes, one
+// scalar per plane. Compiled once per vector ISA (ATen's CPU_CAPABILITY names the namespace):
+// silu's exponential makes these passes compute-bound at AVX2 width.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "activation_vec.h"
+
+namespace mobilefuse {
+namespace batch_norm {
+
+using depthwise::Act;
+
+struct Shape {
+  int64_t batch, channels, spatial;
+  bool channels_last;
+  // Runs of values that share their per-channel constants' layout: channels_last rows (C
+  // values, one per channel) or NCHW planes (H*W values of one channel).
+  int64_t runs() const { return channels_last ? batch * spatial : batch * channels; }
+  int64_t run_length() const { return channels_last ? channels : spatial; }
+};
+
+// Values in one chunk of channels_last rows: a chunk is summed by one thread, and chunks are
+// added in order, so the sums do not depend on the thread count.
+constexpr int64_t kChunkValues = 16384;
+
+inline namespace CPU_CAPABILITY {
+
+// Calls body(offset, lanes) over [0, count) one vector at a time, the last one partial.
+template <typename T, typename F>
+MOBILEFUSE_ALWAYS_INLINE void for_vectors(int64_t count, F body) {
+  constexpr int64_t kStep = at::vec::Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + kStep <= count; j += kStep) body(j, kStep);
+  if (j < count) body(j, count - j);
+}
+
+// A per-channel constant along one run: loaded per lane (channels_last row) or broadcast
+// (NCHW plane).
+template <typename T>
+struct Constant {
+  using Vec = at::vec::Vectorized<T>;
+  const T* base;
+  bool per_lane;
+  MOBILEFUSE_ALWAYS_INLINE Vec at(int64_t j, int64_t lanes) const {
+    return per_lane ? Vec::loadu(base + j, lanes) : Vec(base[0]);
+  }
+};
+
+// g = grad * act'(x * scale + shift), the gradient reaching the normalized values.
+template <typename T, Act kAct>
+MOBILEFUSE_ALWAYS_INLINE at::vec::Vectorized<T> activation_gradient(
+    at::vec::Vectorized<T> g, at::vec::Vectorized<T> x, Constant<T> scale, Constant<T> shift,
+    int64_t j, int64_t lanes) {
+  if constexpr (kAct == Act::kNone) {
+    return g;
+  } else {
+    return depthwise::act_backward(kAct, g, x * scale.at(j, lanes) + shift.at(j, lanes));
+  }
+}
+
+// out = act(x * scale + shift).
+template <typename T>
+void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s, Act act) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t length = s.run_length();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(length, 1));
+  depthwise::with_act(act, [&](auto a) {
+    constexpr Act kAct = decltype(a)::value;
+    at::parallel_for(0, s.runs(), grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = s.channels_last ? 0 : r % s.channels;
+        const Constant<T> k{scale + c, s.channels_last}, b{shift + c, s.channels_last};
+        const T* xr = x + r * length;
+        T* yr = out + r * length;
+        for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
+          const Vec z = Vec::loadu(xr + j, lanes) * k.at(j, lanes) + b.at(j, lanes);
+          depthwise::act_forward(kAct, z).store(yr + j, lanes);
+        });
+      }
+    });
+  });
+}
+
+// Channel blocks of up to this many vectors keep both sums in registers (32 registers with
+// AVX-512, 16 with AVX2).
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int64_t kBlockVecs = 8;
+#else
+constexpr int64_t kBlockVecs = 4;
+#endif
+
+// Calls f(std::integral_constant<int64_t, n>) for n in 1..kBlockVecs.
+template <typename F>
+MOBILEFUSE_ALWAYS_INLINE void with_vector_count(int64_t n, F f) {
+  switch (n) {
+    case 1: return f(std::integral_constant<int64_t, 1>());
+    case 2: return f(std::integral_constant<int64_t, 2>());
+    case 3: return f(std::integral_constant<int64_t, 3>());
+#ifdef CPU_CAPABILITY_AVX512
+    case 4: return f(std::integral_constant<int64_t, 4>());
+    case 5: return f(std::integral_constant<int64_t, 5>());
+    case 6: return f(std::integral_constant<int64_t, 6>());
+    case 7: return f(std::integral_constant<int64_t, 7>());
+#endif
+    default: return f(std::integral_constant<int64_t, kBlockVecs>());
+  }
+}
+
+// Sums of g and g * (x - mean) over rows [r0, r1) of `count` channels (kNV vectors, the last
+// one partial) starting at grad, x, ... (row stride C), written to out_g and out_gx.
+template <typename T, Act kAct, int64_t kNV>
+void sum_block(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
+               int64_t C, int64_t r0, int64_t r1, int64_t count, T* out_g, T* out_gx) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t kStep = Vec::size();
+  const int64_t last = count - (kNV - 1) * kStep;  // lanes of the last vector
+  Vec k[kNV], b[kNV], m[kNV], acc_g[kNV], acc_gx[kNV];
+  for (int64_t v = 0; v < kNV; ++v) {
+    const int64_t lanes = v + 1 < kNV ? kStep : last;
+    k[v] = Vec::loadu(scale + v * kStep, lanes);
+    b[v] = Vec::loadu(shift + v * kStep, lanes);
+    m[v] = Vec::loadu(mean + v * kStep, lanes);
+    acc_g[v] = acc_gx[v] = Vec(0);
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* gr = grad + r * C;
+    const T* xr = x + r * C;
+    for (int64_t v = 0; v < kNV; ++v) {
+      const int64_t lanes = v + 1 < kNV ? kStep : last;
+      const Vec xv = Vec::loadu(xr + v * kStep, lanes);
+      Vec g = Vec::loadu(gr + v * kStep, lanes);
+      if constexpr (kAct != Act::kNone) {
+        g = depthwise::act_backward(kAct, g, xv * k[v] + b[v]);
+      }
+      // Lanes past `lanes` load as zero and add nothing.
+      acc_g[v] += g;
+      acc_gx[v] += g * (xv - m[v]);
+    }
+  }
+  for (int64_t v = 0; v < kNV; ++v) {
+    const int64_t lanes = v + 1 < kNV ? kStep : last;
+    acc_g[v].store(out_g + v * kStep, lanes);
+    acc_gx[v].store(out_gx + v * kStep, lanes);
+  }
+}
+
+// Per channel: sum_g = sum of g and sum_gx = sum of g * (x - mean) (C values each).
+template <typename T>
+void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
+                   double* sum_g, double* sum_gx, const Shape& s, Act act) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t C = s.channels;
+  std::fill(sum_g, sum_g + C, 0.0);
+  std::fill(sum_gx, sum_gx + C, 0.0);
+  depthwise::with_act(act, [&](auto a) {
+    constexpr Act kAct = decltype(a)::value;
+    if (s.channels_last) {
+      const int64_t rows = s.batch * s.spatial;
+      const int64_t chunk = std::max<int64_t>(1, kChunkValues / std::max<int64_t>(C, 1));
+      const int64_t chunks = (rows + chunk - 1) / chunk;
+      // Chunk q's sums of g (C values), then of g * (x - mean) (C values). Each block of
+      // channels sweeps the chunk's rows with its sums in registers (kept in memory, they
+      // would stall on stores the streaming loads alias); the chunk stays in L2 meanwhile.
+      std::vector<T> partial(chunks * 2 * C, T(0));
+      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t q = begin; q < end; ++q) {
+          const int64_t r0 = q * chunk, r1 = std::min(rows, (q + 1) * chunk);
+          for (int64_t c0 = 0; c0 < C; c0 += kBlockVecs * Vec::size()) {
+            const int64_t count = std::min<int64_t>(kBlockVecs * Vec::size(), C - c0);
+            with_vector_count((count + Vec::size() - 1) / Vec::size(), [&](auto nv) {
+              sum_block<T, kAct, decltype(nv)::value>(
+                  grad + c0, x + c0, scale + c0, shift + c0, mean + c0, C, r0, r1, count,
+                  partial.data() + q * 2 * C + c0, partial.data() + q * 2 * C + C + c0);
+            });
+          }
+        }
+      });
+      for (int64_t q = 0; q < chunks; ++q) {
+        for (int64_t c = 0; c < C; ++c) {
+          sum_g[c] += partial[q * 2 * C + c];
+          sum_gx[c] += partial[q * 2 * C + C + c];
+        }
+      }
+      return;
+    }
+    const int64_t P = s.spatial;
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const Constant<T> k{scale + c, false}, b{shift + c, false}, m{mean + c, false};
+        for (int64_t n = 0; n < s.batch; ++n) {
+          const T* gp = grad + (n * C + c) * P;
+          const T* xp = x + (n * C + c) * P;
+          Vec acc_g(0), acc_gx(0);
+          for_vectors<T>(P, [&](int64_t j, int64_t lanes) {
+            const Vec xv = Vec::loadu(xp + j, lanes);
+            const Vec g = activation_gradient<T, kAct>(Vec::loadu(gp + j, lanes), xv, k, b, j,
+                                                       lanes);
+            // Lanes past `lanes` load as zero and add nothing.
+            acc_g += g;
+            acc_gx += g * (xv - m.at(j, lanes));
+          });
+          auto add = [](Vec u, Vec v) { return u + v; };
+          sum_g[c] += at::vec::vec_reduce_all<T>(add, acc_g);
+          sum_gx[c] += at::vec::vec_reduce_all<T>(add, acc_gx);
+        }
+      }
+    });
+  });
+}
+
+// out = g * alpha + x * beta + gamma per channel: BatchNorm's input gradient, the batch
+// statistics' terms folded into beta and gamma.
+template <typename T>
+void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, const T* alpha,
+                    const T* beta, const T* gamma, T* out, const Shape& s, Act act) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t length = s.run_length();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(length, 1));
+  depthwise::with_act(act, [&](auto a) {
+    constexpr Act kAct = decltype(a)::value;
+    at::parallel_for(0, s.runs(), grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = s.channels_last ? 0 : r % s.channels;
+        const bool pl = s.channels_last;
+        const Constant<T> k{scale + c, pl}, b{shift + c, pl}, al{alpha + c, pl},
+            be{beta + c, pl}, ga{gamma + c, pl};
+        const T* xr = x + r * length;
+        const T* gr = grad + r * length;
+        T* outr = out + r * length;
+        for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
+          const Vec xv = Vec::loadu(xr + j, lanes);
+          const Vec g = activation_gradient<T, kAct>(Vec::loadu(gr + j, lanes), xv, k, b, j,
+                                                     lanes);
+          (g * al.at(j, lanes) + xv * be.at(j, lanes) + ga.at(j, lanes)).store(outr + j, lanes);
+        });
+      }
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace batch_norm
+}  // namespace mobilefuse
