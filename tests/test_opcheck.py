@@ -133,3 +133,23 @@ def test_squeeze_excite_kernel_ops(device, prefix):
             scale = torch.randn(xd.shape[:2], device=device)
             torch.library.opcheck(_op(f"{prefix}se_channel_affine"), (xd, scale, scale * 2),
                                   test_utils=utils)
+
+
+def test_batch_norm_activation_ops():
+    # CPU kernels of the fused block's training path, which carries the autograd.
+    utils = ("test_schema", "test_faketensor")
+    for x in _inputs("cpu")[:3]:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            xd = x.to(dtype)
+            pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+            c = xd.shape[1]
+            mean, invstd = torch.randn(c, dtype=pdtype), torch.rand(c, dtype=pdtype) + 0.5
+            for weight, bias, act in ((torch.rand(c, dtype=pdtype), torch.randn(c, dtype=pdtype),
+                                       "silu"), (None, None, "none")):
+                torch.library.opcheck(_op("batch_norm_activation"),
+                                      (xd, mean, invstd, weight, bias, act), test_utils=utils)
+                for mask in ([True, True, True], [False, True, False], [True, False, False]):
+                    torch.library.opcheck(
+                        _op("batch_norm_activation_backward"),
+                        (torch.randn_like(xd), xd, mean, invstd, weight, bias, act, mask),
+                        test_utils=utils)
