@@ -59,7 +59,7 @@ def _reference(x, weight, bias, act):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seed", range(8))
 def test_forward_matches_float64_reference(seed, dtype, layout):
     x, weight, bias, act = _case(random.Random(seed * 7 + len(layout)), dtype, layout)
@@ -75,7 +75,7 @@ def test_forward_matches_float64_reference(seed, dtype, layout):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seed", range(8))
 def test_backward_matches_float64_reference(seed, dtype, layout):
     x, weight, bias, act = _case(random.Random(seed * 11 + len(layout)), dtype, layout)
