@@ -6,11 +6,13 @@ and activation's outputs and the squeeze-and-excitation's scaled output: about s
 of the expanded width. This block keeps two of them, the expansion's and the depthwise
 convolution's raw outputs, plus the block input, the projection's raw output and per-channel
 statistics. BatchNorm-then-activation is an elementwise map once the batch statistics are
-known, so the backward recomputes it (one pass each) where it needs the activations.
+known, so the backward recomputes it (one pass each) where it needs the activations. On CPU
+that map is one op forward (mobilefuse::batch_norm_activation) and BatchNorm's gradient takes
+the activation's derivative in the same two passes (batch_norm_activation_backward).
 
-Forward and backward call the same kernels eager does for the 1x1 convolutions and the
-BatchNorm gradients (``aten.convolution_backward``, ``aten.native_batch_norm_backward``), and
-mobilefuse's kernels for the depthwise convolution, the squeeze-and-excitation and the
+Forward and backward call the kernels eager does for the 1x1 convolutions
+(``aten.convolution_backward``) and, off CPU, for the BatchNorm gradients
+(``aten.native_batch_norm_backward``), and mobilefuse's kernels for the depthwise convolution, the squeeze-and-excitation and the
 BatchNorm application; running statistics are updated exactly as ``nn.BatchNorm2d`` does.
 """
 

@@ -67,25 +67,31 @@ MOBILEFUSE_ALWAYS_INLINE at::vec::Vectorized<T> activation_gradient(
   }
 }
 
+// Calls body(act as a compile-time constant, run r, channel offset c of r's constants) for
+// every run, the runs split over threads.
+template <typename F>
+void for_each_run(const Shape& s, Act act, F body) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(s.run_length(), 1));
+  depthwise::with_act(act, [&](auto a) {
+    at::parallel_for(0, s.runs(), grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) body(a, r, s.channels_last ? 0 : r % s.channels);
+    });
+  });
+}
+
 // out = act(x * scale + shift).
 template <typename T>
 void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s, Act act) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t length = s.run_length();
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(length, 1));
-  depthwise::with_act(act, [&](auto a) {
+  for_each_run(s, act, [&](auto a, int64_t r, int64_t c) {
     constexpr Act kAct = decltype(a)::value;
-    at::parallel_for(0, s.runs(), grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t c = s.channels_last ? 0 : r % s.channels;
-        const Constant<T> k{scale + c, s.channels_last}, b{shift + c, s.channels_last};
-        const T* xr = x + r * length;
-        T* yr = out + r * length;
-        for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
-          const Vec z = Vec::loadu(xr + j, lanes) * k.at(j, lanes) + b.at(j, lanes);
-          depthwise::act_forward(kAct, z).store(yr + j, lanes);
-        });
-      }
+    const Constant<T> k{scale + c, s.channels_last}, b{shift + c, s.channels_last};
+    const T* xr = x + r * length;
+    T* yr = out + r * length;
+    for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
+      const Vec z = Vec::loadu(xr + j, lanes) * k.at(j, lanes) + b.at(j, lanes);
+      depthwise::act_forward(kAct, z).store(yr + j, lanes);
     });
   });
 }
@@ -224,25 +230,18 @@ void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, c
                     const T* beta, const T* gamma, T* out, const Shape& s, Act act) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t length = s.run_length();
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(length, 1));
-  depthwise::with_act(act, [&](auto a) {
+  const bool pl = s.channels_last;
+  for_each_run(s, act, [&](auto a, int64_t r, int64_t c) {
     constexpr Act kAct = decltype(a)::value;
-    at::parallel_for(0, s.runs(), grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t c = s.channels_last ? 0 : r % s.channels;
-        const bool pl = s.channels_last;
-        const Constant<T> k{scale + c, pl}, b{shift + c, pl}, al{alpha + c, pl},
-            be{beta + c, pl}, ga{gamma + c, pl};
-        const T* xr = x + r * length;
-        const T* gr = grad + r * length;
-        T* outr = out + r * length;
-        for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
-          const Vec xv = Vec::loadu(xr + j, lanes);
-          const Vec g = activation_gradient<T, kAct>(Vec::loadu(gr + j, lanes), xv, k, b, j,
-                                                     lanes);
-          (g * al.at(j, lanes) + xv * be.at(j, lanes) + ga.at(j, lanes)).store(outr + j, lanes);
-        });
-      }
+    const Constant<T> k{scale + c, pl}, b{shift + c, pl}, al{alpha + c, pl}, be{beta + c, pl},
+        ga{gamma + c, pl};
+    const T* xr = x + r * length;
+    const T* gr = grad + r * length;
+    T* outr = out + r * length;
+    for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
+      const Vec xv = Vec::loadu(xr + j, lanes);
+      const Vec g = activation_gradient<T, kAct>(Vec::loadu(gr + j, lanes), xv, k, b, j, lanes);
+      (g * al.at(j, lanes) + xv * be.at(j, lanes) + ga.at(j, lanes)).store(outr + j, lanes);
     });
   });
 }
