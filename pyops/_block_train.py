@@ -12,8 +12,9 @@ the activation's derivative in the same two passes (batch_norm_activation_backwa
 
 Forward and backward call the kernels eager does for the 1x1 convolutions
 (``aten.convolution_backward``) and, off CPU, for the BatchNorm gradients
-(``aten.native_batch_norm_backward``), and mobilefuse's kernels for the depthwise convolution, the squeeze-and-excitation and the
-BatchNorm application; running statistics are updated exactly as ``nn.BatchNorm2d`` does.
+(``aten.native_batch_norm_backward``), and mobilefuse's kernels for the depthwise
+convolution, the squeeze-and-excitation and the BatchNorm application; running statistics are
+updated exactly as ``nn.BatchNorm2d`` does.
 """
 
 from __future__ import annotations
