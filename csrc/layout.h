@@ -68,6 +68,16 @@ inline void check_activation_input(const char* op, const at::Tensor& x) {
               ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
 }
 
+// A CPU kernel's (N, C, H, W) floating-point input named `name`.
+inline void check_cpu_image_input(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must have rank 4 (N, C, H, W), got rank ",
+              t.dim());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ",
+              t.device());
+}
+
 inline void check_same_device_dtype_shape(const char* op, const at::Tensor& grad,
                                           const at::Tensor& x) {
   TORCH_CHECK(grad.device() == x.device(), op, ": grad_out is on ", grad.device(),

@@ -129,9 +129,10 @@ def batch_norm_activation_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
                  lambda: f"grad_out has shape {tuple(grad_out.shape)}, expected x's")
     grad_x = batch_norm_activation_fake(x, mean, invstd, weight, bias, activation) if (
         output_mask[0]) else x.new_empty(0)
-    channels = x.shape[1]
-    grad_w = x.new_empty(channels, dtype=x.dtype if weight is None else weight.dtype) if (
-        output_mask[1]) else x.new_empty(0, dtype=x.dtype if weight is None else weight.dtype)
-    grad_b = x.new_empty(channels, dtype=x.dtype if bias is None else bias.dtype) if (
-        output_mask[2]) else x.new_empty(0, dtype=x.dtype if bias is None else bias.dtype)
-    return grad_x, grad_w, grad_b
+
+    def per_channel(asked: bool, param: torch.Tensor | None) -> torch.Tensor:
+        # In the parameter's dtype (x's when it is absent); (C,) when asked for, else empty.
+        return x.new_empty(x.shape[1] if asked else 0,
+                           dtype=x.dtype if param is None else param.dtype)
+
+    return grad_x, per_channel(output_mask[1], weight), per_channel(output_mask[2], bias)

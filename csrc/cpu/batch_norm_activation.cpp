@@ -66,10 +66,7 @@ at::Tensor per_channel(const char* op, const char* name, const at::Tensor& t, in
 Problem prepare(const char* op, const at::Tensor& x_in, const at::Tensor& mean,
                 const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
                 const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x_in.dim() == 4, op, ": x must have rank 4 (N, C, H, W), got rank ", x_in.dim());
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), op,
-              ": x must be float16, bfloat16, float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(x_in.device().is_cpu(), op, ": expected CPU tensors, got x on ", x_in.device());
+  check_cpu_image_input(op, "x", x_in);
   const at::ScalarType acc = accumulate_type(x_in);
   const int64_t channels = x_in.size(1);
   const at::MemoryFormat fmt = kernel_format(x_in);
@@ -179,10 +176,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cp
     std::vector<double> sum_g(C), sum_gx(C);
     const T* gp = grad.const_data_ptr<T>();
     const T* xp = p.x.const_data_ptr<T>();
-    run_gradient_sums(gp, xp, scale.data(), shift.data(), p.mean.const_data_ptr<T>(),
-                      sum_g.data(), sum_gx.data(), p.shape(), act);
-    const T* inv = p.invstd.const_data_ptr<T>();
     const T* mu = p.mean.const_data_ptr<T>();
+    run_gradient_sums(gp, xp, scale.data(), shift.data(), mu, sum_g.data(), sum_gx.data(),
+                      p.shape(), act);
+    const T* inv = p.invstd.const_data_ptr<T>();
     const T* w = p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr;
     if (output_mask[1]) {
       grad_weight = at::empty({C}, p.x.options().memory_format(at::MemoryFormat::Contiguous));

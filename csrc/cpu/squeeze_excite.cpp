@@ -19,15 +19,6 @@
 namespace mobilefuse {
 namespace {
 
-void check_se_input(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must have rank 4 (N, C, H, W), got rank ",
-              t.dim());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
-              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ",
-              t.device());
-}
-
 // out[i] = sum over the p values of plane i of x (times y): NCHW planes are contiguous runs.
 // Four independent accumulators hide the add latency.
 template <typename T>
@@ -102,14 +93,14 @@ void sum_pixels(const T* x, const T* y, T* out, int64_t batch, int64_t channels,
 
 at::Tensor se_channel_sum_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in) {
   const char* op = "se_channel_sum";
-  check_se_input(op, "x", x_in);
+  check_cpu_image_input(op, "x", x_in);
   const at::MemoryFormat fmt = kernel_format(x_in);
   const at::ScalarType acc_type = accumulate_type(x_in);
   // Float16/bfloat16 are summed from a float32 copy.
   at::Tensor x = x_in.to(acc_type).contiguous(fmt);
   at::Tensor y;
   if (y_in.has_value()) {
-    check_se_input(op, "y", *y_in);
+    check_cpu_image_input(op, "y", *y_in);
     check_same_device_dtype_shape(op, *y_in, x_in);
     y = y_in->to(acc_type).contiguous(fmt);
   }
@@ -163,7 +154,7 @@ inline void affine_run(const T* x, T* out, int64_t count, const Acc* scale, cons
 at::Tensor se_channel_affine_cpu(const at::Tensor& x_in, const at::Tensor& scale_in,
                                  const c10::optional<at::Tensor>& shift_in) {
   const char* op = "se_channel_affine";
-  check_se_input(op, "x", x_in);
+  check_cpu_image_input(op, "x", x_in);
   const at::ScalarType acc_type = accumulate_type(x_in);
   const int64_t batch = x_in.size(0), channels = x_in.size(1);
   auto check_nc = [&](const char* name, const at::Tensor& t) {
