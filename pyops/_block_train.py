@@ -85,6 +85,10 @@ def batch_statistics(norm: nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, to
     running_mean = norm.running_mean if tracked else None
     running_var = norm.running_var if tracked else None
     mean, var = torch.batch_norm_update_stats(t, running_mean, running_var, factor)
+    if tracked and running_mean is not None:
+        # The op updates them in place without bumping their version counters (its schema
+        # does not mark them mutated); the eval caches keyed on versions must see it.
+        torch.autograd.graph.increment_version((running_mean, running_var))
     return mean, torch.rsqrt(var + norm.eps)
 
 

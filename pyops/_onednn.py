@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
 # Our activation names -> (oneDNN post-op attribute, its scalars), as torch.ops.mkldnn names them.
-_POST_OPS: dict[str | None, tuple[str, list[float]]] = {
+POST_OPS: dict[str | None, tuple[str, list[float]]] = {
     None: ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
     "hardswish": ("hardswish", []), "silu": ("swish", [])}
 
@@ -32,7 +32,7 @@ _Pair = tuple[int, int]
 
 
 @functools.cache
-def _ops_present() -> bool:
+def ops_present() -> bool:
     mkldnn = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_convolution_pointwise")
             and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
@@ -42,10 +42,10 @@ def serves(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> boo
     """Whether :func:`conv2d_epilogue` runs oneDNN's fused convolution for these tensors."""
     from mobilefuse import ops  # imported here: ops imports this module
 
-    return (activation in _POST_OPS and x.device.type == "cpu" and x.dtype == torch.float32
+    return (activation in POST_OPS and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and weight.device.type == "cpu"
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and ops.eager_no_grad() and _ops_present() and torch.backends.mkldnn.enabled)
+            and ops.eager_no_grad() and ops_present() and torch.backends.mkldnn.enabled)
 
 
 # weight -> (what it was packed for, the packed weight)
@@ -110,6 +110,6 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, residual, w, bias, list(padding), list(stride), list(dilation), groups, "add",
             1.0, None, [], None)
-    attr, scalars = _POST_OPS[activation]
+    attr, scalars = POST_OPS[activation]
     return torch.ops.mkldnn._convolution_pointwise(
         x, w, bias, list(padding), list(stride), list(dilation), groups, attr, scalars, None)

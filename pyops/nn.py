@@ -9,6 +9,7 @@ from mobilefuse import ops
 from mobilefuse._autocast import autocast_dtype
 from mobilefuse._block_args import BlockArgs
 from mobilefuse._block_layout import BlockLayout, Stage
+from mobilefuse._block_plan import build_plan
 from mobilefuse._block_train import BlockTrainFunction, TrainPlan
 from mobilefuse._conv_args import ACTIVATIONS as CONV_ACTIVATIONS
 from mobilefuse._fusion import FUSABLE_ACTIVATIONS, Fusion
@@ -413,13 +414,22 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output (see the class description for which path runs)."""
+        plan = self.__dict__.get("_plan")
+        if plan is not None and plan.serves(x, self.backend):
+            return plan(x)
         self._check_input(x)
         route = self._route(x)
         if route == "folded":
-            return self._forward_folded(x)
+            # Replayed by later calls while its guards hold (mobilefuse._block_plan).
+            plan = self.__dict__["_plan"] = build_plan(self, x)
+            return plan(x) if plan is not None else self._forward_folded(x)
         if route == "train":
             return self._forward_train(x)
         return self._forward_layers(x)
+
+    def __getstate__(self) -> dict:
+        # The plan holds oneDNN-reordered weights, which neither pickle nor deep-copy.
+        return {k: v for k, v in super().__getstate__().items() if k != "_plan"}
 
     def extra_repr(self) -> str:
         """The roles and whether the input is added."""

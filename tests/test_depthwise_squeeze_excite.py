@@ -10,7 +10,7 @@ import torch
 from conftest import FORWARD_TOL, assert_close_to_reference, make_input
 
 import mobilefuse
-from mobilefuse import ops, reference
+from mobilefuse import reference
 from mobilefuse._extension import has_extension
 
 pytestmark = pytest.mark.skipif(not has_extension(), reason="C++ extension not built")
@@ -86,6 +86,31 @@ def test_both_routes_match_float64_reference(batch, threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("r, size", [(40, 5), (20, 9), (33, 6)])
+def test_wide_excitations_match_float64_reference(r, size, threads):
+    # R above the output's pixel count (5x5 -> 40, 6x6 -> 33 at stride 1) excites all images
+    # at once after the convolution; R = 20 on 9x9 goes image by image. R and C = 72 leave
+    # partial vectors in the excitation's activation and gate.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(r)
+        x = torch.randn(4, 72, size, size, generator=gen).contiguous(
+            memory_format=torch.channels_last)
+        w = torch.randn(72, 1, 3, 3, generator=gen) / 3
+        w1, b1 = torch.randn(r, 72, generator=gen) / 8, torch.randn(r, generator=gen)
+        w2, b2 = torch.randn(72, r, generator=gen) / r ** 0.5, torch.randn(72, generator=gen)
+        for se_act, gate in [("silu", "sigmoid"), ("relu", "hardsigmoid")]:
+            out = _op(x, w, None, [1, 1], [1, 1], [1, 1], "hardswish", w1, b1, w2, b2, se_act,
+                      gate)
+            expected = _reference(x, w, None, 1, 1, "hardswish", w1, b1, w2, b2, se_act, gate)
+            assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32],
+                                      f"R={r}, {size}x{size}, {se_act}/{gate}")
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_many_bands_sum_alike_run_to_run():
     # A single image and few channels split the rows into bands, each summed on its own.
     x = torch.randn(1, 24, 61, 37).contiguous(memory_format=torch.channels_last)
@@ -122,8 +147,17 @@ def _se_block():
     return mobilefuse.models.create_model("mobilenet_v3_large").features[4].eval()
 
 
+def _fused_calls(fn) -> tuple[torch.Tensor, int]:
+    """fn()'s result and how many times it called the fused depthwise + SE op."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    calls = sum(e.count for e in prof.key_averages()
+                if e.key == "mobilefuse::depthwise_squeeze_excite")
+    return out, calls
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_block_inference_takes_the_fused_route_where_it_serves(monkeypatch, channels_last):
+def test_block_inference_takes_the_fused_route_where_it_serves(channels_last):
     block = _se_block()
     x = torch.randn(2, 24, 13, 11)
     if channels_last:
@@ -131,21 +165,12 @@ def test_block_inference_takes_the_fused_route_where_it_serves(monkeypatch, chan
     with torch.no_grad():
         expected = block.double()(x.double())
     fast = mobilefuse.accelerate(block.float())
-    routes = []
-    real = ops._depthwise_squeeze_excite
-
-    def spy(*args):
-        out = real(*args)
-        routes.append(out is not None)
-        return out
-
-    monkeypatch.setattr(ops, "_depthwise_squeeze_excite", spy)
-    with torch.no_grad():
-        out = fast(x)
-    assert routes == [channels_last]
-    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "block")
+    for call in range(2):  # the general path, then the cached plan
+        with torch.no_grad():
+            out, calls = _fused_calls(lambda: fast(x))
+        assert calls == int(channels_last), f"call {call}"
+        assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "block")
     # With gradients recorded the autograd route runs and gives the same numbers.
-    routes.clear()
-    again = fast(x.clone().requires_grad_())
-    assert routes == [False]
+    again, calls = _fused_calls(lambda: fast(x.clone().requires_grad_()))
+    assert calls == 0
     assert_close_to_reference(again, expected, FORWARD_TOL[torch.float32], "block (grad)")

@@ -14,7 +14,7 @@ import mobilefuse
 from mobilefuse import _onednn
 from mobilefuse.reference import activation as reference_activation
 
-pytestmark = pytest.mark.skipif(not _onednn._ops_present(), reason="torch built without oneDNN")
+pytestmark = pytest.mark.skipif(not _onednn.ops_present(), reason="torch built without oneDNN")
 
 ACTIVATIONS = [None, "relu", "relu6", "hardswish", "silu"]
 CL = torch.channels_last
