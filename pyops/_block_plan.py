@@ -195,6 +195,14 @@ def _pointwise_call(weight: torch.Tensor, bias: torch.Tensor | None, x_shape: tu
                          bias, post_op, scalars)
 
 
+def _by_tap(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (C, 1, kh, kw) with the same values, stored tap by tap ((kh*kw, C) in
+    memory): the layout the channels_last kernels read, which they would otherwise copy it
+    into on every call."""
+    c, taps = weight.shape[0], weight.shape[2] * weight.shape[3]
+    return weight.reshape(c, taps).t().contiguous().t().reshape(weight.shape)
+
+
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -243,6 +251,7 @@ def build_plan(block: nn.Module, x: torch.Tensor) -> InferencePlan | None:
     out_hw = tuple(_output_size(size, k, s, p, d) for size, k, s, p, d in zip(
         (height, width), dw_w.shape[2:], dw.stride, dw.padding, dw.dilation, strict=True))
     geometry = [list(dw.stride), list(dw.padding), list(dw.dilation), dw.activation]
+    dw_w = _by_tap(dw_w)
     if se is None:
         depthwise, depthwise_args = torch.ops.mobilefuse.depthwise_conv2d, (
             dw_w, dw_b, *geometry)
