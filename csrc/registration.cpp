@@ -43,6 +43,12 @@ TORCH_LIBRARY(mobilefuse, m) {
   m.def("batch_norm_activation_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, "
         "Tensor? weight, Tensor? bias, str activation, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
+  // BatchNorm's batch statistics: (mean, invstd = 1 / sqrt(biased var + eps)) per channel
+  // over N, H and W, float32 (float64 for float64); updates running_mean and running_var
+  // (unbiased) with momentum as nn.BatchNorm2d does in training, where given. CPU; the fused
+  // block's training path.
+  m.def("batch_norm_statistics(Tensor x, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+        "float momentum, float eps) -> (Tensor, Tensor)");
   // Inference only (no autograd): squeeze_excite(depthwise_conv2d(x, ...), w_reduce (R, C),
   // b_reduce, w_expand (C, R), b_expand, se_activation, gate) with the pool taken in the
   // depthwise kernel's epilogue; CPU.

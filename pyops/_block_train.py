@@ -8,7 +8,8 @@ convolution's raw outputs, plus the block input, the projection's raw output and
 statistics. BatchNorm-then-activation is an elementwise map once the batch statistics are
 known, so the backward recomputes it (one pass each) where it needs the activations. On CPU
 that map is one op forward (mobilefuse::batch_norm_activation) and BatchNorm's gradient takes
-the activation's derivative in the same two passes (batch_norm_activation_backward).
+the activation's derivative in the same two passes (batch_norm_activation_backward); the batch
+statistics take one read (batch_norm_statistics).
 
 Forward and backward call the kernels eager does for the 1x1 convolutions
 (``aten.convolution_backward``) and, off CPU, for the BatchNorm gradients
@@ -73,9 +74,11 @@ def _depthwise_backward(backend: str) -> Any:
             else torch.ops.mobilefuse.depthwise_conv2d_backward)
 
 
-def batch_statistics(norm: nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_statistics(backend: str, norm: nn.Module, t: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, 1 / std) of ``t`` per channel over the batch, updating ``norm``'s running
-    statistics and batch counter as ``nn.BatchNorm2d.forward`` does in training mode."""
+    statistics and batch counter as ``nn.BatchNorm2d.forward`` does in training mode. On CPU
+    one read of ``t`` (mobilefuse::batch_norm_statistics)."""
     factor = 0.0 if norm.momentum is None else norm.momentum
     tracked = norm.track_running_stats
     if tracked and norm.num_batches_tracked is not None:
@@ -84,9 +87,13 @@ def batch_statistics(norm: nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, to
                   else norm.momentum)
     running_mean = norm.running_mean if tracked else None
     running_var = norm.running_var if tracked else None
+    if backend == "cpu":
+        # Its schema marks the running tensors mutated, so their versions are bumped.
+        return torch.ops.mobilefuse.batch_norm_statistics(
+            t, running_mean, running_var, factor, norm.eps)
     mean, var = torch.batch_norm_update_stats(t, running_mean, running_var, factor)
     if tracked and running_mean is not None:
-        # The op updates them in place without bumping their version counters (its schema
+        # This op updates them in place without bumping their version counters (its schema
         # does not mark them mutated); the eval caches keyed on versions must see it.
         torch.autograd.graph.increment_version((running_mean, running_var))
     return mean, torch.rsqrt(var + norm.eps)
@@ -192,14 +199,14 @@ class BlockTrainFunction(torch.autograd.Function):
         stats1 = None
         if we is not None:
             e = F.conv2d(x, we, be)
-            stats1 = batch_statistics(norm1, e)
+            stats1 = batch_statistics(plan.backend, norm1, e)
             a1 = _forward_norm_act(plan.backend, e, norm1, stats1, act1)
         else:
             a1 = x
         d = _depthwise(plan.backend)(a1, wd, bd, list(plan.stride), list(plan.padding),
                                      list(plan.dilation), "none")
         del a1
-        stats2 = batch_statistics(norm2, d)
+        stats2 = batch_statistics(plan.backend, norm2, d)
         a2 = _forward_norm_act(plan.backend, d, norm2, stats2, act2)
         pooled = None
         if plan.se is not None:
@@ -207,7 +214,7 @@ class BlockTrainFunction(torch.autograd.Function):
                                            plan.backend)
         p = F.conv2d(a2, wp, bp)
         del a2
-        stats3 = batch_statistics(norm3, p)
+        stats3 = batch_statistics(plan.backend, norm3, p)
         out = _forward_norm_act(plan.backend, p, norm3, stats3, act3)
         ctx.plan = plan
         ctx.stats = (stats1, stats2, stats3)

@@ -118,6 +118,15 @@ def batch_norm_activation_fake(x: torch.Tensor, mean: torch.Tensor, invstd: torc
     return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
+def batch_norm_statistics_fake(x: torch.Tensor, running_mean: torch.Tensor | None,
+                               running_var: torch.Tensor | None, momentum: float, eps: float
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, invstd) per channel, float32 (float64 for float64 x)."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty(x.shape[1], dtype=dtype), x.new_empty(x.shape[1], dtype=dtype)
+
+
 def batch_norm_activation_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
                                         mean: torch.Tensor, invstd: torch.Tensor,
                                         weight: torch.Tensor | None, bias: torch.Tensor | None,

@@ -15,6 +15,7 @@ from mobilefuse._fake import (
     activation_fake,
     batch_norm_activation_backward_fake,
     batch_norm_activation_fake,
+    batch_norm_statistics_fake,
     channel_shuffle_fake,
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
@@ -44,6 +45,7 @@ def _register() -> None:
     torch.library.register_fake("mobilefuse::batch_norm_activation")(batch_norm_activation_fake)
     torch.library.register_fake("mobilefuse::batch_norm_activation_backward")(
         batch_norm_activation_backward_fake)
+    torch.library.register_fake("mobilefuse::batch_norm_statistics")(batch_norm_statistics_fake)
     # Inference only: the fused block calls it when no gradient is recorded.
     torch.library.register_fake("mobilefuse::depthwise_squeeze_excite")(
         depthwise_squeeze_excite_fake)

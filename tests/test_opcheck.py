@@ -135,6 +135,20 @@ def test_squeeze_excite_kernel_ops(device, prefix):
                                   test_utils=utils)
 
 
+def test_batch_norm_statistics_op():
+    # Mutates the running statistics it is given (declared in its schema).
+    utils = ("test_schema", "test_faketensor")
+    for x in _inputs("cpu")[:3]:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            xd = x.to(dtype)
+            c = xd.shape[1]
+            rdtype = torch.float64 if dtype == torch.float64 else torch.float32
+            for running in ((torch.zeros(c, dtype=rdtype), torch.ones(c, dtype=rdtype)),
+                            (None, None)):
+                torch.library.opcheck(_op("batch_norm_statistics"),
+                                      (xd, *running, 0.1, 1e-5), test_utils=utils)
+
+
 def test_batch_norm_activation_ops():
     # CPU kernels of the fused block's training path, which carries the autograd.
     utils = ("test_schema", "test_faketensor")

@@ -1,6 +1,7 @@
 // BatchNorm with batch statistics followed by an activation, as one pass forward and two passes
-// backward (CPU). The fused block's training path calls these with the statistics it computed
-// (torch.batch_norm_update_stats): forward writes act(x * scale + shift) with
+// backward (CPU), and the batch statistics themselves. The fused block's training path takes
+// the statistics from batch_norm_statistics (one read of x from memory; the running
+// statistics updated as nn.BatchNorm2d updates them) and passes them to the others: forward writes act(x * scale + shift) with
 // scale = invstd * weight and shift = bias - mean * scale, where eager writes the normalized
 // tensor and then activates it; backward recomputes the pre-activation from x, so the
 // activation's gradient, BatchNorm's two per-channel sums and the input gradient take two
@@ -17,6 +18,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -37,6 +40,8 @@ void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, co
 template <typename T>
 void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, const T* alpha,
                     const T* beta, const T* gamma, T* out, const Shape& s, Act act);
+template <typename T>
+void statistics(const T* x, double* mean, double* m2, const Shape& s);
 }  // namespace batch_norm::AVX512
 #endif
 
@@ -133,6 +138,82 @@ void run_input_gradient(const T* grad, const T* x, const T* scale, const T* shif
   batch_norm::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s, act);
 }
 
+template <typename T>
+void run_statistics(const T* x, double* mean, double* m2, const batch_norm::Shape& s) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+  if (use_avx512()) return batch_norm::AVX512::statistics(x, mean, m2, s);
+#endif
+  batch_norm::statistics(x, mean, m2, s);
+}
+
+void check_running(const char* op, const char* name, const at::Tensor& running, int64_t C) {
+  TORCH_CHECK(running.dim() == 1 && running.size(0) == C, op, ": ", name,
+              " must have shape (C,) with C=", C, ", got ", running.sizes());
+  TORCH_CHECK(running.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ",
+              running.device());
+  TORCH_CHECK(at::isFloatingType(running.scalar_type()), op, ": ", name,
+              " must be a floating-point tensor, got ", running.scalar_type());
+}
+
+// running = momentum * batch + (1 - momentum) * running, in the running tensor's dtype.
+void update_running(const at::Tensor& running, const std::vector<double>& batch,
+                    double momentum) {
+  const at::Tensor old = running.to(at::kDouble).contiguous();
+  const double* r = old.const_data_ptr<double>();
+  at::Tensor updated = at::empty_like(old);
+  double* u = updated.mutable_data_ptr<double>();
+  for (size_t c = 0; c < batch.size(); ++c) u[c] = momentum * batch[c] + (1.0 - momentum) * r[c];
+  running.copy_(updated);
+}
+
+// (mean, invstd) per channel over N, H and W, in float32 (float64 for float64); updates the
+// running statistics (the unbiased variance into running_var) when given.
+std::tuple<at::Tensor, at::Tensor> batch_norm_statistics_cpu(
+    const at::Tensor& x_in, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, double momentum, double eps) {
+  const char* op = "batch_norm_statistics";
+  check_cpu_image_input(op, "x", x_in);
+  TORCH_CHECK(eps >= 0.0, op, ": eps must be >= 0, got ", eps);
+  TORCH_CHECK(running_mean.has_value() == running_var.has_value(), op,
+              ": give both running_mean and running_var or neither");
+  const at::ScalarType acc = accumulate_type(x_in);
+  const at::MemoryFormat fmt = kernel_format(x_in);
+  const at::Tensor x = x_in.to(acc).contiguous(fmt);
+  const batch_norm::Shape shape{x.size(0), x.size(1), x.size(2) * x.size(3),
+                                fmt == at::MemoryFormat::ChannelsLast};
+  const int64_t C = shape.channels;
+  const int64_t count = shape.batch * shape.spatial;
+  TORCH_CHECK(count > 0, op, ": x has no values per channel (shape ", x_in.sizes(), ")");
+  if (running_mean.has_value()) {
+    // Both checked before either is written.
+    check_running(op, "running_mean", *running_mean, C);
+    check_running(op, "running_var", *running_var, C);
+  }
+  std::vector<double> mean(C), m2(C);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mobilefuse_batch_norm_statistics", [&] {
+    run_statistics(x.const_data_ptr<scalar_t>(), mean.data(), m2.data(), shape);
+  });
+  at::Tensor mean_out = at::empty({C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor invstd_out = at::empty_like(mean_out);
+  std::vector<double> unbiased(C);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mobilefuse_batch_norm_statistics_out", [&] {
+    scalar_t* mo = mean_out.mutable_data_ptr<scalar_t>();
+    scalar_t* io = invstd_out.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      mo[c] = static_cast<scalar_t>(mean[c]);
+      io[c] = static_cast<scalar_t>(1.0 / std::sqrt(m2[c] / static_cast<double>(count) + eps));
+      // As ATen: one value per channel gives 0 / 0.
+      unbiased[c] = count > 1 ? m2[c] / static_cast<double>(count - 1)
+                              : std::numeric_limits<double>::quiet_NaN();
+    }
+  });
+  if (running_mean.has_value()) {
+    update_running(*running_mean, mean, momentum);
+    update_running(*running_var, unbiased, momentum);
+  }
+  return {mean_out, invstd_out};
+}
+
 at::Tensor batch_norm_activation_cpu(const at::Tensor& x, const at::Tensor& mean,
                                      const at::Tensor& invstd,
                                      const std::optional<at::Tensor>& weight,
@@ -222,6 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cp
 TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
   m.impl("batch_norm_activation", &batch_norm_activation_cpu);
   m.impl("batch_norm_activation_backward", &batch_norm_activation_backward_cpu);
+  m.impl("batch_norm_statistics", &batch_norm_statistics_cpu);
 }
 
 }  // namespace mobilefuse

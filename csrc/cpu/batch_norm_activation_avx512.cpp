@@ -26,6 +26,9 @@ template void input_gradient<double>(const double*, const double*, const double*
                                      const double*, const double*, const double*, const double*,
                                      double*, const Shape&, Act);
 
+template void statistics<float>(const float*, double*, double*, const Shape&);
+template void statistics<double>(const double*, double*, double*, const Shape&);
+
 }  // namespace AVX512
 }  // namespace batch_norm
 }  // namespace mobilefuse

@@ -223,6 +223,125 @@ void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, co
   });
 }
 
+// Rows [r0, r1) of `count` channels (kNV vectors, the last one partial) at x (row stride C):
+// their mean per channel, then the sum of squared deviations from it, both with the sums in
+// registers; the second sweep reads the rows from cache. Written to out_mean and out_m2.
+template <typename T, int64_t kNV>
+void statistics_block(const T* x, int64_t C, int64_t r0, int64_t r1, int64_t count,
+                      T* out_mean, T* out_m2) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t kStep = Vec::size();
+  const int64_t last = count - (kNV - 1) * kStep;  // lanes of the last vector
+  Vec acc[kNV];
+  for (int64_t v = 0; v < kNV; ++v) acc[v] = Vec(0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    for (int64_t v = 0; v < kNV; ++v) {
+      // Lanes past `lanes` load as zero and add nothing.
+      acc[v] += Vec::loadu(xr + v * kStep, v + 1 < kNV ? kStep : last);
+    }
+  }
+  const Vec rows(static_cast<T>(r1 - r0));
+  Vec mean[kNV];
+  for (int64_t v = 0; v < kNV; ++v) {
+    mean[v] = acc[v] / rows;
+    acc[v] = Vec(0);
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    for (int64_t v = 0; v < kNV; ++v) {
+      const Vec d = Vec::loadu(xr + v * kStep, v + 1 < kNV ? kStep : last) - mean[v];
+      acc[v] += d * d;
+    }
+  }
+  for (int64_t v = 0; v < kNV; ++v) {
+    const int64_t lanes = v + 1 < kNV ? kStep : last;
+    mean[v].store(out_mean + v * kStep, lanes);
+    acc[v].store(out_m2 + v * kStep, lanes);
+  }
+}
+
+// Per channel over the batch and the image: the mean and M2, the sum of squared deviations
+// from it (C values each). Each chunk of channels_last rows (NCHW plane) gets its own mean
+// and M2 in two sweeps, the second from cache; the parts are combined in double in a fixed
+// order (M2 = sum of M2_q + n_q (mean_q - mean)^2), so the result does not depend on the
+// thread count and has no cancellation of large sums of squares.
+template <typename T>
+void statistics(const T* x, double* mean, double* m2, const Shape& s) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t C = s.channels;
+  std::fill(mean, mean + C, 0.0);
+  std::fill(m2, m2 + C, 0.0);
+  if (s.channels_last) {
+    const int64_t rows = s.batch * s.spatial;
+    if (rows == 0) return;
+    const int64_t chunk = std::max<int64_t>(1, kChunkValues / std::max<int64_t>(C, 1));
+    const int64_t chunks = (rows + chunk - 1) / chunk;
+    // Chunk q's means (C values), then its M2 (C values).
+    std::vector<T> partial(chunks * 2 * C, T(0));
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; ++q) {
+        const int64_t r0 = q * chunk, r1 = std::min(rows, (q + 1) * chunk);
+        for (int64_t c0 = 0; c0 < C; c0 += kBlockVecs * Vec::size()) {
+          const int64_t count = std::min<int64_t>(kBlockVecs * Vec::size(), C - c0);
+          with_vector_count((count + Vec::size() - 1) / Vec::size(), [&](auto nv) {
+            statistics_block<T, decltype(nv)::value>(
+                x + c0, C, r0, r1, count, partial.data() + q * 2 * C + c0,
+                partial.data() + q * 2 * C + C + c0);
+          });
+        }
+      }
+    });
+    auto rows_of = [&](int64_t q) {
+      return static_cast<double>(std::min(rows, (q + 1) * chunk) - q * chunk);
+    };
+    for (int64_t q = 0; q < chunks; ++q) {
+      for (int64_t c = 0; c < C; ++c) mean[c] += rows_of(q) * partial[q * 2 * C + c];
+    }
+    for (int64_t c = 0; c < C; ++c) mean[c] /= static_cast<double>(rows);
+    for (int64_t q = 0; q < chunks; ++q) {
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = static_cast<double>(partial[q * 2 * C + c]) - mean[c];
+        m2[c] += partial[q * 2 * C + C + c] + rows_of(q) * d * d;
+      }
+    }
+    return;
+  }
+  const int64_t P = s.spatial;
+  if (P == 0 || s.batch == 0) return;
+  auto add = [](Vec u, Vec v) { return u + v; };
+  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> plane_mean(s.batch), plane_m2(s.batch);
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const T* xp = x + (n * C + c) * P;
+        Vec acc(0);
+        // Lanes past `lanes` load as zero and add nothing.
+        for_vectors<T>(P, [&](int64_t j, int64_t lanes) { acc += Vec::loadu(xp + j, lanes); });
+        const T mu = at::vec::vec_reduce_all<T>(add, acc) / static_cast<T>(P);
+        Vec dev(0);
+        for_vectors<T>(P, [&](int64_t j, int64_t lanes) {
+          // Masked-off lanes would contribute mu^2: keep them zero.
+          const Vec d = Vec::set(Vec(0), Vec::loadu(xp + j, lanes) - Vec(mu), lanes);
+          dev += d * d;
+        });
+        plane_mean[n] = mu;
+        plane_m2[n] = at::vec::vec_reduce_all<T>(add, dev);
+      }
+      double m = 0.0;
+      for (int64_t n = 0; n < s.batch; ++n) m += plane_mean[n];
+      m /= static_cast<double>(s.batch);
+      double q = 0.0;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const double d = plane_mean[n] - m;
+        q += plane_m2[n] + static_cast<double>(P) * d * d;
+      }
+      mean[c] = m;
+      m2[c] = q;
+    }
+  });
+}
+
 // out = g * alpha + x * beta + gamma per channel: BatchNorm's input gradient, the batch
 // statistics' terms folded into beta and gamma.
 template <typename T>
