@@ -148,3 +148,16 @@ def on_backend(name: str) -> Iterator[None]:
     with mobilefuse.use_backend(name), warnings.catch_warnings():
         warnings.filterwarnings("error", message="mobilefuse", category=RuntimeWarning)
         yield
+
+
+def results_at_thread_counts(run, counts: tuple[int, ...] = (1, 2, 2)) -> list:
+    """``run()``'s result with each intra-op thread count in turn (the count restored after)."""
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in counts:
+            torch.set_num_threads(threads)
+            results.append(run())
+    finally:
+        torch.set_num_threads(before)
+    return results

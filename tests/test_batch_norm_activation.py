@@ -8,7 +8,13 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference, make_input
+from conftest import (
+    BACKWARD_TOL,
+    FORWARD_TOL,
+    assert_close_to_reference,
+    make_input,
+    results_at_thread_counts,
+)
 
 from mobilefuse import reference
 from mobilefuse._extension import has_extension
@@ -121,14 +127,8 @@ def test_gradient_sums_do_not_depend_on_the_thread_count(layout):
     grad = make_input(tuple(x.shape), torch.float32, "cpu", layout)
     weight, bias = torch.rand(24) + 0.5, torch.randn(24)
     mean, invstd = _statistics(x)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            results.append(_backward(grad, x, mean, invstd, weight, bias, "silu", [True] * 3))
-    finally:
-        torch.set_num_threads(before)
+    results = results_at_thread_counts(
+        lambda: _backward(grad, x, mean, invstd, weight, bias, "silu", [True] * 3))
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FORWARD_TOL, make_input
+from conftest import FORWARD_TOL, make_input, results_at_thread_counts
 
 from mobilefuse._extension import has_extension
 
@@ -104,15 +104,12 @@ def test_large_offset_does_not_cancel():
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_statistics_do_not_depend_on_the_thread_count(layout):
     x = make_input((6, 24, 37, 41), torch.float32, "cpu", layout)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            rm, rv = torch.zeros(24), torch.ones(24)
-            results.append((*_statistics(x, rm, rv, 0.1, EPS), rm, rv))
-    finally:
-        torch.set_num_threads(before)
+
+    def run():
+        rm, rv = torch.zeros(24), torch.ones(24)
+        return (*_statistics(x, rm, rv, 0.1, EPS), rm, rv)
+
+    results = results_at_thread_counts(run)
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "activation_vec.h"
@@ -121,6 +122,40 @@ MOBILEFUSE_ALWAYS_INLINE void with_vector_count(int64_t n, F f) {
   }
 }
 
+// channels_last rows are cut into chunks whose size depends on the shape only: per-chunk
+// results combined in chunk order do not depend on the thread count.
+inline int64_t rows_per_chunk(const Shape& s) {
+  return std::max<int64_t>(1, kChunkValues / std::max<int64_t>(s.channels, 1));
+}
+inline int64_t chunk_count(const Shape& s) {
+  return (s.batch * s.spatial + rows_per_chunk(s) - 1) / rows_per_chunk(s);
+}
+// The rows [r0, r1) of chunk q.
+inline std::pair<int64_t, int64_t> chunk_bounds(const Shape& s, int64_t q) {
+  const int64_t chunk = rows_per_chunk(s);
+  return {q * chunk, std::min(s.batch * s.spatial, (q + 1) * chunk)};
+}
+
+// Calls block(q, r0, r1, c0, count, nv) for each chunk q of channels_last rows ([r0, r1)) and
+// each block of `count` channels from c0 (nv vectors, a compile-time constant), the chunks
+// split over threads. A block sweeps the chunk's rows with its sums in registers (kept in
+// memory, they would stall on stores the streaming loads alias) while the chunk stays in L2.
+template <typename T, typename F>
+void for_each_chunk_block(const Shape& s, F block) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t C = s.channels;
+  at::parallel_for(0, chunk_count(s), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const auto [r0, r1] = chunk_bounds(s, q);
+      for (int64_t c0 = 0; c0 < C; c0 += kBlockVecs * Vec::size()) {
+        const int64_t count = std::min<int64_t>(kBlockVecs * Vec::size(), C - c0);
+        with_vector_count((count + Vec::size() - 1) / Vec::size(),
+                          [&](auto nv) { block(q, r0, r1, c0, count, nv); });
+      }
+    }
+  });
+}
+
 // Sums of g and g * (x - mean) over rows [r0, r1) of `count` channels (kNV vectors, the last
 // one partial) starting at grad, x, ... (row stride C), written to out_g and out_gx.
 template <typename T, Act kAct, int64_t kNV>
@@ -170,25 +205,14 @@ void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, co
   depthwise::with_act(act, [&](auto a) {
     constexpr Act kAct = decltype(a)::value;
     if (s.channels_last) {
-      const int64_t rows = s.batch * s.spatial;
-      const int64_t chunk = std::max<int64_t>(1, kChunkValues / std::max<int64_t>(C, 1));
-      const int64_t chunks = (rows + chunk - 1) / chunk;
-      // Chunk q's sums of g (C values), then of g * (x - mean) (C values). Each block of
-      // channels sweeps the chunk's rows with its sums in registers (kept in memory, they
-      // would stall on stores the streaming loads alias); the chunk stays in L2 meanwhile.
+      // Chunk q's sums of g (C values), then of g * (x - mean) (C values).
+      const int64_t chunks = chunk_count(s);
       std::vector<T> partial(chunks * 2 * C, T(0));
-      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t q = begin; q < end; ++q) {
-          const int64_t r0 = q * chunk, r1 = std::min(rows, (q + 1) * chunk);
-          for (int64_t c0 = 0; c0 < C; c0 += kBlockVecs * Vec::size()) {
-            const int64_t count = std::min<int64_t>(kBlockVecs * Vec::size(), C - c0);
-            with_vector_count((count + Vec::size() - 1) / Vec::size(), [&](auto nv) {
-              sum_block<T, kAct, decltype(nv)::value>(
-                  grad + c0, x + c0, scale + c0, shift + c0, mean + c0, C, r0, r1, count,
-                  partial.data() + q * 2 * C + c0, partial.data() + q * 2 * C + C + c0);
-            });
-          }
-        }
+      for_each_chunk_block<T>(s, [&](int64_t q, int64_t r0, int64_t r1, int64_t c0,
+                                     int64_t count, auto nv) {
+        sum_block<T, kAct, decltype(nv)::value>(
+            grad + c0, x + c0, scale + c0, shift + c0, mean + c0, C, r0, r1, count,
+            partial.data() + q * 2 * C + c0, partial.data() + q * 2 * C + C + c0);
       });
       for (int64_t q = 0; q < chunks; ++q) {
         for (int64_t c = 0; c < C; ++c) {
@@ -275,25 +299,18 @@ void statistics(const T* x, double* mean, double* m2, const Shape& s) {
   if (s.channels_last) {
     const int64_t rows = s.batch * s.spatial;
     if (rows == 0) return;
-    const int64_t chunk = std::max<int64_t>(1, kChunkValues / std::max<int64_t>(C, 1));
-    const int64_t chunks = (rows + chunk - 1) / chunk;
     // Chunk q's means (C values), then its M2 (C values).
+    const int64_t chunks = chunk_count(s);
     std::vector<T> partial(chunks * 2 * C, T(0));
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t q = begin; q < end; ++q) {
-        const int64_t r0 = q * chunk, r1 = std::min(rows, (q + 1) * chunk);
-        for (int64_t c0 = 0; c0 < C; c0 += kBlockVecs * Vec::size()) {
-          const int64_t count = std::min<int64_t>(kBlockVecs * Vec::size(), C - c0);
-          with_vector_count((count + Vec::size() - 1) / Vec::size(), [&](auto nv) {
-            statistics_block<T, decltype(nv)::value>(
-                x + c0, C, r0, r1, count, partial.data() + q * 2 * C + c0,
-                partial.data() + q * 2 * C + C + c0);
-          });
-        }
-      }
+    for_each_chunk_block<T>(s, [&](int64_t q, int64_t r0, int64_t r1, int64_t c0, int64_t count,
+                                   auto nv) {
+      statistics_block<T, decltype(nv)::value>(x + c0, C, r0, r1, count,
+                                               partial.data() + q * 2 * C + c0,
+                                               partial.data() + q * 2 * C + C + c0);
     });
     auto rows_of = [&](int64_t q) {
-      return static_cast<double>(std::min(rows, (q + 1) * chunk) - q * chunk);
+      const auto [r0, r1] = chunk_bounds(s, q);
+      return static_cast<double>(r1 - r0);
     };
     for (int64_t q = 0; q < chunks; ++q) {
       for (int64_t c = 0; c < C; ++c) mean[c] += rows_of(q) * partial[q * 2 * C + c];
