@@ -38,11 +38,14 @@ TORCH_LIBRARY(mobilefuse, m) {
   // optional), x's dtype and layout; and its backward through the batch statistics (as
   // native_batch_norm_backward in training mode) with the activation's derivative recomputed
   // from x. Masked-out gradients come back empty. CPU; the fused block's training path.
+  // out_scale (N, C) multiplies the output per image and channel (squeeze-and-excitation's
+  // gate); grad_scale and grad_shift (N, C) map the incoming gradient first (grad * scale +
+  // shift: the gate's and the pool's gradients), so neither mapped tensor is written.
   m.def("batch_norm_activation(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, "
-        "Tensor? bias, str activation) -> Tensor");
+        "Tensor? bias, str activation, Tensor? out_scale=None) -> Tensor");
   m.def("batch_norm_activation_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, "
-        "Tensor? weight, Tensor? bias, str activation, bool[3] output_mask) "
-        "-> (Tensor, Tensor, Tensor)");
+        "Tensor? weight, Tensor? bias, str activation, bool[3] output_mask, "
+        "Tensor? grad_scale=None, Tensor? grad_shift=None) -> (Tensor, Tensor, Tensor)");
   // BatchNorm's batch statistics: (mean, invstd = 1 / sqrt(biased var + eps)) per channel
   // over N, H and W, float32 (float64 for float64); updates running_mean and running_var
   // (unbiased) with momentum as nn.BatchNorm2d does in training, where given. CPU; the fused

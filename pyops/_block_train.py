@@ -30,7 +30,10 @@ from torch import nn
 from mobilefuse._ranges import in_op_range
 from mobilefuse._squeeze_excite import (
     channel_affine,
+    channel_sum,
+    excitation_backward,
     excite,
+    gate_gradient_from_output,
     squeeze_excite_backward_op,
     squeeze_excite_op,
 )
@@ -180,6 +183,37 @@ def _matrix(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], w.shape[1])
 
 
+def _se_stage_backward_cpu(plan: TrainPlan, grad: torch.Tensor, d: torch.Tensor,
+                           stats2: tuple[torch.Tensor, torch.Tensor], pooled: torch.Tensor,
+                           params: list[torch.Tensor | None], needs: tuple[bool, ...],
+                           grads: list[torch.Tensor | None]) -> torch.Tensor:
+    """Backward from the projection's output gradient to the depthwise output ``d`` of a
+    block with squeeze-and-excitation, on CPU; fills grads[6:14] (depthwise norm, SE,
+    projection conv). The projection's input is recomputed gated (BatchNorm, activation and
+    the gate in one pass); the gate's gradient comes from sums of grad times that gated input;
+    the gate and the pool's gradient are applied to the incoming gradient inside BatchNorm's
+    backward: neither the ungated activation nor its gradient is written."""
+    (_, _, _, _, _, _, g2, b2, wr, br, wx, bx, wp, bp, _, _) = params
+    norm2, act2 = plan.norms[1], plan.activations[1]
+    pre, hidden, z_gate, gate = excite(pooled, _matrix(wr), br, _matrix(wx), bx, *plan.se)
+    z = torch.ops.mobilefuse.batch_norm_activation(d, *stats2, norm2.weight, norm2.bias,
+                                                   act2 or "none", gate)
+    grad, grads[12], grads[13] = _conv1x1_backward(grad, z, wp, bp, (True, needs[12], needs[13]))
+    dz = gate_gradient_from_output(channel_sum("cpu", grad, z), z_gate, gate, plan.se[1])
+    del z
+    mask = [True, needs[8], needs[9] and br is not None, needs[10], needs[11] and bx is not None]
+    dpooled, *se_grads = excitation_backward(dz, pre, hidden, pooled, _matrix(wr), _matrix(wx),
+                                             plan.se[0], mask)
+    for i, (m, g, w) in enumerate(zip(mask[1:], se_grads, (wr, br, wx, bx), strict=True)):
+        grads[8 + i] = g.to(w.dtype).reshape(w.shape) if m else None
+    affine = (needs[6] or needs[7]) and norm2.weight is not None
+    gi, gw, gb = torch.ops.mobilefuse.batch_norm_activation_backward(
+        grad, d, *stats2, norm2.weight, norm2.bias, act2 or "none", [True, affine, affine],
+        gate, dpooled / max(d.shape[2] * d.shape[3], 1))
+    grads[6], grads[7] = (gw, gb) if affine else (None, None)
+    return gi
+
+
 class BlockTrainFunction(torch.autograd.Function):
     """Branch of an inverted-residual block in training mode (BatchNorms on batch statistics).
 
@@ -237,28 +271,31 @@ class BlockTrainFunction(torch.autograd.Function):
         grad = grad.contiguous(memory_format=memory_format_of(p))
         grad, grads[14], grads[15] = _norm_act_backward(backend, grad, p, norm3, *stats3, act3,
                                                         needs[14] or needs[15])
-        # The depthwise stage's output, recomputed: BatchNorm, then the activation.
-        a2, h2 = _norm_act(backend, d, norm2, *stats2, act2)
-        z = a2
-        if plan.se is not None:
-            gate = excite(pooled, _matrix(wr), br, _matrix(wx), bx, *plan.se)[3]
-            z = channel_affine(backend, a2, gate, None)
-        grad, grads[12], grads[13] = _conv1x1_backward(grad, z, wp, bp,
-                                                       (True, needs[12], needs[13]))
-        del z
-        if plan.se is not None:
-            mask = [True, needs[8], needs[9] and br is not None, needs[10],
-                    needs[11] and bx is not None]
-            se_grads = squeeze_excite_backward_op(grad, a2, pooled, _matrix(wr), br,
-                                                  _matrix(wx), bx, *plan.se, backend, mask)
-            grad = se_grads[0]
-            for i, (m, g, w) in enumerate(zip(mask[1:], se_grads[1:], (wr, br, wx, bx),
-                                              strict=True)):
-                grads[8 + i] = g.reshape(w.shape) if m else None
-        del a2
-        grad, grads[6], grads[7] = _norm_act_backward(backend, grad, d, norm2, *stats2, act2,
-                                                      needs[6] or needs[7], h2)
-        del h2
+        if plan.se is not None and backend == "cpu":
+            grad = _se_stage_backward_cpu(plan, grad, d, stats2, pooled, params, needs, grads)
+        else:
+            # The depthwise stage's output, recomputed: BatchNorm, then the activation.
+            a2, h2 = _norm_act(backend, d, norm2, *stats2, act2)
+            z = a2
+            if plan.se is not None:
+                gate = excite(pooled, _matrix(wr), br, _matrix(wx), bx, *plan.se)[3]
+                z = channel_affine(backend, a2, gate, None)
+            grad, grads[12], grads[13] = _conv1x1_backward(grad, z, wp, bp,
+                                                           (True, needs[12], needs[13]))
+            del z
+            if plan.se is not None:
+                mask = [True, needs[8], needs[9] and br is not None, needs[10],
+                        needs[11] and bx is not None]
+                se_grads = squeeze_excite_backward_op(grad, a2, pooled, _matrix(wr), br,
+                                                      _matrix(wx), bx, *plan.se, backend, mask)
+                grad = se_grads[0]
+                for i, (m, g, w) in enumerate(zip(mask[1:], se_grads[1:], (wr, br, wx, bx),
+                                                  strict=True)):
+                    grads[8 + i] = g.reshape(w.shape) if m else None
+            del a2
+            grad, grads[6], grads[7] = _norm_act_backward(backend, grad, d, norm2, *stats2, act2,
+                                                          needs[6] or needs[7], h2)
+            del h2
         if we is not None:
             a1, h1 = _norm_act(backend, e, norm1, *stats1, act1)
         else:

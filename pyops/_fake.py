@@ -109,12 +109,15 @@ def depthwise_squeeze_excite_fake(x: torch.Tensor, weight: torch.Tensor,
 
 def batch_norm_activation_fake(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
                                weight: torch.Tensor | None, bias: torch.Tensor | None,
-                               activation: str) -> torch.Tensor:
-    """``act(batch_norm(x))`` in x's dtype and layout."""
+                               activation: str, out_scale: torch.Tensor | None = None
+                               ) -> torch.Tensor:
+    """``act(batch_norm(x))`` (times ``out_scale[n, c]``) in x's dtype and layout."""
     torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
     for name, t in (("mean", mean), ("invstd", invstd), ("weight", weight), ("bias", bias)):
         torch._check(t is None or tuple(t.shape) == (x.shape[1],),
                      lambda name=name: f"{name} must have shape (C,) with C={x.shape[1]}")
+    torch._check(out_scale is None or tuple(out_scale.shape) == tuple(x.shape[:2]),
+                 lambda: f"out_scale must have shape (N, C) = {tuple(x.shape[:2])}")
     return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
@@ -130,10 +133,15 @@ def batch_norm_statistics_fake(x: torch.Tensor, running_mean: torch.Tensor | Non
 def batch_norm_activation_backward_fake(grad_out: torch.Tensor, x: torch.Tensor,
                                         mean: torch.Tensor, invstd: torch.Tensor,
                                         weight: torch.Tensor | None, bias: torch.Tensor | None,
-                                        activation: str, output_mask: list[bool]
+                                        activation: str, output_mask: list[bool],
+                                        grad_scale: torch.Tensor | None = None,
+                                        grad_shift: torch.Tensor | None = None
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of ``batch_norm_activation`` (x, weight, bias); the ones not asked for are
-    empty."""
+    """Gradients of ``batch_norm_activation`` (x, weight, bias) for the incoming gradient
+    ``grad_out * grad_scale + grad_shift``; the ones not asked for are empty."""
+    for name, t in (("grad_scale", grad_scale), ("grad_shift", grad_shift)):
+        torch._check(t is None or tuple(t.shape) == tuple(x.shape[:2]),
+                     lambda name=name: f"{name} must have shape (N, C) = {tuple(x.shape[:2])}")
     torch._check(grad_out.shape == x.shape,
                  lambda: f"grad_out has shape {tuple(grad_out.shape)}, expected x's")
     grad_x = batch_norm_activation_fake(x, mean, invstd, weight, bias, activation) if (

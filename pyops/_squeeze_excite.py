@@ -87,6 +87,33 @@ def _(x, w_reduce, b_reduce, w_expand, b_expand, activation, gate, backend):
             x.new_empty((x.shape[0], x.shape[1]), dtype=opmath_dtype(x.dtype)))
 
 
+def gate_gradient_from_output(dot: torch.Tensor, z: torch.Tensor, s: torch.Tensor,
+                              gate: str) -> torch.Tensor:
+    """The gradient at the pre-gate ``z`` from ``dot``, the per-(n, c) sums of grad times the
+    gated output ``x * s`` (instead of times ``x``): sigmoid's slope is s (1 - s), so
+    ``dot * (1 - s)``; hardsigmoid's is 1/6 where -3 < z < 3 (there s > 0), so
+    ``dot / (6 s)``, else 0."""
+    if gate == "sigmoid":
+        return dot * (1 - s)
+    inside = (z > -3) & (z < 3) & (s > 0)
+    return torch.where(inside, dot / (6 * torch.where(inside, s, 1)), torch.zeros_like(dot))
+
+
+def excitation_backward(dz: torch.Tensor, pre: torch.Tensor, hidden: torch.Tensor,
+                        pooled: torch.Tensor, w_reduce: torch.Tensor, w_expand: torch.Tensor,
+                        activation: str, output_mask: list[bool]
+                        ) -> tuple[torch.Tensor | None, ...]:
+    """From ``dz``, the gradient at the pre-gate (N, C): gradients of the pooled means, then
+    of w_reduce, b_reduce, w_expand, b_expand, in dz's dtype (None where output_mask, of those
+    five, is False)."""
+    dpre = (dz @ w_expand.to(dz.dtype)) * _activation_slope(pre, activation)
+    return (dpre @ w_reduce.to(dz.dtype) if output_mask[0] else None,
+            dpre.T @ pooled if output_mask[1] else None,
+            dpre.sum(0) if output_mask[2] else None,
+            dz.T @ hidden if output_mask[3] else None,
+            dz.sum(0) if output_mask[4] else None)
+
+
 @torch.library.custom_op("mobilefuse::squeeze_excite_backward", mutates_args=())
 def squeeze_excite_backward_op(grad_out: torch.Tensor, x: torch.Tensor, pooled: torch.Tensor,
                                w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
@@ -99,20 +126,18 @@ def squeeze_excite_backward_op(grad_out: torch.Tensor, x: torch.Tensor, pooled: 
     pre, hidden, z, s = excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation,
                                 gate)
     dz = channel_sum(backend, grad_out, x) * _gate_slope(z, s, gate)
-    dpre = (dz @ w_expand.to(dz.dtype)) * _activation_slope(pre, activation)
+    mask = [output_mask[0], output_mask[1], output_mask[2] and b_reduce is not None,
+            output_mask[3], output_mask[4] and b_expand is not None]
+    dpooled, *param_grads = excitation_backward(dz, pre, hidden, pooled, w_reduce, w_expand,
+                                                activation, mask)
     # Distinct empty tensors: a custom op's outputs must not alias each other.
     grads = [x.new_empty(0) for _ in range(5)]
-    if output_mask[0]:
-        dpooled = dpre @ w_reduce.to(dz.dtype)
+    if mask[0]:
         grads[0] = channel_affine(backend, grad_out, s, dpooled / max(_spatial(x), 1))
-    if output_mask[1]:
-        grads[1] = (dpre.T @ pooled).to(w_reduce.dtype)
-    if output_mask[2] and b_reduce is not None:
-        grads[2] = dpre.sum(0).to(b_reduce.dtype)
-    if output_mask[3]:
-        grads[3] = (dz.T @ hidden).to(w_expand.dtype)
-    if output_mask[4] and b_expand is not None:
-        grads[4] = dz.sum(0).to(b_expand.dtype)
+    for i, (g, param) in enumerate(zip(param_grads, (w_reduce, b_reduce, w_expand, b_expand),
+                                       strict=True)):
+        if mask[i + 1]:
+            grads[i + 1] = g.to(param.dtype)
     return tuple(grads)
 
 

@@ -104,6 +104,55 @@ def test_backward_matches_float64_reference(seed, dtype, layout):
         assert_close_to_reference(gb, expected[-1], BACKWARD_TOL[dtype], f"seed {seed} grad b")
 
 
+def _per_image(x: torch.Tensor, gen: torch.Generator, positive: bool) -> torch.Tensor:
+    # (N, C) in float32 (float64 for float64): the SE gate and the pool's gradient.
+    kind = torch.float64 if x.dtype == torch.float64 else torch.float32
+    t = torch.rand if positive else torch.randn
+    return t(x.shape[:2], dtype=kind, generator=gen)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(5))
+def test_forward_with_out_scale_matches_float64_reference(seed, dtype, layout):
+    # act(batch_norm(x)) * out_scale[n, c]: squeeze-and-excitation's gate applied in the pass.
+    x, weight, bias, act = _case(random.Random(seed * 13 + len(layout)), dtype, layout)
+    gate = _per_image(x, torch.Generator().manual_seed(seed), positive=True)
+    mean, invstd = _statistics(x)
+    out = _forward(x, mean, invstd, weight, bias, act, gate)
+    expected = _reference(x, weight, bias, act)[0] * gate.double()[:, :, None, None]
+    assert out.dtype == dtype
+    assert_close_to_reference(out, expected, FORWARD_TOL[dtype], f"seed {seed}, {act}")
+
+
+@pytest.mark.parametrize("with_shift", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(5))
+def test_backward_with_mapped_gradient_matches_float64_reference(seed, dtype, layout,
+                                                                 with_shift):
+    # The incoming gradient is grad * grad_scale[n, c] + grad_shift[n, c], mapped in the pass.
+    x, weight, bias, act = _case(random.Random(seed * 17 + len(layout)), dtype, layout)
+    gen = torch.Generator().manual_seed(seed)
+    grad = make_input(tuple(x.shape), dtype, "cpu", layout, gen)
+    scale = _per_image(x, gen, positive=True)
+    shift = _per_image(x, gen, positive=False) if with_shift else None
+    mean, invstd = _statistics(x)
+    gx, gw, gb = _backward(grad, x, mean, invstd, weight, bias, act, [True] * 3, scale, shift)
+    mapped = grad.double() * scale.double()[:, :, None, None]
+    if shift is not None:
+        mapped = mapped + shift.double()[:, :, None, None]
+    y, x64, w64, b64 = _reference(x, weight, bias, act)
+    leaves = [t for t in (x64, w64, b64) if t is not None]
+    expected = torch.autograd.grad(y, leaves, mapped)
+    assert gx.dtype == dtype
+    assert_close_to_reference(gx, expected[0], BACKWARD_TOL[dtype], f"seed {seed} grad x")
+    if weight is not None:
+        assert_close_to_reference(gw, expected[1], BACKWARD_TOL[dtype], f"seed {seed} grad w")
+    if bias is not None:
+        assert_close_to_reference(gb, expected[-1], BACKWARD_TOL[dtype], f"seed {seed} grad b")
+
+
 @pytest.mark.parametrize("mask", [[True, False, False], [False, True, True],
                                   [False, False, True]])
 def test_backward_computes_what_the_mask_asks(mask):
@@ -167,3 +216,12 @@ def test_bad_inputs_raise_clear_errors():
         _backward(x[:1], x, mean, invstd, None, None, "none", [True] * 3)
     with pytest.raises(RuntimeError, match="x must be float16, bfloat16, float32 or float64"):
         _forward(x.int(), mean, invstd, None, None, "none")
+    with pytest.raises(RuntimeError, match="out_scale must have shape \\(N, C\\)"):
+        _forward(x, mean, invstd, None, None, "relu", torch.ones(4))
+    with pytest.raises(RuntimeError, match="grad_scale must have shape \\(N, C\\)"):
+        _backward(x, x, mean, invstd, None, None, "relu", [True] * 3, torch.ones(4, 2))
+    with pytest.raises(RuntimeError, match="grad_shift must have shape \\(N, C\\)"):
+        _backward(x, x, mean, invstd, None, None, "relu", [True] * 3, torch.ones(2, 4),
+                  torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match="grad_shift needs grad_scale"):
+        _backward(x, x, mean, invstd, None, None, "relu", [True] * 3, None, torch.ones(2, 4))

@@ -243,6 +243,24 @@ def test_module_matches_its_layers(kwargs, layout):
     assert [n for n, _ in block.named_parameters()] == [n for n, _ in plain.named_parameters()]
 
 
+@pytest.mark.parametrize("frozen", [("se.",), ("bn2.", "conv_pwl."), ("se.fc1.", "bn1."),
+                                    ("conv_pw.", "conv_dw.", "bn3.")])
+def test_training_with_frozen_parameters(frozen):
+    # Fine-tuning: frozen parameters get no gradient, the others the layers' gradients.
+    block = _module(6, in_channels=8, out_channels=8, kernel_size=3, activation="hardswish",
+                    se_channels=4)
+    for name, param in block.named_parameters():
+        param.requires_grad_(not name.startswith(frozen))
+    plain = copy.deepcopy(block)
+    plain.forward = plain._forward_layers
+    block.train(), plain.train()
+    x = make_input((2, 8, 9, 7), torch.float64, "cpu", "channels_last")
+    assert block._route(x) == "train"  # the fused training path, not the layers
+    _compare_train_step(block, plain, x, 1e-12)
+    assert not any(p.grad is not None for n, p in block.named_parameters()
+                   if n.startswith(frozen))
+
+
 def test_module_gradcheck_in_training():
     block = _module(2, in_channels=4, out_channels=4, kernel_size=3, activation="hardswish",
                     se_channels=2).train()

@@ -167,3 +167,12 @@ def test_batch_norm_activation_ops():
                         _op("batch_norm_activation_backward"),
                         (torch.randn_like(xd), xd, mean, invstd, weight, bias, act, mask),
                         test_utils=utils)
+                # The per-image gate on the output and the gradient's map (SE inside a block).
+                gate, shift = torch.rand(xd.shape[:2]), torch.randn(xd.shape[:2])
+                torch.library.opcheck(_op("batch_norm_activation"),
+                                      (xd, mean, invstd, weight, bias, act, gate),
+                                      test_utils=utils)
+                torch.library.opcheck(
+                    _op("batch_norm_activation_backward"),
+                    (torch.randn_like(xd), xd, mean, invstd, weight, bias, act, [True] * 3,
+                     gate, shift), test_utils=utils)

@@ -164,6 +164,31 @@ def test_empty_and_single_pixel(backend, device):
                               FORWARD_TOL[torch.float32], "1x1 spatial")
 
 
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+def test_gate_gradient_from_the_gated_output(gate):
+    # The fused block's backward sums grad times the gated output x * s, not times x; the
+    # pre-gate gradient recovered from it matches autograd's, also at and past hardsigmoid's
+    # kinks (-3, 3) and where its gate is 0.
+    from mobilefuse._squeeze_excite import gate_gradient_from_output
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 8, 5, 4, dtype=torch.float64, generator=gen)
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+    z = torch.tensor([-5.0, -3.0, -2.999, -1.0, 0.0, 2.5, 3.0, 4.0], dtype=torch.float64)
+    z = z.repeat(3, 1) + torch.tensor([[0.0], [1e-3], [-0.4]], dtype=torch.float64)
+    if gate == "sigmoid":
+        s = torch.sigmoid(z)
+        slope = s * (1 - s)
+    else:
+        # Written out: autograd's float64 hardsigmoid slope is 1/6 rounded to float32.
+        s = torch.nn.functional.hardsigmoid(z)
+        slope = ((z > -3) & (z < 3)).double() / 6
+    expected = (grad * x).sum((2, 3)) * slope
+    dot = (grad * x * s[:, :, None, None]).sum((2, 3))
+    got = gate_gradient_from_output(dot, z, s, gate)
+    assert_close_to_reference(got, expected, 1e-12, gate)
+
+
 def _torchvision_like(c: int, r: int) -> nn.Module:
     """torchvision's SqueezeExcitation written out, to compare the module against."""
 

@@ -33,13 +33,15 @@ namespace mobilefuse {
 // Defined in batch_norm_activation_avx512.cpp, compiled with AVX-512 enabled.
 namespace batch_norm::AVX512 {
 template <typename T>
-void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s, Act act);
+void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s, Act act,
+             ImageAffine<T> out_scale);
 template <typename T>
 void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
-                   double* sum_g, double* sum_gx, const Shape& s, Act act);
+                   double* sum_g, double* sum_gx, const Shape& s, Act act, ImageAffine<T> pre);
 template <typename T>
 void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, const T* alpha,
-                    const T* beta, const T* gamma, T* out, const Shape& s, Act act);
+                    const T* beta, const T* gamma, T* out, const Shape& s, Act act,
+                    ImageAffine<T> pre);
 template <typename T>
 void statistics(const T* x, double* mean, double* m2, const Shape& s);
 }  // namespace batch_norm::AVX512
@@ -105,37 +107,61 @@ void affine_of(const Problem& p, std::vector<T>& scale, std::vector<T>& shift) {
 
 // The kernels for this CPU: the AVX-512 copies where they were built and ATen uses AVX-512.
 template <typename T>
+using ImageAffine = batch_norm::ImageAffine<T>;
+
+template <typename T>
 void run_forward(const T* x, const T* scale, const T* shift, T* out, const batch_norm::Shape& s,
-                 Act act) {
+                 Act act, ImageAffine<T> out_scale) {
 #ifdef MOBILEFUSE_AVX512_KERNELS
-  if (use_avx512()) return batch_norm::AVX512::forward(x, scale, shift, out, s, act);
+  if (use_avx512()) return batch_norm::AVX512::forward(x, scale, shift, out, s, act, out_scale);
 #endif
-  batch_norm::forward(x, scale, shift, out, s, act);
+  batch_norm::forward(x, scale, shift, out, s, act, out_scale);
 }
 
 template <typename T>
 void run_gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
-                       double* sum_g, double* sum_gx, const batch_norm::Shape& s, Act act) {
+                       double* sum_g, double* sum_gx, const batch_norm::Shape& s, Act act,
+                       ImageAffine<T> pre) {
 #ifdef MOBILEFUSE_AVX512_KERNELS
   if (use_avx512()) {
     return batch_norm::AVX512::gradient_sums(grad, x, scale, shift, mean, sum_g, sum_gx, s,
-                                             act);
+                                             act, pre);
   }
 #endif
-  batch_norm::gradient_sums(grad, x, scale, shift, mean, sum_g, sum_gx, s, act);
+  batch_norm::gradient_sums(grad, x, scale, shift, mean, sum_g, sum_gx, s, act, pre);
 }
 
 template <typename T>
 void run_input_gradient(const T* grad, const T* x, const T* scale, const T* shift,
                         const T* alpha, const T* beta, const T* gamma, T* out,
-                        const batch_norm::Shape& s, Act act) {
+                        const batch_norm::Shape& s, Act act, ImageAffine<T> pre) {
 #ifdef MOBILEFUSE_AVX512_KERNELS
   if (use_avx512()) {
     return batch_norm::AVX512::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s,
-                                              act);
+                                              act, pre);
   }
 #endif
-  batch_norm::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s, act);
+  batch_norm::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s, act, pre);
+}
+
+// An optional per-(n, c) array of the image's batch and channel count, in the accumulate type.
+at::Tensor per_image(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                     const Problem& p) {
+  if (!t.has_value()) return at::Tensor();
+  TORCH_CHECK(t->dim() == 2 && t->size(0) == p.batch && t->size(1) == p.channels, op, ": ",
+              name, " must have shape (N, C) = (", p.batch, ", ", p.channels, "), got ",
+              t->sizes());
+  TORCH_CHECK(t->device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ",
+              t->device());
+  TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name,
+              " must be a floating-point tensor, got ", t->scalar_type());
+  return t->to(p.x.scalar_type()).contiguous();
+}
+
+template <typename T>
+ImageAffine<T> image_affine(const at::Tensor& scale, const at::Tensor& shift) {
+  return {scale.defined() ? scale.const_data_ptr<T>() : nullptr,
+          shift.defined() ? shift.const_data_ptr<T>() : nullptr};
 }
 
 template <typename T>
@@ -218,17 +244,20 @@ at::Tensor batch_norm_activation_cpu(const at::Tensor& x, const at::Tensor& mean
                                      const at::Tensor& invstd,
                                      const std::optional<at::Tensor>& weight,
                                      const std::optional<at::Tensor>& bias,
-                                     c10::string_view activation) {
+                                     c10::string_view activation,
+                                     const std::optional<at::Tensor>& out_scale) {
   const char* op = "batch_norm_activation";
   const Act act = depthwise::parse_activation(activation);
   const Problem p = prepare(op, x, mean, invstd, weight, bias);
+  const at::Tensor gate = per_image(op, "out_scale", out_scale, p);
   at::Tensor out = at::empty_like(p.x);
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "mobilefuse_batch_norm_activation", [&] {
       std::vector<scalar_t> scale, shift;
       affine_of(p, scale, shift);
       run_forward(p.x.const_data_ptr<scalar_t>(), scale.data(), shift.data(),
-                  out.mutable_data_ptr<scalar_t>(), p.shape(), act);
+                  out.mutable_data_ptr<scalar_t>(), p.shape(), act,
+                  image_affine<scalar_t>(gate, at::Tensor()));
     });
   }
   return out.to(x.scalar_type());
@@ -238,11 +267,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cp
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
     const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, c10::string_view activation,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, const std::optional<at::Tensor>& grad_scale,
+    const std::optional<at::Tensor>& grad_shift) {
   const char* op = "batch_norm_activation_backward";
   const Act act = depthwise::parse_activation(activation);
   check_same_device_dtype_shape(op, grad_out, x);
   const Problem p = prepare(op, x, mean, invstd, weight, bias);
+  TORCH_CHECK(grad_scale.has_value() || !grad_shift.has_value(), op,
+              ": grad_shift needs grad_scale");
+  const at::Tensor pre_scale = per_image(op, "grad_scale", grad_scale, p);
+  const at::Tensor pre_shift = per_image(op, "grad_shift", grad_shift, p);
   const at::Tensor grad = grad_out.to(p.x.scalar_type())
                               .contiguous(p.channels_last ? at::MemoryFormat::ChannelsLast
                                                           : at::MemoryFormat::Contiguous);
@@ -258,8 +292,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cp
     const T* gp = grad.const_data_ptr<T>();
     const T* xp = p.x.const_data_ptr<T>();
     const T* mu = p.mean.const_data_ptr<T>();
+    const ImageAffine<T> pre = image_affine<T>(pre_scale, pre_shift);
     run_gradient_sums(gp, xp, scale.data(), shift.data(), mu, sum_g.data(), sum_gx.data(),
-                      p.shape(), act);
+                      p.shape(), act, pre);
     const T* inv = p.invstd.const_data_ptr<T>();
     const T* w = p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr;
     if (output_mask[1]) {
@@ -285,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cp
       grad_x = at::empty_like(p.x);
       if (grad_x.numel() > 0) {
         run_input_gradient(gp, xp, scale.data(), shift.data(), alpha.data(), beta.data(),
-                           gamma.data(), grad_x.mutable_data_ptr<T>(), p.shape(), act);
+                           gamma.data(), grad_x.mutable_data_ptr<T>(), p.shape(), act, pre);
       }
     }
   });

@@ -12,19 +12,21 @@ namespace batch_norm {
 namespace AVX512 {
 
 template void forward<float>(const float*, const float*, const float*, float*, const Shape&,
-                             Act);
+                             Act, ImageAffine<float>);
 template void forward<double>(const double*, const double*, const double*, double*,
-                              const Shape&, Act);
+                              const Shape&, Act, ImageAffine<double>);
 template void gradient_sums<float>(const float*, const float*, const float*, const float*,
-                                   const float*, double*, double*, const Shape&, Act);
+                                   const float*, double*, double*, const Shape&, Act,
+                                   ImageAffine<float>);
 template void gradient_sums<double>(const double*, const double*, const double*, const double*,
-                                    const double*, double*, double*, const Shape&, Act);
+                                    const double*, double*, double*, const Shape&, Act,
+                                    ImageAffine<double>);
 template void input_gradient<float>(const float*, const float*, const float*, const float*,
                                     const float*, const float*, const float*, float*,
-                                    const Shape&, Act);
+                                    const Shape&, Act, ImageAffine<float>);
 template void input_gradient<double>(const double*, const double*, const double*,
                                      const double*, const double*, const double*, const double*,
-                                     double*, const Shape&, Act);
+                                     double*, const Shape&, Act, ImageAffine<double>);
 
 template void statistics<float>(const float*, double*, double*, const Shape&);
 template void statistics<double>(const double*, double*, double*, const Shape&);

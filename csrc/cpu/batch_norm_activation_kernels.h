@@ -29,6 +29,16 @@ struct Shape {
   int64_t run_length() const { return channels_last ? channels : spatial; }
 };
 
+// An optional per-(n, c) affine map v * scale[n, c] + shift[n, c] ((N, C) arrays; scale null:
+// none; shift may be null): squeeze-and-excitation's gate on the forward's output, and on
+// the backward's incoming gradient with the pool's gradient as the shift.
+template <typename T>
+struct ImageAffine {
+  const T* scale = nullptr;
+  const T* shift = nullptr;
+  explicit operator bool() const { return scale != nullptr; }
+};
+
 // Values in one chunk of channels_last rows: a chunk is summed by one thread, and chunks are
 // added in order, so the sums do not depend on the thread count.
 constexpr int64_t kChunkValues = 16384;
@@ -56,6 +66,23 @@ struct Constant {
   }
 };
 
+// ImageAffine's constants along run r (see Shape::runs).
+template <typename T>
+std::pair<Constant<T>, Constant<T>> along(const ImageAffine<T>& a, const Shape& s, int64_t r) {
+  const int64_t at = s.channels_last ? (r / s.spatial) * s.channels : r;
+  return {Constant<T>{a.scale + at, s.channels_last},
+          Constant<T>{a.shift == nullptr ? nullptr : a.shift + at, s.channels_last}};
+}
+
+// v * k + b, b absent when its base is null.
+template <typename T>
+MOBILEFUSE_ALWAYS_INLINE at::vec::Vectorized<T> apply_affine(
+    at::vec::Vectorized<T> v, const std::pair<Constant<T>, Constant<T>>& kb, int64_t j,
+    int64_t lanes) {
+  v = v * kb.first.at(j, lanes);
+  return kb.second.base == nullptr ? v : v + kb.second.at(j, lanes);
+}
+
 // g = grad * act'(x * scale + shift), the gradient reaching the normalized values.
 template <typename T, Act kAct>
 MOBILEFUSE_ALWAYS_INLINE at::vec::Vectorized<T> activation_gradient(
@@ -80,9 +107,10 @@ void for_each_run(const Shape& s, Act act, F body) {
   });
 }
 
-// out = act(x * scale + shift).
+// out = act(x * scale + shift), then times out_scale[n, c] where given.
 template <typename T>
-void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s, Act act) {
+void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s, Act act,
+             ImageAffine<T> out_scale) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t length = s.run_length();
   for_each_run(s, act, [&](auto a, int64_t r, int64_t c) {
@@ -90,6 +118,14 @@ void forward(const T* x, const T* scale, const T* shift, T* out, const Shape& s,
     const Constant<T> k{scale + c, s.channels_last}, b{shift + c, s.channels_last};
     const T* xr = x + r * length;
     T* yr = out + r * length;
+    if (out_scale) {
+      const auto o = along(out_scale, s, r);
+      for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
+        const Vec z = Vec::loadu(xr + j, lanes) * k.at(j, lanes) + b.at(j, lanes);
+        apply_affine(depthwise::act_forward(kAct, z), o, j, lanes).store(yr + j, lanes);
+      });
+      return;
+    }
     for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
       const Vec z = Vec::loadu(xr + j, lanes) * k.at(j, lanes) + b.at(j, lanes);
       depthwise::act_forward(kAct, z).store(yr + j, lanes);
@@ -157,10 +193,13 @@ void for_each_chunk_block(const Shape& s, F block) {
 }
 
 // Sums of g and g * (x - mean) over rows [r0, r1) of `count` channels (kNV vectors, the last
-// one partial) starting at grad, x, ... (row stride C), written to out_g and out_gx.
-template <typename T, Act kAct, int64_t kNV>
+// one partial) starting at grad, x, ... (row stride C), written to out_g and out_gx. With
+// kPrologue the incoming gradient is first mapped by pre (its arrays offset to these
+// channels; rows of `spatial` pixels per image).
+template <typename T, Act kAct, int64_t kNV, bool kPrologue>
 void sum_block(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
-               int64_t C, int64_t r0, int64_t r1, int64_t count, T* out_g, T* out_gx) {
+               int64_t C, int64_t r0, int64_t r1, int64_t count, T* out_g, T* out_gx,
+               ImageAffine<T> pre, int64_t spatial) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t kStep = Vec::size();
   const int64_t last = count - (kNV - 1) * kStep;  // lanes of the last vector
@@ -179,6 +218,11 @@ void sum_block(const T* grad, const T* x, const T* scale, const T* shift, const 
       const int64_t lanes = v + 1 < kNV ? kStep : last;
       const Vec xv = Vec::loadu(xr + v * kStep, lanes);
       Vec g = Vec::loadu(gr + v * kStep, lanes);
+      if constexpr (kPrologue) {
+        const int64_t at = (r / spatial) * C + v * kStep;
+        g = g * Vec::loadu(pre.scale + at, lanes);
+        if (pre.shift != nullptr) g = g + Vec::loadu(pre.shift + at, lanes);
+      }
       if constexpr (kAct != Act::kNone) {
         g = depthwise::act_backward(kAct, g, xv * k[v] + b[v]);
       }
@@ -194,10 +238,12 @@ void sum_block(const T* grad, const T* x, const T* scale, const T* shift, const 
   }
 }
 
-// Per channel: sum_g = sum of g and sum_gx = sum of g * (x - mean) (C values each).
+// Per channel: sum_g = sum of g and sum_gx = sum of g * (x - mean) (C values each), g the
+// incoming gradient mapped by pre (where given) and through the activation.
 template <typename T>
 void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, const T* mean,
-                   double* sum_g, double* sum_gx, const Shape& s, Act act) {
+                   double* sum_g, double* sum_gx, const Shape& s, Act act,
+                   ImageAffine<T> pre) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t C = s.channels;
   std::fill(sum_g, sum_g + C, 0.0);
@@ -210,9 +256,17 @@ void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, co
       std::vector<T> partial(chunks * 2 * C, T(0));
       for_each_chunk_block<T>(s, [&](int64_t q, int64_t r0, int64_t r1, int64_t c0,
                                      int64_t count, auto nv) {
-        sum_block<T, kAct, decltype(nv)::value>(
-            grad + c0, x + c0, scale + c0, shift + c0, mean + c0, C, r0, r1, count,
-            partial.data() + q * 2 * C + c0, partial.data() + q * 2 * C + C + c0);
+        T* out = partial.data() + q * 2 * C;
+        if (pre) {
+          const ImageAffine<T> at{pre.scale + c0, pre.shift == nullptr ? nullptr : pre.shift + c0};
+          sum_block<T, kAct, decltype(nv)::value, true>(
+              grad + c0, x + c0, scale + c0, shift + c0, mean + c0, C, r0, r1, count, out + c0,
+              out + C + c0, at, s.spatial);
+        } else {
+          sum_block<T, kAct, decltype(nv)::value, false>(
+              grad + c0, x + c0, scale + c0, shift + c0, mean + c0, C, r0, r1, count, out + c0,
+              out + C + c0, pre, s.spatial);
+        }
       });
       for (int64_t q = 0; q < chunks; ++q) {
         for (int64_t c = 0; c < C; ++c) {
@@ -229,11 +283,15 @@ void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, co
         for (int64_t n = 0; n < s.batch; ++n) {
           const T* gp = grad + (n * C + c) * P;
           const T* xp = x + (n * C + c) * P;
+          const T gs = pre ? pre.scale[n * C + c] : T(1);
+          const T gt = pre && pre.shift != nullptr ? pre.shift[n * C + c] : T(0);
           Vec acc_g(0), acc_gx(0);
           for_vectors<T>(P, [&](int64_t j, int64_t lanes) {
             const Vec xv = Vec::loadu(xp + j, lanes);
-            const Vec g = activation_gradient<T, kAct>(Vec::loadu(gp + j, lanes), xv, k, b, j,
-                                                       lanes);
+            // Masked-off lanes must stay zero: the shift would make them nonzero.
+            Vec g = Vec::loadu(gp + j, lanes);
+            if (pre) g = Vec::set(Vec(0), g * Vec(gs) + Vec(gt), lanes);
+            g = activation_gradient<T, kAct>(g, xv, k, b, j, lanes);
             // Lanes past `lanes` load as zero and add nothing.
             acc_g += g;
             acc_gx += g * (xv - m.at(j, lanes));
@@ -363,7 +421,8 @@ void statistics(const T* x, double* mean, double* m2, const Shape& s) {
 // statistics' terms folded into beta and gamma.
 template <typename T>
 void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, const T* alpha,
-                    const T* beta, const T* gamma, T* out, const Shape& s, Act act) {
+                    const T* beta, const T* gamma, T* out, const Shape& s, Act act,
+                    ImageAffine<T> pre) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t length = s.run_length();
   const bool pl = s.channels_last;
@@ -374,11 +433,20 @@ void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, c
     const T* xr = x + r * length;
     const T* gr = grad + r * length;
     T* outr = out + r * length;
-    for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
-      const Vec xv = Vec::loadu(xr + j, lanes);
-      const Vec g = activation_gradient<T, kAct>(Vec::loadu(gr + j, lanes), xv, k, b, j, lanes);
-      (g * al.at(j, lanes) + xv * be.at(j, lanes) + ga.at(j, lanes)).store(outr + j, lanes);
-    });
+    auto row = [&](auto mapped) {
+      for_vectors<T>(length, [&](int64_t j, int64_t lanes) {
+        const Vec xv = Vec::loadu(xr + j, lanes);
+        const Vec g = activation_gradient<T, kAct>(mapped(Vec::loadu(gr + j, lanes), j, lanes),
+                                                   xv, k, b, j, lanes);
+        (g * al.at(j, lanes) + xv * be.at(j, lanes) + ga.at(j, lanes)).store(outr + j, lanes);
+      });
+    };
+    if (pre) {
+      const auto kb = along(pre, s, r);
+      row([&](Vec g, int64_t j, int64_t lanes) { return apply_affine(g, kb, j, lanes); });
+    } else {
+      row([](Vec g, int64_t, int64_t) { return g; });
+    }
   });
 }
 
