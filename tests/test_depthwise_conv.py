@@ -108,7 +108,8 @@ LARGE_PLANE_CONFIGS = [
 
 
 # channels_last rows wide enough that the CPU kernels split the channels into several tiles
-# (kh rows of a tile within 24 KB), the last one partial, and batch 1 splits rows into bands.
+# (backward: kh rows of a tile and its dz ring within 24 KB; forward: kh rows within 256 KB,
+# the last two cases), the last one partial, and batch 1 splits rows into bands.
 TILED_CONFIGS = [
     {"shape": (1, 37, 23, 61), "kernel": (3, 3), "stride": 1, "padding": 1, "dilation": 1,
      "activation": "relu6", "bias": True, "dtype": torch.float32, "layout": "channels_last"},
@@ -121,6 +122,10 @@ TILED_CONFIGS = [
      "activation": None, "bias": True, "dtype": torch.float16, "layout": "channels_last"},
     {"shape": (1, 33, 10, 70), "kernel": (3, 3), "stride": 1, "padding": 2, "dilation": 2,
      "activation": "relu", "bias": True, "dtype": torch.float64, "layout": "channels_last"},
+    {"shape": (1, 70, 9, 130), "kernel": (7, 7), "stride": 1, "padding": 3, "dilation": 1,
+     "activation": "silu", "bias": True, "dtype": torch.float32, "layout": "channels_last"},
+    {"shape": (2, 150, 6, 160), "kernel": (5, 5), "stride": 2, "padding": 2, "dilation": 1,
+     "activation": "relu6", "bias": False, "dtype": torch.float16, "layout": "channels_last"},
 ]
 
 

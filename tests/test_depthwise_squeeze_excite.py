@@ -86,6 +86,20 @@ def test_both_routes_match_float64_reference(batch, threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_channel_tiles_match_float64_reference(batch):
+    # 7 rows of 130 pixels of 70 channels outgrow the forward's 256 KB: the image is convolved
+    # in channel tiles (the last partial), each adding its own channels' pool sums.
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 70, 9, 130, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    w, b = torch.randn(70, 1, 7, 7, generator=gen) / 7, torch.randn(70, generator=gen)
+    w1, w2 = torch.randn(8, 70, generator=gen) / 8, torch.randn(70, 8, generator=gen) / 3
+    out = _op(x, w, b, [1, 1], [3, 3], [1, 1], "silu", w1, None, w2, None, "relu", "sigmoid")
+    expected = _reference(x, w, b, 1, 3, "silu", w1, None, w2, None, "relu", "sigmoid")
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], f"batch {batch}")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("r, size", [(40, 5), (20, 9), (33, 6)])
 def test_wide_excitations_match_float64_reference(r, size, threads):

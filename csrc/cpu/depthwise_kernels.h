@@ -4,8 +4,9 @@
 // NCHW works plane by plane: each input plane is copied once into a zero-padded buffer split
 // into `stride_w` column phases, so every tap of every output row reads a contiguous run and
 // the inner loops are plain vector FMAs. NHWC vectorizes over channels and walks an output
-// row one vector of channels at a time, in groups of pixels with independent sums that share
-// the input columns they read. Float16/bfloat16 run through float32 copies (float32
+// row in groups of pixels with independent sums that share the input columns they read: the
+// forward takes each group through every channel vector, the backward takes one channel
+// vector along the whole row. Float16/bfloat16 run through float32 copies (float32
 // accumulation); float64 is computed in float64.
 //
 // The backward walks each channel (NCHW) or band of output rows (NHWC, fused: dz, the weight
@@ -544,30 +545,6 @@ MOBILEFUSE_ALWAYS_INLINE void conv_group(const T* const* rows, const T* wp, at::
   }
 }
 
-// One output row of the NHWC forward, channels [c0, c0 + cnt). in_rows[i] is input row
-// oh*sh - ph + i*dh, or null outside the input.
-template <typename T, typename K, Act kAct, bool kFull>
-void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bias,
-                 const Geometry& g, int64_t c0, int64_t cnt, int64_t ow_lo, int64_t ow_hi,
-                 TapScratch<T>& scratch) {
-  using Vec = at::vec::Vectorized<T>;
-  const Lanes<T, kFull> lanes{cnt};
-  const int64_t C = g.channels;
-  const T* rows_fixed[K::kh > 0 ? K::kh : 1];
-  const T* const* rows = rows_at<T, K::kh>(in_rows, K::kh > 0 ? K::kh : g.kh, c0, rows_fixed, scratch);
-  const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
-  T* out = orow + c0;
-  auto pixels = [&](int64_t ow, auto group, auto border) {
-    constexpr int kG = decltype(group)::value;
-    Vec z[kG];
-    conv_group<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes,
-                                                               ow, z);
-    MOBILEFUSE_UNROLL
-    for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
-  };
-  for_pixel_groups<K::sw == 1 ? kForwardGroup : 4, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
-}
-
 // Per-thread state of the NHWC kernels: the input (or dz) rows a row of taps reads, and the
 // storage of the run-time-sized kernels.
 template <typename T>
@@ -587,8 +564,40 @@ MOBILEFUSE_ALWAYS_INLINE void for_channel_vectors(int64_t lo, int64_t hi, F f) {
   if (c0 < hi) f(c0, hi - c0, std::false_type());
 }
 
-// Output row oh of one NHWC image xn into orow, channels [c_lo, c_hi), one vector at a time.
-// [ow_lo, ow_hi) are the interior columns of g.
+// One output row of the NHWC forward, channels [c_lo, c_hi): pixel group by pixel group, each
+// group through every channel vector in turn, so reads and writes run along memory. (Walking
+// the row one channel vector at a time instead reads one 64-byte line every C * 4 bytes: with
+// C a multiple of 32 those lines fall in a few L1 sets and evict each other, and each line's
+// prefetched neighbour is gone before its own vector comes: C96 112x112 stride 2 took 2.3 ms
+// for oneDNN's 1.5, now 1.25.) in_rows[i] is input row oh*sh - ph + i*dh, or null outside.
+template <typename T, typename K, Act kAct>
+void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bias,
+                           const Geometry& g, int64_t c_lo, int64_t c_hi, int64_t ow_lo,
+                           int64_t ow_hi, TapScratch<T>& scratch) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t C = g.channels;
+  auto pixels = [&](int64_t ow, auto group, auto border) {
+    constexpr int kG = decltype(group)::value;
+    for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      const Lanes<T, kFull> lanes{cnt};
+      const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+      const T* const* rows =
+          rows_at<T, K::kh>(in_rows, K::kh > 0 ? K::kh : g.kh, c0, rows_fixed, scratch);
+      const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+      Vec z[kG];
+      conv_group<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes, ow,
+                                                           z);
+      T* out = orow + c0;
+      MOBILEFUSE_UNROLL
+      for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
+    });
+  };
+  for_pixel_groups<K::sw == 1 ? kForwardGroup : 4, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
+}
+
+// Output row oh of one NHWC image xn into orow, channels [c_lo, c_hi). [ow_lo, ow_hi) are
+// the interior columns of g.
 template <typename T, typename K, Act kAct>
 void forward_nhwc_output_row(const T* xn, T* orow, const T* w_taps, const T* bias,
                              const Geometry& g, int64_t oh, int64_t ow_lo, int64_t ow_hi,
@@ -598,25 +607,36 @@ void forward_nhwc_output_row(const T* xn, T* orow, const T* w_taps, const T* bia
     const int64_t ih = oh * g.sh - g.ph + i * g.dh;
     s.rows[i] = ih >= 0 && ih < g.height ? xn + ih * g.width * C : nullptr;
   }
-  for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full) {
-    forward_row<T, K, kAct, decltype(full)::value>(s.rows.data(), orow, w_taps, bias, g, c0, cnt,
-                                                   ow_lo, ow_hi, s.taps);
-  });
+  forward_row<T, K, kAct>(s.rows.data(), orow, w_taps, bias, g, c_lo, c_hi, ow_lo, ow_hi,
+                          s.taps);
 }
 
-// Channels per task of the NHWC kernels: whole vectors, as many as keep the kh input rows
-// they read within 24 KB (half of L1), at least one. A task walks its channels down the
-// image, so kh - 1 of those rows are L1 hits for the next output row, and so are the taps'
-// weights; a task of every channel would read each row from L2 (or memory) kh times once
-// kh rows of all channels outgrow L1.
-// `ring_rows` dz rows (out_w wide) count toward the 24 KB too: the backward's ring.
+// Whole vectors of channels whose kh input rows (and ring_rows dz rows, out_w wide) fit in
+// `budget` bytes, at least one, at most every channel.
 template <typename T>
-inline int64_t tile_channels(const Geometry& g, int64_t ring_rows = 0) {
+inline int64_t channels_within(const Geometry& g, int64_t budget, int64_t ring_rows = 0) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   const int64_t vector_rows =
       (g.kh * g.width + ring_rows * g.out_w) * V * static_cast<int64_t>(sizeof(T));
-  const int64_t vectors = std::max<int64_t>(1, 24 * 1024 / std::max<int64_t>(1, vector_rows));
+  const int64_t vectors = std::max<int64_t>(1, budget / std::max<int64_t>(1, vector_rows));
   return std::min(vectors * V, (g.channels + V - 1) / V * V);
+}
+
+// Channels per task of the NHWC backward: as many as keep the kh input rows and the ring of
+// `ring_rows` dz rows within 24 KB (half of L1). A task walks its channels down the image,
+// one vector at a time along each row (its weight-gradient sums stay in registers), so kh - 1
+// of those rows are L1 hits for the next output row, and so are the taps' weights.
+template <typename T>
+inline int64_t tile_channels(const Geometry& g, int64_t ring_rows = 0) {
+  return channels_within<T>(g, 24 * 1024, ring_rows);
+}
+
+// Channels per task of the NHWC forward: every channel, unless kh input rows of them outgrow
+// 256 KB (half of a small L2). The forward walks a row across all the task's channels (see
+// forward_row), so the next output row finds kh - 1 of its input rows in L2.
+template <typename T>
+inline int64_t forward_tile_channels(const Geometry& g) {
+  return channels_within<T>(g, 256 * 1024);
 }
 
 // sums[c] += the `width` pixels of an output row, channels [c_lo, c_hi): the squeeze-and-
@@ -647,7 +667,7 @@ void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, cons
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
   const int64_t image = g.height * g.width * g.channels, row = g.out_w * g.channels;
-  const int64_t tile = tile_channels<T>(g), tiles = (g.channels + tile - 1) / tile;
+  const int64_t tile = forward_tile_channels<T>(g), tiles = (g.channels + tile - 1) / tile;
   const int64_t wanted = 4 * at::get_num_threads();
   const int64_t bands = std::clamp<int64_t>((wanted + g.batch * tiles - 1) / (g.batch * tiles),
                                             1, std::max<int64_t>(1, g.out_h));
@@ -685,7 +705,7 @@ void forward_nhwc_image(const T* xn, T* on, const T* w_taps, const T* bias, cons
                         T* sums, RowScratch<T>& scratch) {
   int64_t ow_lo, ow_hi;
   interior_columns(g, ow_lo, ow_hi);
-  const int64_t row = g.out_w * g.channels, tile = tile_channels<T>(g);
+  const int64_t row = g.out_w * g.channels, tile = forward_tile_channels<T>(g);
   std::fill(sums, sums + g.channels, T(0));
   for (int64_t c_lo = 0; c_lo < g.channels; c_lo += tile) {
     const int64_t c_hi = std::min(g.channels, c_lo + tile);
