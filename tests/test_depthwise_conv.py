@@ -108,8 +108,8 @@ LARGE_PLANE_CONFIGS = [
 
 
 # channels_last rows wide enough that the CPU kernels split the channels into several tiles
-# (backward: kh rows of a tile and its dz ring within 24 KB; forward: kh rows within 256 KB,
-# the last two cases), the last one partial, and batch 1 splits rows into bands.
+# (kh rows of a tile, and the backward's dz ring, within 256 KB: the last two cases; the
+# others when tiles were sized for L1), the last one partial; batch 1 splits rows into bands.
 TILED_CONFIGS = [
     {"shape": (1, 37, 23, 61), "kernel": (3, 3), "stride": 1, "padding": 1, "dilation": 1,
      "activation": "relu6", "bias": True, "dtype": torch.float32, "layout": "channels_last"},
