@@ -108,8 +108,10 @@ LARGE_PLANE_CONFIGS = [
 
 
 # channels_last rows wide enough that the CPU kernels split the channels into several tiles
-# (kh rows of a tile, and the backward's dz ring, within 256 KB: the last two cases; the
-# others when tiles were sized for L1), the last one partial; batch 1 splits rows into bands.
+# (kh rows of a tile, and the backward's dz ring, within 256 KB: the 7x7 and 5x5 stride-2
+# cases of 70 and 150 channels; the forward of 5x5 at stride 1 within 32 KB: the last two;
+# the others when tiles were sized for L1), the last one partial; batch 1 splits rows into
+# bands.
 TILED_CONFIGS = [
     {"shape": (1, 37, 23, 61), "kernel": (3, 3), "stride": 1, "padding": 1, "dilation": 1,
      "activation": "relu6", "bias": True, "dtype": torch.float32, "layout": "channels_last"},
@@ -126,6 +128,11 @@ TILED_CONFIGS = [
      "activation": "silu", "bias": True, "dtype": torch.float32, "layout": "channels_last"},
     {"shape": (2, 150, 6, 160), "kernel": (5, 5), "stride": 2, "padding": 2, "dilation": 1,
      "activation": "relu6", "bias": False, "dtype": torch.float16, "layout": "channels_last"},
+    {"shape": (2, 200, 11, 28), "kernel": (5, 5), "stride": 1, "padding": 2, "dilation": 1,
+     "activation": "relu6", "bias": True, "dtype": torch.float32, "layout": "channels_last"},
+    {"shape": (1, 101, 7, 19), "kernel": (5, 5), "stride": 1, "padding": 1, "dilation": 1,
+     "activation": "hardswish", "bias": False, "dtype": torch.bfloat16,
+     "layout": "channels_last"},
 ]
 
 

@@ -87,16 +87,21 @@ def test_both_routes_match_float64_reference(batch, threads):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_channel_tiles_match_float64_reference(batch):
-    # 7 rows of 130 pixels of 70 channels outgrow the forward's 256 KB: the image is convolved
-    # in channel tiles (the last partial), each adding its own channels' pool sums.
+@pytest.mark.parametrize("k, height, width, channels", [(7, 9, 130, 70), (5, 11, 28, 200)])
+def test_channel_tiles_match_float64_reference(batch, k, height, width, channels):
+    # 7 rows of 130 pixels of 70 channels outgrow the forward's 256 KB, and 5 rows of 28 pixels
+    # of 200 channels its 32 KB for 5x5 at stride 1: the image is convolved in channel tiles
+    # (the last partial), each adding its own channels' pool sums.
     gen = torch.Generator().manual_seed(batch)
-    x = torch.randn(batch, 70, 9, 130, generator=gen).contiguous(
+    x = torch.randn(batch, channels, height, width, generator=gen).contiguous(
         memory_format=torch.channels_last)
-    w, b = torch.randn(70, 1, 7, 7, generator=gen) / 7, torch.randn(70, generator=gen)
-    w1, w2 = torch.randn(8, 70, generator=gen) / 8, torch.randn(70, 8, generator=gen) / 3
-    out = _op(x, w, b, [1, 1], [3, 3], [1, 1], "silu", w1, None, w2, None, "relu", "sigmoid")
-    expected = _reference(x, w, b, 1, 3, "silu", w1, None, w2, None, "relu", "sigmoid")
+    w = torch.randn(channels, 1, k, k, generator=gen) / k
+    b = torch.randn(channels, generator=gen)
+    w1 = torch.randn(8, channels, generator=gen) / 8
+    w2 = torch.randn(channels, 8, generator=gen) / 3
+    pad = k // 2
+    out = _op(x, w, b, [1, 1], [pad, pad], [1, 1], "silu", w1, None, w2, None, "relu", "sigmoid")
+    expected = _reference(x, w, b, 1, pad, "silu", w1, None, w2, None, "relu", "sigmoid")
     assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], f"batch {batch}")
 
 
