@@ -158,8 +158,31 @@ STRIDE2_PAIR_CONFIGS = [
 ]
 
 
+
+def _row_pair_config(shape: tuple[int, int, int, int], padding, activation: str | None,
+                     dtype: torch.dtype = torch.float32, bias: bool = True) -> dict:
+    return {"shape": shape, "kernel": (5, 5), "stride": 1, "padding": padding, "dilation": 1,
+            "activation": activation, "bias": bias, "dtype": dtype, "layout": "channels_last"}
+
+
+# The channels_last forward of 5x5 at stride 1 computes two output rows per pass: odd output
+# heights (a last row alone), a single output row, batch 1 (bands of rows split the image,
+# some of odd length), no padding (no missing input row) and padding past the kernel's reach
+# (rows of zeros above and below), rows of 7 and 14 pixels (groups of 7), partial vectors.
+ROW_PAIR_CONFIGS = [
+    _row_pair_config((2, 17, 9, 9), 2, "relu6"),
+    _row_pair_config((1, 40, 14, 14), 2, "hardswish"),
+    _row_pair_config((1, 33, 5, 12), 0, "silu"),
+    _row_pair_config((3, 16, 6, 7), (0, 2), None, bias=False),
+    _row_pair_config((1, 21, 4, 30), 3, "relu"),
+    _row_pair_config((1, 8, 15, 28), 2, "relu6", dtype=torch.bfloat16),
+    _row_pair_config((2, 19, 8, 5), (1, 2), "silu", dtype=torch.float16),
+]
+
+
 CPU_CONFIG_SETS = {"random": CPU_CONFIGS, "large_nchw_planes": LARGE_PLANE_CONFIGS,
-                   "channel_tiles": TILED_CONFIGS, "stride2_pairs": STRIDE2_PAIR_CONFIGS}
+                   "channel_tiles": TILED_CONFIGS, "stride2_pairs": STRIDE2_PAIR_CONFIGS,
+                   "row_pairs": ROW_PAIR_CONFIGS}
 
 
 @pytest.mark.parametrize("config_set,index", [

@@ -5,9 +5,9 @@
 // into `stride_w` column phases, so every tap of every output row reads a contiguous run and
 // the inner loops are plain vector FMAs. NHWC vectorizes over channels and walks an output
 // row in groups of pixels with independent sums that share the input columns they read: the
-// forward takes each group through every channel vector, the backward takes one channel
-// vector along the whole row. Float16/bfloat16 run through float32 copies (float32
-// accumulation); float64 is computed in float64.
+// forward takes each group through every channel vector (5x5 at stride 1: two output rows
+// at once), the backward takes one channel vector along the whole row. Float16/bfloat16 run
+// through float32 copies (float32 accumulation); float64 is computed in float64.
 //
 // The backward walks each channel (NCHW) or band of output rows (NHWC, fused: dz, the weight
 // and bias sums and grad_x in one pass) on one thread, and adds the partial sums in a fixed
@@ -434,6 +434,14 @@ constexpr int kAltGroup = 7;
 constexpr int kAltGroup = 0;
 constexpr int kForwardGroup = 4;
 #endif
+// Pixels per group when two output rows share a pass, which holds twice the sums: with
+// AVX-512, 8 (16 sums, a 12-column window and a weight in 32 registers; 8 and 4 measured
+// alike, 8 a little ahead on 28-pixel rows); with 16 registers, 2.
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int kPairGroup = 8;
+#else
+constexpr int kPairGroup = 2;
+#endif
 
 // Full unrolling of the small fixed loops over pixels, taps and window columns, past GCC's
 // default limit of 16 iterations: only fully unrolled do the arrays of vectors they index
@@ -597,6 +605,81 @@ void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bia
   for_pixel_groups<K::sw == 1 ? kForwardGroup : 4, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
 }
 
+// Kernels whose forward computes two output rows per pass: 5 or more rows at stride 1 (the
+// window of each of the kh + 1 input rows a pair reads is loaded once for both rows). A
+// single row per pass reads every input row kh times, which for 5x5 refills L1 from L2
+// more often than its FMAs can hide (one thread, 5x5 at 28x28 and 14x14: 34 -> 45 GFMA/s);
+// the 3x3 forward already moves its bytes at 50-90% of the copy bandwidth.
+template <typename K>
+constexpr bool kRowPairs = K::sw == 1 && K::kh >= 5;
+
+// Pre-activations of kG pixels from ow in two consecutive output rows, one vector of
+// channels: input row i of the kh + 1 in rows[] meets weight row i in the first output row
+// and weight row i - 1 in the second. Stride 1, dilation 1 (the caller checks).
+template <typename T, typename K, int kG, bool kBorder, bool kFull>
+MOBILEFUSE_ALWAYS_INLINE void conv_group_pair(const T* const* rows, const T* wp,
+                                              at::vec::Vectorized<T> bias, const Geometry& g,
+                                              Lanes<T, kFull> lanes, int64_t ow,
+                                              at::vec::Vectorized<T>* z0,
+                                              at::vec::Vectorized<T>* z1) {
+  const int64_t C = g.channels, iw0 = ow - g.pw;
+  MOBILEFUSE_UNROLL
+  for (int q = 0; q < kG; ++q) z0[q] = z1[q] = bias;
+  MOBILEFUSE_UNROLL
+  for (int i = 0; i <= K::kh; ++i) {
+    if (!rows[i]) continue;
+    at::vec::Vectorized<T> cols[window_width<K, kG>()];
+    load_window<T, K, kG, kBorder>(rows[i] + iw0 * C, iw0, g.width, g, lanes, cols);
+    if (i < K::kh) {
+      MOBILEFUSE_UNROLL
+      for (int j = 0; j < K::kw; ++j) {
+        const auto w = lanes.load(wp + (i * K::kw + j) * C);
+        MOBILEFUSE_UNROLL
+        for (int q = 0; q < kG; ++q) z0[q] = at::vec::fmadd(cols[q + j], w, z0[q]);
+      }
+    }
+    if (i > 0) {
+      MOBILEFUSE_UNROLL
+      for (int j = 0; j < K::kw; ++j) {
+        const auto w = lanes.load(wp + ((i - 1) * K::kw + j) * C);
+        MOBILEFUSE_UNROLL
+        for (int q = 0; q < kG; ++q) z1[q] = at::vec::fmadd(cols[q + j], w, z1[q]);
+      }
+    }
+  }
+}
+
+// Two output rows of the NHWC forward (kRowPairs kernels), channels [c_lo, c_hi), in the
+// order of forward_row. in_rows[i] (i <= kh) is input row oh - ph + i, or null outside.
+template <typename T, typename K, Act kAct>
+void forward_row_pair(const T* const* in_rows, T* orow0, T* orow1, const T* w_taps,
+                      const T* bias, const Geometry& g, int64_t c_lo, int64_t c_hi,
+                      int64_t ow_lo, int64_t ow_hi) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t C = g.channels;
+  auto pixels = [&](int64_t ow, auto group, auto border) {
+    constexpr int kG = decltype(group)::value;
+    for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full)
+                                           MOBILEFUSE_LAMBDA_INLINE {
+      constexpr bool kFull = decltype(full)::value;
+      const Lanes<T, kFull> lanes{cnt};
+      const T* rows[K::kh + 1];
+      MOBILEFUSE_UNROLL
+      for (int i = 0; i <= K::kh; ++i) rows[i] = in_rows[i] ? in_rows[i] + c0 : nullptr;
+      const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+      Vec z0[kG], z1[kG];
+      conv_group_pair<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes,
+                                                                ow, z0, z1);
+      MOBILEFUSE_UNROLL
+      for (int q = 0; q < kG; ++q) {
+        lanes.store(act_forward(kAct, z0[q]), orow0 + (ow + q) * C + c0);
+        lanes.store(act_forward(kAct, z1[q]), orow1 + (ow + q) * C + c0);
+      }
+    });
+  };
+  for_pixel_groups<kPairGroup, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
+}
+
 // Output row oh of one NHWC image xn into orow, channels [c_lo, c_hi). [ow_lo, ow_hi) are
 // the interior columns of g.
 template <typename T, typename K, Act kAct>
@@ -610,6 +693,38 @@ void forward_nhwc_output_row(const T* xn, T* orow, const T* w_taps, const T* bia
   }
   forward_row<T, K, kAct>(s.rows.data(), orow, w_taps, bias, g, c_lo, c_hi, ow_lo, ow_hi,
                           s.taps);
+}
+
+// Output rows [oh_lo, oh_hi) of one NHWC image xn (output image on), channels
+// [c_lo, c_hi), in pairs where the kernel computes two rows per pass; after(oh) runs as each
+// row is written.
+template <typename T, typename K, Act kAct, typename After>
+void forward_nhwc_output_rows(const T* xn, T* on, const T* w_taps, const T* bias,
+                              const Geometry& g, int64_t oh_lo, int64_t oh_hi, int64_t ow_lo,
+                              int64_t ow_hi, int64_t c_lo, int64_t c_hi, RowScratch<T>& s,
+                              After after) {
+  const int64_t C = g.channels, row = g.out_w * C;
+  int64_t oh = oh_lo;
+  if constexpr (kRowPairs<K>) {
+    if (g.sh == 1 && g.dh == 1) {
+      for (; oh + 2 <= oh_hi; oh += 2) {
+        const T* rows[K::kh + 1];
+        for (int i = 0; i <= K::kh; ++i) {
+          const int64_t ih = oh - g.ph + i;
+          rows[i] = ih >= 0 && ih < g.height ? xn + ih * g.width * C : nullptr;
+        }
+        forward_row_pair<T, K, kAct>(rows, on + oh * row, on + (oh + 1) * row, w_taps, bias, g,
+                                     c_lo, c_hi, ow_lo, ow_hi);
+        after(oh);
+        after(oh + 1);
+      }
+    }
+  }
+  for (; oh < oh_hi; ++oh) {
+    forward_nhwc_output_row<T, K, kAct>(xn, on + oh * row, w_taps, bias, g, oh, ow_lo, ow_hi,
+                                        c_lo, c_hi, s);
+    after(oh);
+  }
 }
 
 // Channels per task of the NHWC kernels: every channel, unless kh input rows of them (and,
@@ -681,15 +796,15 @@ void forward_nhwc_fixed(const T* x, const T* w_taps, const T* bias, T* out, cons
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (tiles * bands), t = task / bands % tiles, b = task % bands;
       const int64_t c_lo = t * tile, c_hi = std::min(g.channels, c_lo + tile);
-      for (int64_t oh = b * g.out_h / bands; oh < (b + 1) * g.out_h / bands; ++oh) {
-        T* orow = out + (n * g.out_h + oh) * row;
-        forward_nhwc_output_row<T, K, kAct>(x + n * image, orow, w_taps, bias, g, oh, ow_lo,
-                                            ow_hi, c_lo, c_hi, scratch);
-        if (sums) {
-          add_row_sums(orow, g.out_w, g.channels, c_lo, c_hi,
-                       band_sums.data() + (n * bands + b) * g.channels);
-        }
-      }
+      T* on = out + n * g.out_h * row;
+      forward_nhwc_output_rows<T, K, kAct>(
+          x + n * image, on, w_taps, bias, g, b * g.out_h / bands, (b + 1) * g.out_h / bands,
+          ow_lo, ow_hi, c_lo, c_hi, scratch, [&](int64_t oh) {
+            if (sums) {
+              add_row_sums(on + oh * row, g.out_w, g.channels, c_lo, c_hi,
+                           band_sums.data() + (n * bands + b) * g.channels);
+            }
+          });
     }
   });
   if (!sums) return;
@@ -713,11 +828,9 @@ void forward_nhwc_image(const T* xn, T* on, const T* w_taps, const T* bias, cons
   std::fill(sums, sums + g.channels, T(0));
   for (int64_t c_lo = 0; c_lo < g.channels; c_lo += tile) {
     const int64_t c_hi = std::min(g.channels, c_lo + tile);
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      forward_nhwc_output_row<T, K, kAct>(xn, on + oh * row, w_taps, bias, g, oh, ow_lo, ow_hi,
-                                          c_lo, c_hi, scratch);
-      add_row_sums(on + oh * row, g.out_w, g.channels, c_lo, c_hi, sums);
-    }
+    forward_nhwc_output_rows<T, K, kAct>(
+        xn, on, w_taps, bias, g, 0, g.out_h, ow_lo, ow_hi, c_lo, c_hi, scratch,
+        [&](int64_t oh) { add_row_sums(on + oh * row, g.out_w, g.channels, c_lo, c_hi, sums); });
   }
 }
 
