@@ -160,16 +160,24 @@ STRIDE2_PAIR_CONFIGS = [
 
 
 def _row_pair_config(shape: tuple[int, int, int, int], padding, activation: str | None,
-                     dtype: torch.dtype = torch.float32, bias: bool = True) -> dict:
-    return {"shape": shape, "kernel": (5, 5), "stride": 1, "padding": padding, "dilation": 1,
-            "activation": activation, "bias": bias, "dtype": dtype, "layout": "channels_last"}
+                     dtype: torch.dtype = torch.float32, bias: bool = True,
+                     stride: int = 1) -> dict:
+    return {"shape": shape, "kernel": (5, 5), "stride": stride, "padding": padding,
+            "dilation": 1, "activation": activation, "bias": bias, "dtype": dtype,
+            "layout": "channels_last"}
 
 
-# The channels_last forward of 5x5 at stride 1 computes two output rows per pass: odd output
-# heights (a last row alone), a single output row, batch 1 (bands of rows split the image,
-# some of odd length), no padding (no missing input row) and padding past the kernel's reach
-# (rows of zeros above and below), rows of 7 and 14 pixels (groups of 7), partial vectors.
+# The channels_last forward of 5x5 at stride 1 and 2 computes two output rows per pass: odd
+# output heights (a last row alone), a single output row, batch 1 (bands of rows split the
+# image, some of odd length), no padding (no missing input row) and padding past the
+# kernel's reach (rows of zeros above and below), rows of 7 and 14 pixels (groups of 7 at
+# stride 1, of 4, 2 and 1 at stride 2), partial vectors.
 ROW_PAIR_CONFIGS = [
+    _row_pair_config((2, 17, 13, 14), 2, "silu", stride=2),
+    _row_pair_config((1, 40, 14, 14), 2, "hardswish", stride=2),
+    _row_pair_config((1, 24, 12, 9), 0, "relu", bias=False, stride=2),
+    _row_pair_config((3, 19, 6, 15), (3, 1), None, stride=2),
+    _row_pair_config((1, 16, 11, 28), 2, "relu6", dtype=torch.bfloat16, stride=2),
     _row_pair_config((2, 17, 9, 9), 2, "relu6"),
     _row_pair_config((1, 40, 14, 14), 2, "hardswish"),
     _row_pair_config((1, 33, 5, 12), 0, "silu"),

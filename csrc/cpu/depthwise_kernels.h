@@ -605,28 +605,29 @@ void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bia
   for_pixel_groups<K::sw == 1 ? kForwardGroup : 4, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
 }
 
-// Kernels whose forward computes two output rows per pass: 5 or more rows at stride 1 (the
-// window of each of the kh + 1 input rows a pair reads is loaded once for both rows). A
-// single row per pass reads every input row kh times, which for 5x5 refills L1 from L2
-// more often than its FMAs can hide (one thread, 5x5 at 28x28 and 14x14: 34 -> 45 GFMA/s);
-// the 3x3 forward already moves its bytes at 50-90% of the copy bandwidth.
+// Kernels whose forward computes two output rows per pass: 5 or more rows, at a row stride
+// equal to the column stride (the window of each of the kh + stride input rows a pair reads
+// is loaded once for both rows). A single row per pass reads every input row kh / stride
+// times, which for 5x5 refills L1 from L2 more often than its FMAs can hide (one thread, 5x5
+// stride 1 at 28x28 and 14x14: 34 -> 45 GFMA/s); the 3x3 forward already moves its bytes
+// at 50-90% of the copy bandwidth.
 template <typename K>
-constexpr bool kRowPairs = K::sw == 1 && K::kh >= 5;
+constexpr bool kRowPairs = K::sw > 0 && K::kh >= 5;
 
 // Pre-activations of kG pixels from ow in two consecutive output rows, one vector of
-// channels: input row i of the kh + 1 in rows[] meets weight row i in the first output row
-// and weight row i - 1 in the second. Stride 1, dilation 1 (the caller checks).
+// channels: input row i of the kh + sw in rows[] meets weight row i in the first output row
+// and weight row i - sw in the second. Row stride sw, dilation 1 (the caller checks).
 template <typename T, typename K, int kG, bool kBorder, bool kFull>
 MOBILEFUSE_ALWAYS_INLINE void conv_group_pair(const T* const* rows, const T* wp,
                                               at::vec::Vectorized<T> bias, const Geometry& g,
                                               Lanes<T, kFull> lanes, int64_t ow,
                                               at::vec::Vectorized<T>* z0,
                                               at::vec::Vectorized<T>* z1) {
-  const int64_t C = g.channels, iw0 = ow - g.pw;
+  const int64_t C = g.channels, iw0 = ow * K::sw - g.pw;
   MOBILEFUSE_UNROLL
   for (int q = 0; q < kG; ++q) z0[q] = z1[q] = bias;
   MOBILEFUSE_UNROLL
-  for (int i = 0; i <= K::kh; ++i) {
+  for (int i = 0; i < K::kh + K::sw; ++i) {
     if (!rows[i]) continue;
     at::vec::Vectorized<T> cols[window_width<K, kG>()];
     load_window<T, K, kG, kBorder>(rows[i] + iw0 * C, iw0, g.width, g, lanes, cols);
@@ -635,22 +636,23 @@ MOBILEFUSE_ALWAYS_INLINE void conv_group_pair(const T* const* rows, const T* wp,
       for (int j = 0; j < K::kw; ++j) {
         const auto w = lanes.load(wp + (i * K::kw + j) * C);
         MOBILEFUSE_UNROLL
-        for (int q = 0; q < kG; ++q) z0[q] = at::vec::fmadd(cols[q + j], w, z0[q]);
+        for (int q = 0; q < kG; ++q) z0[q] = at::vec::fmadd(cols[q * K::sw + j], w, z0[q]);
       }
     }
-    if (i > 0) {
+    if (i >= K::sw) {
       MOBILEFUSE_UNROLL
       for (int j = 0; j < K::kw; ++j) {
-        const auto w = lanes.load(wp + ((i - 1) * K::kw + j) * C);
+        const auto w = lanes.load(wp + ((i - K::sw) * K::kw + j) * C);
         MOBILEFUSE_UNROLL
-        for (int q = 0; q < kG; ++q) z1[q] = at::vec::fmadd(cols[q + j], w, z1[q]);
+        for (int q = 0; q < kG; ++q) z1[q] = at::vec::fmadd(cols[q * K::sw + j], w, z1[q]);
       }
     }
   }
 }
 
 // Two output rows of the NHWC forward (kRowPairs kernels), channels [c_lo, c_hi), in the
-// order of forward_row. in_rows[i] (i <= kh) is input row oh - ph + i, or null outside.
+// order of forward_row. in_rows[i] (i < kh + sw) is input row oh * sw - ph + i, or null
+// outside.
 template <typename T, typename K, Act kAct>
 void forward_row_pair(const T* const* in_rows, T* orow0, T* orow1, const T* w_taps,
                       const T* bias, const Geometry& g, int64_t c_lo, int64_t c_hi,
@@ -663,9 +665,9 @@ void forward_row_pair(const T* const* in_rows, T* orow0, T* orow1, const T* w_ta
                                            MOBILEFUSE_LAMBDA_INLINE {
       constexpr bool kFull = decltype(full)::value;
       const Lanes<T, kFull> lanes{cnt};
-      const T* rows[K::kh + 1];
+      const T* rows[K::kh + K::sw];
       MOBILEFUSE_UNROLL
-      for (int i = 0; i <= K::kh; ++i) rows[i] = in_rows[i] ? in_rows[i] + c0 : nullptr;
+      for (int i = 0; i < K::kh + K::sw; ++i) rows[i] = in_rows[i] ? in_rows[i] + c0 : nullptr;
       const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
       Vec z0[kG], z1[kG];
       conv_group_pair<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes,
@@ -677,7 +679,9 @@ void forward_row_pair(const T* const* in_rows, T* orow0, T* orow1, const T* w_ta
       }
     });
   };
-  for_pixel_groups<kPairGroup, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
+  // At stride 2, groups of 4 (two rows of 7 would need 14 sums and a 17-column window).
+  for_pixel_groups<K::sw == 1 ? kPairGroup : 4, K::sw == 1 ? kAltGroup : 0>(g.out_w, ow_lo,
+                                                                            ow_hi, pixels);
 }
 
 // Output row oh of one NHWC image xn into orow, channels [c_lo, c_hi). [ow_lo, ow_hi) are
@@ -706,11 +710,11 @@ void forward_nhwc_output_rows(const T* xn, T* on, const T* w_taps, const T* bias
   const int64_t C = g.channels, row = g.out_w * C;
   int64_t oh = oh_lo;
   if constexpr (kRowPairs<K>) {
-    if (g.sh == 1 && g.dh == 1) {
+    if (g.sh == K::sw && g.dh == 1) {
       for (; oh + 2 <= oh_hi; oh += 2) {
-        const T* rows[K::kh + 1];
-        for (int i = 0; i <= K::kh; ++i) {
-          const int64_t ih = oh - g.ph + i;
+        const T* rows[K::kh + K::sw];
+        for (int i = 0; i < K::kh + K::sw; ++i) {
+          const int64_t ih = oh * K::sw - g.ph + i;
           rows[i] = ih >= 0 && ih < g.height ? xn + ih * g.width * C : nullptr;
         }
         forward_row_pair<T, K, kAct>(rows, on + oh * row, on + (oh + 1) * row, w_taps, bias, g,
