@@ -572,6 +572,21 @@ MOBILEFUSE_ALWAYS_INLINE void for_channel_vectors(int64_t lo, int64_t hi, F f) {
   if (c0 < hi) f(c0, hi - c0, std::false_type());
 }
 
+// The NHWC forward's walk of an output row: f(ow, group, border, c0, lanes) for each pixel
+// group (as for_pixel_groups<kMax, kAlt> makes them) and, within it, each vector of the
+// channels [c_lo, c_hi) (lanes: a Lanes<T, full>).
+template <typename T, int kMax, int kAlt, typename F>
+MOBILEFUSE_ALWAYS_INLINE void for_groups_then_vectors(int64_t width, int64_t ow_lo,
+                                                      int64_t ow_hi, int64_t c_lo,
+                                                      int64_t c_hi, F f) {
+  for_pixel_groups<kMax, kAlt>(width, ow_lo, ow_hi, [&](int64_t ow, auto group, auto border) {
+    for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full)
+                                           MOBILEFUSE_LAMBDA_INLINE {
+      f(ow, group, border, c0, Lanes<T, decltype(full)::value>{cnt});
+    });
+  });
+}
+
 // One output row of the NHWC forward, channels [c_lo, c_hi): pixel group by pixel group, each
 // group through every channel vector in turn, so reads and writes run along memory. (Walking
 // the row one channel vector at a time instead reads one 64-byte line every C * 4 bytes: with
@@ -584,25 +599,21 @@ void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bia
                            int64_t ow_hi, TapScratch<T>& scratch) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t C = g.channels;
-  auto pixels = [&](int64_t ow, auto group, auto border) {
-    constexpr int kG = decltype(group)::value;
-    for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full)
-                                           MOBILEFUSE_LAMBDA_INLINE {
-      constexpr bool kFull = decltype(full)::value;
-      const Lanes<T, kFull> lanes{cnt};
-      const T* rows_fixed[K::kh > 0 ? K::kh : 1];
-      const T* const* rows =
-          rows_at<T, K::kh>(in_rows, K::kh > 0 ? K::kh : g.kh, c0, rows_fixed, scratch);
-      const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
-      Vec z[kG];
-      conv_group<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes, ow,
-                                                           z);
-      T* out = orow + c0;
-      MOBILEFUSE_UNROLL
-      for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
-    });
-  };
-  for_pixel_groups<K::sw == 1 ? kForwardGroup : 4, kAltGroup>(g.out_w, ow_lo, ow_hi, pixels);
+  for_groups_then_vectors<T, K::sw == 1 ? kForwardGroup : 4, kAltGroup>(
+      g.out_w, ow_lo, ow_hi, c_lo, c_hi,
+      [&](int64_t ow, auto group, auto border, int64_t c0, auto lanes)
+          MOBILEFUSE_LAMBDA_INLINE {
+        constexpr int kG = decltype(group)::value;
+        const T* rows_fixed[K::kh > 0 ? K::kh : 1];
+        const T* const* rows =
+            rows_at<T, K::kh>(in_rows, K::kh > 0 ? K::kh : g.kh, c0, rows_fixed, scratch);
+        const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+        Vec z[kG];
+        conv_group<T, K, kG, decltype(border)::value>(rows, w_taps + c0, bv, g, lanes, ow, z);
+        T* out = orow + c0;
+        MOBILEFUSE_UNROLL
+        for (int q = 0; q < kG; ++q) lanes.store(act_forward(kAct, z[q]), out + (ow + q) * C);
+      });
 }
 
 // Kernels whose forward computes two output rows per pass: 5 or more rows, at a row stride
@@ -659,29 +670,25 @@ void forward_row_pair(const T* const* in_rows, T* orow0, T* orow1, const T* w_ta
                       int64_t ow_lo, int64_t ow_hi) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t C = g.channels;
-  auto pixels = [&](int64_t ow, auto group, auto border) {
-    constexpr int kG = decltype(group)::value;
-    for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full)
-                                           MOBILEFUSE_LAMBDA_INLINE {
-      constexpr bool kFull = decltype(full)::value;
-      const Lanes<T, kFull> lanes{cnt};
-      const T* rows[K::kh + K::sw];
-      MOBILEFUSE_UNROLL
-      for (int i = 0; i < K::kh + K::sw; ++i) rows[i] = in_rows[i] ? in_rows[i] + c0 : nullptr;
-      const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
-      Vec z0[kG], z1[kG];
-      conv_group_pair<T, K, kG, decltype(border)::value, kFull>(rows, w_taps + c0, bv, g, lanes,
-                                                                ow, z0, z1);
-      MOBILEFUSE_UNROLL
-      for (int q = 0; q < kG; ++q) {
-        lanes.store(act_forward(kAct, z0[q]), orow0 + (ow + q) * C + c0);
-        lanes.store(act_forward(kAct, z1[q]), orow1 + (ow + q) * C + c0);
-      }
-    });
-  };
   // At stride 2, groups of 4 (two rows of 7 would need 14 sums and a 17-column window).
-  for_pixel_groups<K::sw == 1 ? kPairGroup : 4, K::sw == 1 ? kAltGroup : 0>(g.out_w, ow_lo,
-                                                                            ow_hi, pixels);
+  for_groups_then_vectors<T, K::sw == 1 ? kPairGroup : 4, K::sw == 1 ? kAltGroup : 0>(
+      g.out_w, ow_lo, ow_hi, c_lo, c_hi,
+      [&](int64_t ow, auto group, auto border, int64_t c0, auto lanes)
+          MOBILEFUSE_LAMBDA_INLINE {
+        constexpr int kG = decltype(group)::value;
+        const T* rows[K::kh + K::sw];
+        MOBILEFUSE_UNROLL
+        for (int i = 0; i < K::kh + K::sw; ++i) rows[i] = in_rows[i] ? in_rows[i] + c0 : nullptr;
+        const Vec bv = bias ? lanes.load(bias + c0) : Vec(0);
+        Vec z0[kG], z1[kG];
+        conv_group_pair<T, K, kG, decltype(border)::value>(rows, w_taps + c0, bv, g, lanes, ow,
+                                                           z0, z1);
+        MOBILEFUSE_UNROLL
+        for (int q = 0; q < kG; ++q) {
+          lanes.store(act_forward(kAct, z0[q]), orow0 + (ow + q) * C + c0);
+          lanes.store(act_forward(kAct, z1[q]), orow1 + (ow + q) * C + c0);
+        }
+      });
 }
 
 // Output row oh of one NHWC image xn into orow, channels [c_lo, c_hi). [ow_lo, ow_hi) are
