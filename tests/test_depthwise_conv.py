@@ -136,10 +136,16 @@ TILED_CONFIGS = [
 ]
 
 
+def _channels_last_config(shape: tuple[int, int, int, int], k: int, stride: int, padding,
+                          activation: str | None, dtype: torch.dtype, bias: bool) -> dict:
+    return {"shape": shape, "kernel": (k, k), "stride": stride, "padding": padding,
+            "dilation": 1, "activation": activation, "bias": bias, "dtype": dtype,
+            "layout": "channels_last"}
+
+
 def _pair_config(shape: tuple[int, int, int, int], k: int, activation: str | None,
                  dtype: torch.dtype = torch.float32, bias: bool = True) -> dict:
-    return {"shape": shape, "kernel": (k, k), "stride": 2, "padding": k // 2, "dilation": 1,
-            "activation": activation, "bias": bias, "dtype": dtype, "layout": "channels_last"}
+    return _channels_last_config(shape, k, 2, k // 2, activation, dtype, bias)
 
 
 # channels_last grad_x at stride 2 with padding k // 2 walks the input pixels in pairs: odd
@@ -162,9 +168,7 @@ STRIDE2_PAIR_CONFIGS = [
 def _row_pair_config(shape: tuple[int, int, int, int], padding, activation: str | None,
                      dtype: torch.dtype = torch.float32, bias: bool = True,
                      stride: int = 1) -> dict:
-    return {"shape": shape, "kernel": (5, 5), "stride": stride, "padding": padding,
-            "dilation": 1, "activation": activation, "bias": bias, "dtype": dtype,
-            "layout": "channels_last"}
+    return _channels_last_config(shape, 5, stride, padding, activation, dtype, bias)
 
 
 # The channels_last forward of 5x5 at stride 1 and 2 computes two output rows per pass: odd

@@ -5,8 +5,8 @@
 // into `stride_w` column phases, so every tap of every output row reads a contiguous run and
 // the inner loops are plain vector FMAs. NHWC vectorizes over channels and walks an output
 // row in groups of pixels with independent sums that share the input columns they read: the
-// forward takes each group through every channel vector (5x5 at stride 1: two output rows
-// at once), the backward takes one channel vector along the whole row. Float16/bfloat16 run
+// forward takes each group through every channel vector (5x5 at stride 1 and 2: two output
+// rows at once), the backward takes one channel vector along the whole row. Float16/bfloat16 run
 // through float32 copies (float32 accumulation); float64 is computed in float64.
 //
 // The backward walks each channel (NCHW) or band of output rows (NHWC, fused: dz, the weight
