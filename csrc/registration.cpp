@@ -20,6 +20,9 @@ TORCH_LIBRARY(mobilefuse, m) {
   m.def("hardsigmoid_backward(Tensor grad_out, Tensor x) -> Tensor");
   // The backward of channel_shuffle(x, g) is channel_shuffle(grad, C // g).
   m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  // channel_shuffle(cat((a, b), 1), 2) without the concatenation; a and b of one shape. Its
+  // backward is channel_shuffle(grad, C // 2) split in halves.
+  m.def("concat_shuffle(Tensor a, Tensor b) -> Tensor");
   // act(conv2d(x, weight, bias, groups=C)); activation is "none", "relu", "relu6",
   // "hardswish" or "silu". Padding is symmetric per dimension.
   m.def("depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "

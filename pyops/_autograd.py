@@ -38,6 +38,23 @@ def register_shuffle_autograd(op: Any, shuffle: Callable[..., torch.Tensor]) -> 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
 
 
+def register_concat_shuffle_autograd(op: Any, shuffle: Callable[..., torch.Tensor]) -> None:
+    """Backward of ``op(a, b)`` (``channel_shuffle(cat((a, b), 1), 2)``): the inverse shuffle
+    ``shuffle(grad, C)`` split in halves; nothing saved."""
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.half = max(1, inputs[0].shape[1])  # C == 0: any valid count
+
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if not any(ctx.needs_input_grad[:2]):
+            return None, None
+        grad_a, grad_b = shuffle(grad, ctx.half).chunk(2, 1)
+        return (grad_a if ctx.needs_input_grad[0] else None,
+                grad_b if ctx.needs_input_grad[1] else None)
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
 def register_depthwise_autograd(forward_op: Any, backward_op: Callable[..., Any]) -> None:
     """Backward of ``forward_op(x, w, b, stride, padding, dilation, act)`` is one call of
     ``backward_op``, which recomputes the pre-activation from ``x`` instead of storing it."""

@@ -199,6 +199,30 @@ def block_layout(module: nn.Module) -> BlockLayout:
                        residual)
 
 
+def sequential_layout(seq: nn.Module) -> BlockLayout:
+    """The layout of an ``nn.Sequential`` whose layers read as an inverted residual without the
+    add (ShuffleNetV2's branches); LookupError saying why when they do not."""
+    if not _is_sequential(seq):
+        raise LookupError("not an nn.Sequential")
+    layers: list[tuple[str, nn.Module]] = []
+    _flatten(seq, "", layers)
+    expand, depthwise, se, project = _read_layers(layers)
+    return BlockLayout(tuple(path for path, _ in layers), expand, depthwise, se, project, None,
+                       False)
+
+
+def sequential_block_gap(seq: nn.Module) -> str | None:
+    """Why the ``nn.Sequential`` ``seq`` cannot run as a
+    :class:`mobilefuse.nn.InvertedResidual`, or None."""
+    try:
+        sequential_layout(seq)
+    except LookupError as exc:
+        return str(exc)
+    if any(has_hooks(m) for m in seq.modules()):
+        return "it or one of its layers has hooks, which the fused block would skip"
+    return None
+
+
 def block_gap(module: nn.Module) -> str | None:
     """Why ``module`` cannot become a :class:`mobilefuse.nn.InvertedResidual`, or None."""
     try:

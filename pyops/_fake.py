@@ -38,6 +38,20 @@ def channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
+def concat_shuffle_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Output of ``concat_shuffle(a, b)``: channels_last when ``a`` is laid out that way (a
+    channel slice of a channels_last tensor included), as the CPU kernel decides."""
+    torch._check(a.dim() >= 3, lambda: f"a must have rank >= 3, got {a.dim()}")
+    torch._check(a.shape == b.shape,
+                 lambda: f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    torch._check(a.dtype == b.dtype, lambda: f"b must have the dtype of a, got {b.dtype}")
+    channels_last = a.dim() == 4 and not a.is_contiguous() and torch.empty_like(a).is_contiguous(
+        memory_format=torch.channels_last)
+    shape = (a.shape[0], 2 * a.shape[1], *a.shape[2:])
+    return torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=(
+        torch.channels_last if channels_last else torch.contiguous_format))
+
+
 def _conv_out_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int],
                     padding: list[int], dilation: list[int]) -> tuple[int, ...]:
     kernel = (weight.shape[2], weight.shape[3])

@@ -10,8 +10,9 @@ the fusion is active and otherwise do their usual work.
 The fusion is active when the BatchNorm uses its running statistics (eval mode): the
 convolution then runs with the BatchNorm folded into its weight and bias and the activation in
 its epilogue, one kernel instead of three. In training mode the BatchNorm must see batch
-statistics, so the three layers run one after the other, exactly as before. A run without a
-BatchNorm fuses its activation in both modes.
+statistics: on CPU the BatchNorm and the activation then run as one op on batch statistics
+(:mod:`mobilefuse._batch_norm_train`), elsewhere the three layers run one after the other,
+exactly as before. A run without a BatchNorm fuses its activation in both modes.
 
 Other convolutions (dense, grouped) followed by a BatchNorm become :class:`FoldedConv2d`: in
 eval mode the vendor convolution runs with the BatchNorm folded into its weight and bias and the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mobilefuse import _batch_norm_train as batch_norm_train
 from mobilefuse import ops
 from mobilefuse._onednn import conv2d_epilogue
 from mobilefuse._swap import origin_class
@@ -65,9 +67,12 @@ class Fusion:
     the model) so that its parameters and running statistics are read at call time.
     """
 
-    def __init__(self, norm: nn.BatchNorm2d | None, activation: str | None) -> None:
+    def __init__(self, norm: nn.BatchNorm2d | None, activation: str | None,
+                 backend: str = "auto") -> None:
         self.norm = norm
         self.activation = activation
+        # The backend of the training-mode BatchNorm + activation op (see trains_fused).
+        self.backend = backend
         # The last folded weight and bias, reused while no input tensor changed (inference).
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
@@ -77,6 +82,15 @@ class Fusion:
     def active(self) -> bool:
         """Whether the convolution runs the fused form now (the BatchNorm is in eval mode)."""
         return self.norm is None or not self.norm.training
+
+    def trains_fused(self, x: torch.Tensor) -> bool:
+        """Whether the BatchNorm, in training mode, applies the activation itself on ``x`` (its
+        input, or the activation's: same dtype, device and rank), as one CPU op
+        (:mod:`mobilefuse._batch_norm_train`); only an ``nn.BatchNorm2d`` swapped here does."""
+        norm = self.norm
+        return (isinstance(norm, FoldedBatchNorm2d) and norm.__dict__.get("fusion") is self
+                and origin_class(norm) is nn.BatchNorm2d
+                and batch_norm_train.serves(norm, x, self.backend))
 
     def fold(self, weight: torch.Tensor, bias: torch.Tensor | None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -128,14 +142,19 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
 
     In eval mode the convolution has already applied it, so it passes its input through; in
     training mode it is an ordinary ``BatchNorm2d`` (batch statistics, running-stat updates).
-    Only meaningful at its place after that convolution.
+    Only meaningful at its place after that convolution. A plain ``nn.BatchNorm2d`` trains on
+    CPU as one op with the fused activation (:mod:`mobilefuse._batch_norm_train`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in eval mode (already applied by the convolution), else the replaced module's
-        own forward (BatchNorm2d, or e.g. timm's BatchNormAct2d with its activation)."""
+        """``x`` in eval mode (already applied by the convolution); in training mode the
+        BatchNorm and the activation after it as one CPU op where that serves, else the
+        replaced module's own forward (BatchNorm2d, or e.g. timm's BatchNormAct2d)."""
         if not self.training:
             return x
+        fusion = self.__dict__.get("fusion")
+        if fusion is not None and fusion.trains_fused(x):
+            return batch_norm_train.batch_norm_activation_train(self, x, fusion.activation)
         return origin_class(self).forward(self, x)
 
     def extra_repr(self) -> str:
@@ -156,8 +175,9 @@ class FusedActivation(nn.Module):
     backend: str = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` while fused, else the activation of ``x``."""
-        if self.fusion.active():
+        """``x`` while fused (in the convolution, or in the BatchNorm's training op), else the
+        activation of ``x``."""
+        if self.fusion.active() or self.fusion.trains_fused(x):
             return x
         return run_on_backend(self.backend, ops.ACTIVATION_FUNCTIONS[self.name], x)
 

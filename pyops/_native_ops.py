@@ -7,6 +7,7 @@ import torch
 
 from mobilefuse._autograd import (
     register_activation_autograd,
+    register_concat_shuffle_autograd,
     register_shuffle_autograd,
 )
 from mobilefuse._extension import has_extension
@@ -17,6 +18,7 @@ from mobilefuse._fake import (
     batch_norm_activation_fake,
     batch_norm_statistics_fake,
     channel_shuffle_fake,
+    concat_shuffle_fake,
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
     depthwise_squeeze_excite_fake,
@@ -34,6 +36,8 @@ def _register() -> None:
     register_activation_autograd("mobilefuse::hardswish", ops.hardswish_backward)
     register_activation_autograd("mobilefuse::hardsigmoid", ops.hardsigmoid_backward)
     register_shuffle_autograd("mobilefuse::channel_shuffle", ops.channel_shuffle)
+    torch.library.register_fake("mobilefuse::concat_shuffle")(concat_shuffle_fake)
+    register_concat_shuffle_autograd("mobilefuse::concat_shuffle", ops.channel_shuffle)
     torch.library.register_fake("mobilefuse::depthwise_conv2d")(depthwise_conv2d_fake)
     torch.library.register_fake("mobilefuse::depthwise_conv2d_backward")(
         depthwise_conv2d_backward_fake)

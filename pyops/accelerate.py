@@ -2,7 +2,9 @@
 
 The walk is generic over module *types*, never a per-model list. MBConv blocks of the classes
 in :mod:`mobilefuse._block_layout` whose layers read as an inverted residual are swapped whole
-first. Elsewhere a module is swapped when its
+first; ShuffleNetV2 units of the classes in :mod:`mobilefuse._shuffle_unit` become
+:class:`mobilefuse.nn.ShuffleUnit` (their concatenation and shuffle as one op, their branches
+fused as below). Elsewhere a module is swapped when its
 type is exactly one that mobilefuse serves (``nn.Conv2d`` with ``groups == in == out``,
 ``nn.Hardswish``, ``nn.Hardsigmoid``, ``nn.ChannelShuffle``, and the squeeze-and-excitation
 layouts of :mod:`mobilefuse._se_layout`); subclasses are left alone, since their ``forward`` may
@@ -21,7 +23,12 @@ import torch
 from torch import nn
 
 from mobilefuse import nn as mfnn
-from mobilefuse._block_layout import block_gap, block_layout
+from mobilefuse._block_layout import (
+    block_gap,
+    block_layout,
+    sequential_block_gap,
+    sequential_layout,
+)
 from mobilefuse._conv_args import same_padding_gap
 from mobilefuse._fusion import (
     FUSABLE_ACTIVATIONS,
@@ -34,6 +41,7 @@ from mobilefuse._fusion import (
 from mobilefuse._graph_runs import child_chains
 from mobilefuse._se_layout import se_gap
 from mobilefuse._se_swap import to_squeeze_excite
+from mobilefuse._shuffle_unit import shuffle_unit_gap
 from mobilefuse._swap import clone_as, has_hooks, origin_class, revert
 from mobilefuse.backends import (
     BACKENDS,
@@ -135,7 +143,9 @@ def _fuse_run(parent: nn.Module, conv_name: str, norm_name: str | None, act_name
         parent._modules[norm_name] = norm
     if act_name is not None:
         activation = FUSABLE_ACTIVATIONS[type(parent._modules[act_name])]
-    fusion = Fusion(norm, activation)
+    fusion = Fusion(norm, activation, backend)
+    if norm is not None:
+        norm.fusion = fusion  # it runs the activation itself in CPU training
     if act_name is not None:
         parent._modules[act_name] = clone_as(parent._modules[act_name], FusedActivation,
                                              name=activation, fusion=fusion, backend=backend)
@@ -210,6 +220,19 @@ def _to_block(module: nn.Module, backend: str) -> mfnn.InvertedResidual:
     return clone_as(module, mfnn.InvertedResidual, layout=block_layout(module), backend=backend)
 
 
+def _to_shuffle_unit(module: nn.Module, backend: str, shared: Counter[int]) -> mfnn.ShuffleUnit:
+    """The ShuffleUnit taking ``module``'s place (``shuffle_unit_gap(module)`` must be None);
+    each branch that reads as an inverted residual without the add becomes a fused block."""
+    unit = clone_as(module, mfnn.ShuffleUnit, backend=backend)
+    for name in ("branch1", "branch2"):
+        branch = unit._modules.get(name)
+        if (branch is not None and sequential_block_gap(branch) is None
+                and not _fusion_gap(branch, shared)):
+            unit._modules[name] = clone_as(branch, mfnn.InvertedResidual,
+                                           layout=sequential_layout(branch), backend=backend)
+    return unit
+
+
 def _outside_blocks(module: nn.Module) -> list[nn.Module]:
     """``module`` and its descendants, leaving out fused blocks and everything inside them
     (a block reads its layers' parameters itself; they stay as they are)."""
@@ -236,7 +259,9 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
         mode are those of ``model``; outputs match within DESIGN's tolerances. Whole MBConv
         blocks of known classes (torchvision's, timm's, the zoo's) become
         :class:`mobilefuse.nn.InvertedResidual`, which folds their BatchNorms in eval mode and
-        keeps less activation memory in training; their layers stay as they are. In eval mode a
+        keeps less activation memory in training; their layers stay as they are. ShuffleNetV2
+        units (torchvision's, the zoo's) become :class:`mobilefuse.nn.ShuffleUnit`, which
+        writes the concatenated, shuffled output in one pass. In eval mode a
         depthwise conv followed by BatchNorm2d and an activation inside an ``nn.Sequential``
         runs as one kernel, and any other conv followed by BatchNorm2d runs with the BatchNorm
         folded into it. :func:`mobilefuse.accelerate_report` lists what was swapped and
@@ -252,6 +277,8 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
     if _backend_gap(device, dtype, backend) is None:
         if block_gap(model) is None:
             model = _to_block(model, backend)
+        elif shuffle_unit_gap(model) is None and not has_hooks(model):
+            model = _to_shuffle_unit(model, backend, shared)
         for module in _outside_blocks(model):
             for name, child in list(module._modules.items()):
                 if child is not None and block_gap(child) is None and not _fusion_gap(child,
@@ -261,6 +288,9 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
             for name, child in list(module._modules.items()):
                 if child is not None and se_gap(child) is None and not _fusion_gap(child, shared):
                     module._modules[name] = to_squeeze_excite(child, backend)
+                elif (child is not None and shuffle_unit_gap(child) is None
+                      and not _fusion_gap(child, shared)):
+                    module._modules[name] = _to_shuffle_unit(child, backend, shared)
     for module in _outside_blocks(model):
         if isinstance(module, mfnn.SqueezeExcite):
             continue

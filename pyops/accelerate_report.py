@@ -16,6 +16,7 @@ from mobilefuse._fusion import (
     FusedActivation,
 )
 from mobilefuse._se_layout import se_gap, se_layout
+from mobilefuse._shuffle_unit import is_shuffle_unit_class, shuffle_unit_gap
 from mobilefuse._swap import origin_class
 from mobilefuse.accelerate import LEAF_SWAPS, _check_call, accelerate, conv_gap
 
@@ -69,6 +70,8 @@ def _swapped_detail(module: nn.Module) -> str:
         return f"vendor convolution + {module.fusion.describe()} folded"
     if isinstance(module, mfnn.SqueezeExcite):
         return f"fused squeeze-and-excitation ({module.act_name}, {module.gate_name} gate)"
+    if isinstance(module, mfnn.ShuffleUnit):
+        return "concatenation + channel shuffle in one pass (concat_shuffle); branches below"
     if isinstance(module, mfnn.InvertedResidual):
         parts = ["expand" if module.layout.expand else None, "depthwise",
                  "SE" if module.layout.se else None, "project",
@@ -86,6 +89,8 @@ def _kept_reason(module: nn.Module) -> str:
     kind = type(module)
     if is_block_class(module):
         return block_gap(module) or "no fused backend takes the model's device and dtype"
+    if is_shuffle_unit_class(module):
+        return shuffle_unit_gap(module) or "no fused backend takes the model's device and dtype"
     if se_layout(module) is not None:
         return se_gap(module) or "no fused backend takes the model's device and dtype"
     if isinstance(module, (mfnn.DepthwiseConv2d, mfnn.HardSwish, mfnn.HardSigmoid,
@@ -127,8 +132,9 @@ def accelerate_report(model: nn.Module, *, show: bool = True) -> AccelerateRepor
     for path, module in model.named_modules():
         # Leaves, plus the containers swapped whole (squeeze-and-excitation, MBConv blocks);
         # not the layers inside a fused one, whose parameters it reads itself.
-        whole = (isinstance(module, fused_whole) or se_layout(module) is not None
-                 or is_block_class(module))
+        whole = (isinstance(module, (*fused_whole, mfnn.ShuffleUnit))
+                 or se_layout(module) is not None or is_block_class(module)
+                 or is_shuffle_unit_class(module))
         if (module._modules and not whole) or id(module) in inside:
             continue
         name = type(module).__name__

@@ -19,7 +19,7 @@ from mobilefuse.backends import kernel_backend, run_on_backend
 from mobilefuse.models.layers import StochasticDepth
 
 __all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite",
-           "InvertedResidual"]
+           "InvertedResidual", "ShuffleUnit"]
 
 
 class HardSwish(nn.Module):
@@ -199,6 +199,46 @@ class SqueezeExcite(nn.Module):
 
 
 _ACTIVATION_MODULES = {name: cls for cls, name in FUSABLE_ACTIVATIONS.items()}
+
+
+class ShuffleUnit(nn.Module):
+    """A ShuffleNetV2 unit whose concatenation and channel shuffle run as one op
+    (:func:`mobilefuse.ops.concat_shuffle`).
+
+    Same children and ``state_dict`` keys as torchvision's ``shufflenetv2.InvertedResidual``
+    (``branch1``, stride 2 only, and ``branch2``, flat ``nn.Sequential``s), which
+    :func:`mobilefuse.accelerate` puts it in place of (and of the zoo's ``ShuffleV2Unit``,
+    keeping that unit's own children). Stride 1 transforms the input's second half and keeps
+    the first; stride 2 transforms the whole input twice.
+    """
+
+    # The backend its op runs on: "auto" follows mobilefuse.set_backend; accelerate() may pin it.
+    backend: str = "auto"
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        from mobilefuse.models.shufflenet import ShuffleV2Unit
+
+        unit = ShuffleV2Unit(in_channels, out_channels, stride, nn.BatchNorm2d, nn.ReLU)
+        for name in ("branch1", "branch2"):
+            if name in unit._modules:
+                self.add_module(name, unit._modules[name])
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit's output, ``channel_shuffle(cat((left, right), 1), 2)``."""
+        if self.stride == 1:
+            kept, changed = x.chunk(2, dim=1)
+            if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+                # A dense half: the 1x1 convolution runs fastest on it (a packed oneDNN call).
+                changed = changed.contiguous(memory_format=torch.channels_last)
+            return run_on_backend(self.backend, ops.concat_shuffle, kept, self.branch2(changed))
+        return run_on_backend(self.backend, ops.concat_shuffle, self.branch1(x), self.branch2(x))
+
+    def extra_repr(self) -> str:
+        """The stride."""
+        return f"stride={self.stride}" + (
+            f", backend={self.backend!r}" if self.backend != "auto" else "")
 
 
 class InvertedResidual(nn.Module):

@@ -16,7 +16,14 @@ from mobilefuse import _flops, _native_ops, _triton_ops, reference  # noqa: F401
 from mobilefuse._autocast import autocast_args
 from mobilefuse._block_args import OP as INVERTED_RESIDUAL
 from mobilefuse._block_args import BlockArgs, SEWeights, check_block_args
-from mobilefuse._checks import check_float_tensor, check_groups, check_min_rank, check_tensor
+from mobilefuse._checks import (
+    check_float_tensor,
+    check_groups,
+    check_min_rank,
+    check_same_device,
+    check_same_shape_dtype,
+    check_tensor,
+)
 from mobilefuse._conv_args import OP as DEPTHWISE
 from mobilefuse._conv_args import check_depthwise_args
 from mobilefuse._onednn import conv2d_epilogue
@@ -28,8 +35,8 @@ from mobilefuse.backends import FLOAT_DTYPES, select_backend
 
 _flops.register()
 
-__all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "depthwise_conv2d", "squeeze_excite",
-           "inverted_residual"]
+__all__ = ["hardswish", "hardsigmoid", "channel_shuffle", "concat_shuffle", "depthwise_conv2d",
+           "squeeze_excite", "inverted_residual"]
 
 # channel_shuffle only moves bits, so its kernels take every dtype 1, 2, 4 or 8 bytes wide.
 SHUFFLE_DTYPES: tuple[torch.dtype, ...] = FLOAT_DTYPES + (
@@ -120,6 +127,38 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     check_groups("channel_shuffle", groups, x.shape[1])
     backend = select_backend("channel_shuffle", x.device, x.dtype, SHUFFLE_DTYPES)
     return _CHANNEL_SHUFFLE[backend](_kernel_layout(x), groups)
+
+
+# Off CPU the concatenation is written and shuffled by the backend's channel_shuffle kernel.
+_CONCAT_SHUFFLE: dict[str, _Impl] = {
+    "cpu": lambda a, b: torch.ops.mobilefuse.concat_shuffle(a, b),
+    "cuda": lambda a, b: torch.ops.mobilefuse.channel_shuffle(torch.cat((a, b), 1), 2),
+    "triton": lambda a, b: torch.ops.mobilefuse.triton_channel_shuffle(torch.cat((a, b), 1), 2),
+    "reference": in_op_range("concat_shuffle")(reference.concat_shuffle),
+}
+
+
+def concat_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ShuffleNetV2's unit output, ``channel_shuffle(torch.cat((a, b), 1), 2)``: channel ``2i``
+    is ``a``'s channel ``i`` and ``2i + 1`` is ``b``'s.
+
+    Args:
+        a, b: tensors of one shape ``(N, C, *)`` and dtype (any dtype), on one device. Channel
+            slices of a larger tensor (``x.chunk(2, 1)``) are read in place on CPU.
+
+    Returns:
+        A new ``(N, 2C, *)`` tensor, channels_last when ``a`` is laid out channels_last (also
+        as a channel slice), else contiguous. On CPU one pass writes it (the concatenation is
+        never formed); elsewhere the backend's channel_shuffle shuffles the concatenation.
+        The values are moved bit for bit; the backward is the inverse shuffle split in halves.
+    """
+    check_tensor("concat_shuffle", "a", a)
+    check_tensor("concat_shuffle", "b", b)
+    check_min_rank("concat_shuffle", "a", a, 3, "(N, C, *)")
+    check_same_shape_dtype("concat_shuffle", "b", b, "a", a)
+    check_same_device("concat_shuffle", a=a, b=b)
+    backend = select_backend("concat_shuffle", a.device, a.dtype, SHUFFLE_DTYPES)
+    return _CONCAT_SHUFFLE[backend](a, b)
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

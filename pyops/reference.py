@@ -41,6 +41,11 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(n, groups, c // groups, *rest).transpose(1, 2).reshape(x.shape)
 
 
+def concat_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The end of a ShuffleNetV2 unit: concatenate the two halves, shuffle with 2 groups."""
+    return channel_shuffle(torch.cat((a, b), 1), 2)
+
+
 # PyTorch's own functions, so the gradient at a kink (z exactly 0, 6 or +-3, which happens
 # with low-precision inputs) is the one PyTorch gives; all are exact in float64.
 _ACTIVATIONS = {

@@ -60,6 +60,15 @@ def test_eval_outputs_and_state_match(source, name):
     fused_se = sum(isinstance(m, mobilefuse.nn.SqueezeExcite) for m in fast.modules()) + sum(
         b.layout.se is not None for b in blocks)
     assert fused_se == SE_LAYERS.get(name, 0)
+    units = sum(type(m).__name__ == "InvertedResidual" and "shufflenet" in type(m).__module__
+                for m in model.modules())
+    assert sum(isinstance(m, mobilefuse.nn.ShuffleUnit) for m in fast.modules()) == units
+    assert units == (16 if name.startswith("shufflenet") else 0)
+    # Their branches run as fused blocks: 13 stride-1 units with one, 3 stride-2 units with two.
+    branch_blocks = sum(isinstance(u._modules.get(b), mobilefuse.nn.InvertedResidual)
+                        for u in fast.modules() if isinstance(u, mobilefuse.nn.ShuffleUnit)
+                        for b in ("branch1", "branch2"))
+    assert branch_blocks == (19 if units else 0)
     x = torch.randn(2, 3, 80, 72)
     with torch.no_grad():
         assert_close_to_reference(fast(x), reference(x.double()), FORWARD_TOL[torch.float32],

@@ -59,12 +59,19 @@ def check_swapped(model: nn.Module, fast: nn.Module) -> None:
     assert list(fast.state_dict()) == list(model.state_dict())
     blocks = [m for m in fast.modules() if isinstance(m, mobilefuse.nn.InvertedResidual)]
     kinds = (models.mobilenet.InvertedResidual, models.mobilenet.MBConv)
-    assert len(blocks) == sum(isinstance(m, kinds) for m in model.modules())
+    # ShuffleNetV2's branches read as blocks without the add: one per stride-1 unit, two per
+    # stride-2 unit.
+    units = [m for m in model.modules() if isinstance(m, models.shufflenet.ShuffleV2Unit)]
+    branches = sum(1 if u.stride == 1 else 2 for u in units)
+    assert len(blocks) == sum(isinstance(m, kinds) for m in model.modules()) + branches
     inside = {id(c) for b in blocks for c in b.modules()}
     loose = [m for m in depthwise(fast) if id(m) not in inside]
     assert len(depthwise(fast)) == len(depthwise(model))
     assert all(type(m) is mobilefuse.nn.DepthwiseConv2d for m in loose)
     assert not any(type(m) is nn.ChannelShuffle for m in fast.modules())
+    # Every ShuffleNetV2 unit ends in the fused concatenation and shuffle.
+    units = sum(isinstance(m, mobilefuse.nn.ShuffleUnit) for m in fast.modules())
+    assert units == sum(isinstance(m, models.shufflenet.ShuffleV2Unit) for m in model.modules())
     # Every squeeze-and-excitation layer runs the fused op, on its own or inside a block.
     se = [m for m in model.modules() if type(m) is models.layers.SqueezeExcitation]
     fused_se = sum(isinstance(m, mobilefuse.nn.SqueezeExcite) for m in fast.modules())

@@ -1,0 +1,158 @@
+// concat_shuffle on CPU: channel_shuffle(cat((a, b), 1), 2) in one pass, the end of every
+// ShuffleNetV2 unit. Output channel 2i is a's channel i and 2i + 1 is b's, so the
+// concatenation is never written. Channels_last interleaves the two C-vectors of each pixel;
+// contiguous (N, C, *) copies whole planes. Inputs may be channel slices of a larger tensor
+// (the unit's `x.chunk(2, 1)`): they are read in place when their pixels (channels_last) or
+// planes (contiguous) are evenly spaced. Pure data movement, so kernels go by element size.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorUtils.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "../layout.h"
+
+namespace mobilefuse {
+namespace {
+
+void check_concat_shuffle_args(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.dim() >= 3, "concat_shuffle: a must have rank >= 3 (N, C, *), got rank ",
+              a.dim());
+  TORCH_CHECK(a.sizes() == b.sizes(), "concat_shuffle: b must have the shape of a ", a.sizes(),
+              ", got ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "concat_shuffle: b must have the dtype of a (",
+              a.scalar_type(), "), got ", b.scalar_type());
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(),
+              "concat_shuffle: expected CPU tensors, got a on ", a.device(), " and b on ",
+              b.device());
+}
+
+// The output's layout: channels_last when a is a 4-D tensor laid out that way (also a channel
+// slice of one), as empty_like would choose.
+bool output_channels_last(const at::Tensor& a) {
+  return a.dim() == 4 && !a.is_contiguous() &&
+         a.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// Distance between consecutive pixels of a 4-D tensor whose (N, H, W) dims flatten into one
+// and whose channels are adjacent; 0 when it is not so laid out.
+int64_t pixel_stride(const at::Tensor& t) {
+  const int64_t channels = t.size(1);
+  at::Tensor pixels_first = t.permute({0, 2, 3, 1});
+  const std::vector<int64_t> flat_shape = {t.numel() / channels, channels};
+  auto flat = at::detail::computeStride(pixels_first.sizes(), pixels_first.strides(),
+                                        at::IntArrayRef(flat_shape));
+  if (!flat.has_value() || (channels > 1 && (*flat)[1] != 1) || (*flat)[0] < channels) {
+    return 0;
+  }
+  return (*flat)[0];
+}
+
+// out[p, 2i] = a[p, i], out[p, 2i + 1] = b[p, i] for `pixels` pixels of `half` channels.
+template <typename unit_t>
+void interleave_pixels(const unit_t* a, int64_t a_stride, const unit_t* b, int64_t b_stride,
+                       unit_t* out, int64_t pixels, int64_t half) {
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(2 * half, 1));
+  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const unit_t* __restrict pa = a + p * a_stride;
+      const unit_t* __restrict pb = b + p * b_stride;
+      unit_t* __restrict po = out + p * 2 * half;
+      for (int64_t i = 0; i < half; ++i) {
+        po[2 * i] = pa[i];
+        po[2 * i + 1] = pb[i];
+      }
+    }
+  });
+}
+
+template <typename unit_t>
+void interleave_tensors(const at::Tensor& a, int64_t a_stride, const at::Tensor& b,
+                        int64_t b_stride, at::Tensor& out, int64_t pixels, int64_t half) {
+  interleave_pixels(static_cast<const unit_t*>(a.const_data_ptr()), a_stride,
+                    static_cast<const unit_t*>(b.const_data_ptr()), b_stride,
+                    static_cast<unit_t*>(out.mutable_data_ptr()), pixels, half);
+}
+
+at::Tensor concat_shuffle_channels_last(at::Tensor a, at::Tensor b, at::Tensor out) {
+  int64_t a_stride = pixel_stride(a);
+  if (a_stride == 0) {
+    a = a.contiguous(at::MemoryFormat::ChannelsLast);
+    a_stride = a.size(1);
+  }
+  int64_t b_stride = pixel_stride(b);
+  if (b_stride == 0) {
+    b = b.contiguous(at::MemoryFormat::ChannelsLast);
+    b_stride = b.size(1);
+  }
+  const int64_t half = a.size(1);
+  const int64_t pixels = a.numel() / half;
+  switch (a.element_size()) {
+    case 1: interleave_tensors<uint8_t>(a, a_stride, b, b_stride, out, pixels, half); break;
+    case 2: interleave_tensors<uint16_t>(a, a_stride, b, b_stride, out, pixels, half); break;
+    case 4: interleave_tensors<uint32_t>(a, a_stride, b, b_stride, out, pixels, half); break;
+    case 8: interleave_tensors<uint64_t>(a, a_stride, b, b_stride, out, pixels, half); break;
+    default:
+      TORCH_CHECK(false, "concat_shuffle: unsupported element size ", a.element_size(),
+                  " bytes (dtype ", a.scalar_type(), ")");
+  }
+  return out;
+}
+
+// An input whose every image is a contiguous (C, *) block, images any distance apart (a channel
+// slice of a contiguous tensor is); others are made contiguous.
+at::Tensor planes_in_place(const at::Tensor& t) {
+  return t.select(0, 0).is_contiguous() ? t : t.contiguous();
+}
+
+at::Tensor concat_shuffle_planes(const at::Tensor& a_in, const at::Tensor& b_in,
+                                 at::Tensor out) {
+  const at::Tensor a = planes_in_place(a_in);
+  const at::Tensor b = planes_in_place(b_in);
+  const int64_t batch = a.size(0);
+  const int64_t half = a.size(1);
+  const int64_t elem = a.element_size();
+  const int64_t plane_bytes = a.numel() / (batch * half) * elem;
+  const char* sources[2] = {static_cast<const char*>(a.const_data_ptr()),
+                            static_cast<const char*>(b.const_data_ptr())};
+  const int64_t image_bytes[2] = {a.stride(0) * elem, b.stride(0) * elem};
+  char* dst = static_cast<char*>(out.mutable_data_ptr());
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(plane_bytes, 1));
+  at::parallel_for(0, batch * 2 * half, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / (2 * half);
+      const int64_t oc = p % (2 * half);
+      const int64_t which = oc % 2;
+      std::memcpy(dst + p * plane_bytes,
+                  sources[which] + n * image_bytes[which] + (oc / 2) * plane_bytes,
+                  static_cast<size_t>(plane_bytes));
+    }
+  });
+  return out;
+}
+
+at::Tensor concat_shuffle_cpu(const at::Tensor& a, const at::Tensor& b) {
+  check_concat_shuffle_args(a, b);
+  std::vector<int64_t> shape = a.sizes().vec();
+  shape[1] *= 2;
+  const bool channels_last = output_channels_last(a);
+  at::Tensor out = at::empty(shape, a.options().memory_format(
+      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) {
+    return out;
+  }
+  return channels_last ? concat_shuffle_channels_last(a, b, out)
+                       : concat_shuffle_planes(a, b, out);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
+  m.impl("concat_shuffle", &concat_shuffle_cpu);
+}
+
+}  // namespace mobilefuse
