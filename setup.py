@@ -23,7 +23,7 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 ROOT = Path(__file__).parent
 CPU_SOURCES = ["csrc/registration.cpp", "csrc/depthwise_autograd.cpp", "csrc/cpu/activations.cpp",
                "csrc/cpu/channel_shuffle.cpp", "csrc/cpu/concat_shuffle.cpp",
-               "csrc/cpu/depthwise_conv.cpp",
+               "csrc/cpu/max_pool.cpp", "csrc/cpu/depthwise_conv.cpp",
                "csrc/cpu/squeeze_excite.cpp", "csrc/cpu/depthwise_squeeze_excite.cpp",
                "csrc/cpu/batch_norm_activation.cpp"]
 # Compiled with AVX512_FLAGS on top of the extension's flags, in "avx512" builds only.

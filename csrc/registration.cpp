@@ -23,6 +23,10 @@ TORCH_LIBRARY(mobilefuse, m) {
   // channel_shuffle(cat((a, b), 1), 2) without the concatenation; a and b of one shape. Its
   // backward is channel_shuffle(grad, C // 2) split in halves.
   m.def("concat_shuffle(Tensor a, Tensor b) -> Tensor");
+  // Inference only (no autograd): F.max_pool2d(x, kernel, stride, padding) with dilation 1,
+  // floor mode and no indices, written channels_last; CPU. mobilefuse.nn.MaxPool2d calls it
+  // when no gradient is recorded.
+  m.def("max_pool2d(Tensor x, int[2] kernel, int[2] stride, int[2] padding) -> Tensor");
   // act(conv2d(x, weight, bias, groups=C)); activation is "none", "relu", "relu6",
   // "hardswish" or "silu". Padding is symmetric per dimension.
   m.def("depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "

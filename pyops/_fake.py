@@ -52,6 +52,15 @@ def concat_shuffle_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         torch.channels_last if channels_last else torch.contiguous_format))
 
 
+def max_pool2d_fake(x: torch.Tensor, kernel: list[int], stride: list[int],
+                    padding: list[int]) -> torch.Tensor:
+    """Output of ``max_pool2d``: floor-mode size, channels_last."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    h, w = ((x.shape[2 + d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(2))
+    return torch.empty((x.shape[0], x.shape[1], h, w), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
 def _conv_out_shape(x: torch.Tensor, weight: torch.Tensor, stride: list[int],
                     padding: list[int], dilation: list[int]) -> tuple[int, ...]:
     kernel = (weight.shape[2], weight.shape[3])

@@ -4,10 +4,10 @@ The walk is generic over module *types*, never a per-model list. MBConv blocks o
 in :mod:`mobilefuse._block_layout` whose layers read as an inverted residual are swapped whole
 first; ShuffleNetV2 units of the classes in :mod:`mobilefuse._shuffle_unit` become
 :class:`mobilefuse.nn.ShuffleUnit` (their concatenation and shuffle as one op, their branches
-fused as below). Elsewhere a module is swapped when its
-type is exactly one that mobilefuse serves (``nn.Conv2d`` with ``groups == in == out``,
-``nn.Hardswish``, ``nn.Hardsigmoid``, ``nn.ChannelShuffle``, and the squeeze-and-excitation
-layouts of :mod:`mobilefuse._se_layout`); subclasses are left alone, since their ``forward`` may
+fused as below). Elsewhere a module is swapped when its type is exactly one that mobilefuse
+serves (``nn.Conv2d`` with ``groups == in == out``, ``nn.Hardswish``, ``nn.Hardsigmoid``,
+``nn.ChannelShuffle``, ``nn.MaxPool2d``, and the squeeze-and-excitation layouts of
+:mod:`mobilefuse._se_layout`); subclasses are left alone, since their ``forward`` may
 differ. Inside an ``nn.Sequential`` a depthwise convolution followed by
 ``BatchNorm2d`` and/or an activation is fused (see :mod:`mobilefuse._fusion`). Swapped modules
 share the original's parameters, buffers and hooks, so ``state_dict`` keys, optimizers and hook
@@ -57,6 +57,7 @@ LEAF_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Hardswish: mfnn.HardSwish,
     nn.Hardsigmoid: mfnn.HardSigmoid,
     nn.ChannelShuffle: mfnn.ChannelShuffle,
+    nn.MaxPool2d: mfnn.MaxPool2d,
 }
 
 

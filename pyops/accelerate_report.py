@@ -70,6 +70,8 @@ def _swapped_detail(module: nn.Module) -> str:
         return f"vendor convolution + {module.fusion.describe()} folded"
     if isinstance(module, mfnn.SqueezeExcite):
         return f"fused squeeze-and-excitation ({module.act_name}, {module.gate_name} gate)"
+    if isinstance(module, mfnn.MaxPool2d):
+        return "channels_last max-pool kernel in CPU inference"
     if isinstance(module, mfnn.ShuffleUnit):
         return "concatenation + channel shuffle in one pass (concat_shuffle); branches below"
     if isinstance(module, mfnn.InvertedResidual):
@@ -94,7 +96,7 @@ def _kept_reason(module: nn.Module) -> str:
     if se_layout(module) is not None:
         return se_gap(module) or "no fused backend takes the model's device and dtype"
     if isinstance(module, (mfnn.DepthwiseConv2d, mfnn.HardSwish, mfnn.HardSigmoid,
-                           mfnn.ChannelShuffle)):
+                           mfnn.ChannelShuffle, mfnn.MaxPool2d)):
         return "already a mobilefuse module"
     if isinstance(module, nn.Conv2d):
         return conv_gap(module, "auto") or "no fused backend takes it"

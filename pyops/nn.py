@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from mobilefuse import ops
 from mobilefuse._autocast import autocast_dtype
@@ -19,7 +20,7 @@ from mobilefuse.backends import kernel_backend, run_on_backend
 from mobilefuse.models.layers import StochasticDepth
 
 __all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite",
-           "InvertedResidual", "ShuffleUnit"]
+           "InvertedResidual", "ShuffleUnit", "MaxPool2d"]
 
 
 class HardSwish(nn.Module):
@@ -199,6 +200,41 @@ class SqueezeExcite(nn.Module):
 
 
 _ACTIVATION_MODULES = {name: cls for cls, name in FUSABLE_ACTIVATIONS.items()}
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """Drop-in for ``nn.MaxPool2d`` (same arguments, a subclass): in inference on CPU it runs
+    mobilefuse's channels_last max-pool kernel (``torch.ops.mobilefuse.max_pool2d``, the same
+    values bit for bit, NaN propagated); wherever that does not serve (a gradient recorded,
+    another device or layout, dilation, ``ceil_mode``, ``return_indices``, ``torch.compile``,
+    the ``"reference"`` backend) it is ``nn.MaxPool2d`` itself."""
+
+    # The backend its op runs on: "auto" follows mobilefuse.set_backend; accelerate() may pin it.
+    backend: str = "auto"
+
+    def _geometry(self) -> tuple[tuple[int, int], ...] | None:
+        """(kernel, stride, padding) as pairs when the kernel takes these settings, else None."""
+        kernel, stride, padding, dilation = (_pair(v) for v in (
+            self.kernel_size, self.stride, self.padding, self.dilation))
+        if dilation != (1, 1) or self.ceil_mode or self.return_indices:
+            return None
+        if any(2 * p > k for p, k in zip(padding, kernel, strict=True)):
+            return None  # nn.MaxPool2d's own error message explains it
+        return kernel, stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled ``x`` (see the class description for which path runs)."""
+        geometry = self._geometry()
+        if (geometry is not None and isinstance(x, torch.Tensor) and x.dim() == 4
+                and x.device.type == "cpu" and x.is_floating_point()
+                and x.is_contiguous(memory_format=torch.channels_last)
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and not torch.compiler.is_compiling()
+                and all(x.shape[2 + d] + 2 * geometry[2][d] >= geometry[0][d] for d in (0, 1))
+                and kernel_backend(x.device, x.dtype,
+                                   None if self.backend == "auto" else self.backend) == "cpu"):
+            return torch.ops.mobilefuse.max_pool2d(x, *geometry)
+        return super().forward(x)
 
 
 class ShuffleUnit(nn.Module):
