@@ -1,5 +1,5 @@
-"""Training-step (or eval) time of a zoo model: eager, accelerate() with fused MBConv blocks, and
-accelerate() with per-layer swaps only, interleaved in one process.
+"""Training-step (or eval) time of zoo models: eager, accelerate(), and accelerate() with
+per-layer swaps only (no fused blocks), interleaved in one process.
 
     python benchmarks/train_step.py --models mobilenet_v3_large,efficientnet_b0 --mode train
     python benchmarks/train_step.py --mode eval --features --reps 15   # feature extractors
@@ -26,14 +26,18 @@ from mobilefuse.models import create_model
 
 
 def _per_layer_only(model: nn.Module) -> nn.Module:
-    """accelerate() with the whole-block swap turned off (the per-layer swaps only)."""
+    """accelerate() with the whole-block swaps turned off (MBConv blocks and ShuffleNetV2
+    branches run layer by layer)."""
     accelerate_module = sys.modules["mobilefuse.accelerate"]
-    block_gap = accelerate_module.block_gap
-    accelerate_module.block_gap = lambda module: "block swap off for this comparison"
+    saved = {name: getattr(accelerate_module, name)
+             for name in ("block_gap", "sequential_block_gap")}
+    for name in saved:
+        setattr(accelerate_module, name, lambda module: "block swap off for this comparison")
     try:
         return mobilefuse.accelerate(model)
     finally:
-        accelerate_module.block_gap = block_gap
+        for name, gap in saved.items():
+            setattr(accelerate_module, name, gap)
 
 
 def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int,
@@ -75,8 +79,9 @@ def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int,
 
 def main() -> None:
     """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mobilenet_v3_large,efficientnet_b0")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models",
+                        default="mobilenet_v3_large,efficientnet_b0,shufflenet_v2_x1_0")
     parser.add_argument("--mode", choices=("train", "eval"), default="train")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")

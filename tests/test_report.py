@@ -11,7 +11,12 @@ from torch import nn
 
 from mobilefuse.bench.report import environment
 from mobilefuse.report import ModelEntry, measure_models, published_top1, write_outputs
-from mobilefuse.report.measure import activation_bytes, count_flops, count_parameters
+from mobilefuse.report.measure import (
+    activation_bytes,
+    count_flops,
+    count_parameters,
+    inference_latencies,
+)
 
 
 def test_published_accuracies_name_their_sources():
@@ -42,6 +47,36 @@ def test_parameters_and_activation_bytes():
     x = torch.randn(2, 3, 10, 10)
     # The convolution keeps its input, ReLU its output; the weights are not activations.
     assert activation_bytes(model, x) == x.nbytes + 2 * 4 * 10 * 10 * 4
+
+
+class _Sleeps(nn.Module):
+    """A model whose forward takes at least ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.seconds)
+        return x
+
+
+class _Fails(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("forward failed")
+
+
+def test_inference_latencies_time_each_model_in_eval_mode():
+    fast, slow = _Sleeps(0.001).train(), _Sleeps(0.004).train()
+    timings = inference_latencies((fast, slow), torch.zeros(1), reps=4, warmup_s=0.0)
+    assert not fast.training and not slow.training
+    assert all(t.samples >= 4 for t in timings)  # whole rounds: at least reps each
+    assert 1.0 <= timings[0].median_ms < timings[1].median_ms
+    assert timings[1].median_ms >= 4.0
+    with pytest.raises(RuntimeError, match="forward failed"):
+        inference_latencies((fast, _Fails()), torch.zeros(1), reps=2, warmup_s=0.0)
 
 
 def test_report_files(tmp_path):

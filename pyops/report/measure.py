@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobilefuse.bench.timing import Timing, time_fn
+from mobilefuse.bench.timing import Timing, time_cpu_side_by_side, time_fn
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -55,13 +56,28 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(saved.values())
 
 
-def inference_latency(model: nn.Module, x: torch.Tensor, reps: int,
-                      warmup_s: float = 0.3) -> Timing:
-    """Forward latency in eval mode under ``torch.inference_mode`` (device clock for CUDA)."""
-    model = model.eval()
+def inference_latencies(models: Sequence[nn.Module], x: torch.Tensor, reps: int,
+                        warmup_s: float = 0.3) -> list[Timing]:
+    """Forward latency of each model in eval mode under ``torch.inference_mode``.
 
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return model(x)
+    On CPU the models are timed side by side in rotating rounds
+    (:func:`~mobilefuse.bench.timing.time_cpu_side_by_side`), so a slow spell of a shared
+    machine falls on all of them and their ratios hold; CUDA work is timed one model after
+    another on the device clock.
+    """
+    def forward_of(model: nn.Module):
+        model = model.eval()
 
-    return time_fn(run, x.device, reps, warmup_s)
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return model(x)
+        return run
+
+    runs = [forward_of(model) for model in models]
+    if x.device.type != "cpu":
+        return [time_fn(run, x.device, reps, warmup_s) for run in runs]
+    timings = time_cpu_side_by_side(runs, reps, warmup_s)
+    for timing in timings:
+        if isinstance(timing, Exception):
+            raise timing
+    return timings

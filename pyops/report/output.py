@@ -29,7 +29,8 @@ def title(env: dict[str, Any], batch: int, dtype: str) -> str:
     """What the table measured, on what."""
     allocator = f"; allocator: {env['allocator']}" if env.get("allocator") else ""
     return (f"Efficiency report: {env['device']}, {dtype}, batch {batch} "
-            f"(latency: eval forward; activation memory: training step{allocator})")
+            f"(latency: eval forward, on CPU eager and "
+            f"accelerated timed side by side; activation memory: training step{allocator})")
 
 
 def markdown(results: Sequence[ModelResult], heading: str) -> str:

@@ -14,7 +14,7 @@ from mobilefuse.report.measure import (
     activation_bytes,
     count_flops,
     count_parameters,
-    inference_latency,
+    inference_latencies,
 )
 from mobilefuse.report.published import published_top1
 
@@ -89,10 +89,9 @@ def measure_model(entry: ModelEntry, device: torch.device, batch: int, dtype: to
         top1=None if published is None else published.top1,
         top1_source=None if published is None else published.source)
     if latency:
-        step("latency eager")
-        result.eager_ms = inference_latency(model, x, reps).median_ms
-        step("latency accelerated")
-        result.accelerated_ms = inference_latency(fast, x, reps).median_ms
+        step("latency")
+        eager, accelerated = inference_latencies((model, fast), x, reps)
+        result.eager_ms, result.accelerated_ms = eager.median_ms, accelerated.median_ms
     return result
 
 
