@@ -111,6 +111,19 @@ def test_every_fused_backend_is_verified(result: dict) -> None:
     assert not failed, failed
 
 
+@pytest.mark.parametrize("layout", list(cases.LAYOUTS))
+def test_concat_shuffle_case_times_the_unit_end(layout: str) -> None:
+    """Every concat_shuffle implementation takes the input's two channel halves and gives
+    eager's cat + shuffle bit for bit; an odd channel count is a clear error."""
+    x = cases.make_input((2, 10, 3, 5), torch.float32, layout, torch.device("cpu"))
+    expected = torch.nn.functional.channel_shuffle(x, 2)
+    for name, impl in cases.build_impls("concat_shuffle", x.device, compile=False).items():
+        assert torch.equal(impl(x), expected), name
+    odd = cases.make_input((2, 9, 3, 5), torch.float32, layout, torch.device("cpu"))
+    with pytest.raises(ValueError, match="even channel count"):
+        cases.build_impl("concat_shuffle", cases.MOBILEFUSE)(odd)
+
+
 def test_skip_depthwise(result: dict) -> None:
     """``--skip-depthwise`` times no depthwise layer."""
     assert result["depthwise"] == [] and result["depthwise_geomeans"] == []

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from mobilefuse import ops, reference, use_backend
 from mobilefuse.backends import AUTO_ORDER, FLOAT_DTYPES, available_backends, select_backend
 
-OPS: tuple[str, ...] = ("hardswish", "hardsigmoid", "channel_shuffle")
+OPS: tuple[str, ...] = ("hardswish", "hardsigmoid", "channel_shuffle", "concat_shuffle")
+# The ops that only move values: any dtype, and the result is bit-exact.
+SHUFFLE_OPS: tuple[str, ...] = ("channel_shuffle", "concat_shuffle")
 ACTIVATIONS: tuple[str, ...] = ("hardswish", "hardsigmoid")
 DEFAULT_SHAPE: tuple[int, int, int, int] = (32, 96, 56, 56)
 SHUFFLE_GROUPS = 2  # ShuffleNetV2 splits every stage in two
@@ -37,20 +39,29 @@ COMPILE = "torch_compile"
 
 Impl = Callable[[torch.Tensor], torch.Tensor]
 
+
+def _cat_then_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """What an eager ShuffleNetV2 unit runs at its end: the concatenation, then the shuffle."""
+    return F.channel_shuffle(torch.cat((a, b), 1), 2)
+
+
 _EAGER: dict[str, Callable[..., torch.Tensor]] = {
     "hardswish": F.hardswish,
     "hardsigmoid": F.hardsigmoid,
     "channel_shuffle": F.channel_shuffle,
+    "concat_shuffle": _cat_then_shuffle,
 }
 _FUSED: dict[str, Callable[..., torch.Tensor]] = {
     "hardswish": ops.hardswish,
     "hardsigmoid": ops.hardsigmoid,
     "channel_shuffle": ops.channel_shuffle,
+    "concat_shuffle": ops.concat_shuffle,
 }
 _REFERENCE: dict[str, Callable[..., torch.Tensor]] = {
     "hardswish": reference.hardswish,
     "hardsigmoid": reference.hardsigmoid,
     "channel_shuffle": reference.channel_shuffle,
+    "concat_shuffle": reference.concat_shuffle,
 }
 
 
@@ -79,7 +90,7 @@ def timed_dtypes(requested: Sequence[str] | None, device: torch.device) -> list[
 
 def auto_backend(op: str, x: torch.Tensor) -> str:
     """The backend ``"auto"`` picks for ``op`` on ``x`` ("reference" means a fallback)."""
-    dtypes = ops.SHUFFLE_DTYPES if op == "channel_shuffle" else FLOAT_DTYPES
+    dtypes = ops.SHUFFLE_DTYPES if op in SHUFFLE_OPS else FLOAT_DTYPES
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tables flag a fallback; no need to warn here
         return select_backend(op, x.device, x.dtype, dtypes)
@@ -137,7 +148,17 @@ def build_impl(op: str, name: str, groups: int = SHUFFLE_GROUPS) -> Impl:
         raise ValueError(f"unknown implementation {name!r} of {op}")
     if op == "channel_shuffle":
         return lambda x: fn(x, groups)
+    if op == "concat_shuffle":
+        return lambda x: fn(*_halves(x))
     return fn
+
+
+def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x``'s two channel halves, as views (a ShuffleNetV2 unit's ``x.chunk(2, 1)``)."""
+    if x.shape[1] % 2:
+        raise ValueError(f"concat_shuffle is timed on the two channel halves of its input, "
+                         f"which needs an even channel count; got {x.shape[1]} channels")
+    return x.chunk(2, 1)
 
 
 def build_impls(op: str, device: torch.device, compile: bool = True,
@@ -159,7 +180,8 @@ def make_input(shape: tuple[int, ...], dtype: torch.dtype, layout: str,
 
 
 def moved_bytes(x: torch.Tensor) -> int:
-    """Bytes an elementwise op or a shuffle must move: read ``x`` once, write the output once."""
+    """Bytes an elementwise op or a shuffle must move: read ``x`` once, write the output once
+    (``concat_shuffle`` reads ``x``'s two halves and writes one output of ``x``'s size)."""
     return 2 * x.numel() * x.element_size()
 
 

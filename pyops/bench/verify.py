@@ -15,7 +15,7 @@ import torch
 
 from mobilefuse import ops, reference, use_backend
 from mobilefuse.backends import available_backends, unsupported_reasons
-from mobilefuse.bench.cases import LAYOUTS, OPS, make_input
+from mobilefuse.bench.cases import LAYOUTS, OPS, SHUFFLE_OPS, make_input
 from mobilefuse.bench.timing import error_text
 
 # Odd sizes, so no kernel gets away with assuming a multiple of its block or vector width.
@@ -42,7 +42,7 @@ BACKWARD_TOL: dict[torch.dtype, float] = {
 
 _OP: dict[str, Callable[..., torch.Tensor]] = {
     "hardswish": ops.hardswish, "hardsigmoid": ops.hardsigmoid,
-    "channel_shuffle": ops.channel_shuffle}
+    "channel_shuffle": ops.channel_shuffle, "concat_shuffle": ops.concat_shuffle}
 _REF: dict[str, Callable[..., torch.Tensor]] = {
     "hardswish": reference.hardswish, "hardsigmoid": reference.hardsigmoid}
 
@@ -123,14 +123,17 @@ def _check_activation(check: Check, x: torch.Tensor, seed: int) -> None:
     _finish(check, out, x, problems)
 
 
-def _check_shuffle(check: Check, x: torch.Tensor, seed: int) -> None:
+def _check_moves(check: Check, x: torch.Tensor, seed: int,
+                 fused: Callable[[torch.Tensor], torch.Tensor],
+                 oracle: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """An op that only moves values: its output and the gradient reaching ``x`` must equal
+    the reference's bit for bit (the reference in ``x``'s own dtype is then exact)."""
     grad = _grad_like(x, check.memory_format, seed)
-    # A shuffle only moves values, so the reference in x's own dtype is exact.
     x_ref = x.detach().clone().requires_grad_(True)
-    expected = reference.channel_shuffle(x_ref, SHUFFLE_GROUPS)
+    expected = oracle(x_ref)
     expected.backward(grad)
     x_in = x.detach().clone().requires_grad_(True)
-    out = ops.channel_shuffle(x_in, SHUFFLE_GROUPS)
+    out = fused(x_in)
     out.backward(grad)
     check.forward_error = relative_error(out, expected)
     check.backward_error = relative_error(x_in.grad, x_ref.grad)
@@ -140,6 +143,17 @@ def _check_shuffle(check: Check, x: torch.Tensor, seed: int) -> None:
     if not torch.equal(x_in.grad, x_ref.grad):
         problems.append("backward is not bit-exact")
     _finish(check, out, x, problems)
+
+
+def _check_shuffle(check: Check, x: torch.Tensor, seed: int) -> None:
+    _check_moves(check, x, seed, lambda t: ops.channel_shuffle(t, SHUFFLE_GROUPS),
+                 lambda t: reference.channel_shuffle(t, SHUFFLE_GROUPS))
+
+
+def _check_concat_shuffle(check: Check, x: torch.Tensor, seed: int) -> None:
+    # x's two channel halves are views, as in a ShuffleNetV2 unit (read in place on CPU).
+    _check_moves(check, x, seed, lambda t: ops.concat_shuffle(*t.chunk(2, 1)),
+                 lambda t: reference.concat_shuffle(*t.chunk(2, 1)))
 
 
 def _check_against_reference(check: Check, x: torch.Tensor, inputs: list[torch.Tensor],
@@ -221,13 +235,15 @@ def verify_one(backend: str, device: torch.device, op: str, dtype: torch.dtype,
                layout: str, seed: int = 0) -> Check:
     """Check ``op``'s forward and backward on ``backend`` for one dtype and memory format."""
     check = Check(backend, device.type, op, str(dtype).removeprefix("torch."), layout)
-    shuffle = op == "channel_shuffle"
+    shuffle = op in SHUFFLE_OPS
     shape = SHUFFLE_SHAPE if shuffle else ACTIVATION_SHAPE
     dtypes = ops.SHUFFLE_DTYPES if shuffle else (dtype,)
+    checker = {"channel_shuffle": _check_shuffle,
+               "concat_shuffle": _check_concat_shuffle}.get(op, _check_activation)
 
     def body() -> None:
         x = make_input(shape, dtype, layout, device, seed)
-        (_check_shuffle if shuffle else _check_activation)(check, x, seed)
+        checker(check, x, seed)
 
     return _run_check(check, backend, device, dtype, dtypes, body)
 
