@@ -81,7 +81,11 @@ def batch_statistics(backend: str, norm: nn.Module, t: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, 1 / std) of ``t`` per channel over the batch, updating ``norm``'s running
     statistics and batch counter as ``nn.BatchNorm2d.forward`` does in training mode. On CPU
-    one read of ``t`` (mobilefuse::batch_norm_statistics)."""
+    one read of ``t`` (mobilefuse::batch_norm_statistics). Raises, as ``F.batch_norm`` does,
+    where a channel has a single value (its unbiased variance would divide by zero)."""
+    if t.numel() // max(t.shape[1], 1) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"size {t.size()}")
     factor = 0.0 if norm.momentum is None else norm.momentum
     tracked = norm.track_running_stats
     if tracked and norm.num_batches_tracked is not None:

@@ -126,3 +126,16 @@ def test_restore_gives_back_a_plain_batchnorm():
     fast = mobilefuse.accelerate(_run(nn.ReLU))
     restored = mobilefuse.restore(fast)
     assert type(restored[1]) is nn.BatchNorm2d and "fusion" not in vars(restored[1])
+
+
+def test_one_value_per_channel_raises_as_eager():
+    model = _run(nn.ReLU)
+    fast = mobilefuse.accelerate(model)
+    x = torch.randn(1, 6, 1, 1)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(x)
+    state = {k: v.clone() for k, v in fast.state_dict().items()}
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        fast(x)
+    for key, value in fast.state_dict().items():  # no NaN running variance left behind
+        assert torch.equal(value, state[key]), key

@@ -296,6 +296,20 @@ def test_training_keeps_two_expanded_tensors():
     assert len(ours) == 2 and len(eager) >= 5, (len(ours), len(eager))
 
 
+def test_training_on_one_value_per_channel_raises_as_eager():
+    block = _module(4, in_channels=8, out_channels=8, kernel_size=3, activation="relu6").train()
+    plain = copy.deepcopy(block)
+    plain.forward = plain._forward_layers
+    x = torch.randn(1, 8, 1, 1, dtype=torch.float64)
+    assert block._route(x) != "layers"  # the fused training function, not the layers
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    for model in (plain, block):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            model(x)
+    for key, value in block.state_dict().items():  # no NaN running variance left behind
+        assert torch.equal(value, state[key]), key
+
+
 def test_frozen_batchnorm_runs_the_layers():
     block = _module(4, in_channels=8, out_channels=8, kernel_size=3, activation="relu6").train()
     block.bn2.eval()  # a frozen norm: mixed modes run layer by layer, exactly as before
