@@ -15,6 +15,7 @@ paths), so the fused block reads the very parameters and buffers of those childr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -211,24 +212,23 @@ def sequential_layout(seq: nn.Module) -> BlockLayout:
                        False)
 
 
-def sequential_block_gap(seq: nn.Module) -> str | None:
-    """Why the ``nn.Sequential`` ``seq`` cannot run as a
-    :class:`mobilefuse.nn.InvertedResidual`, or None."""
+def _gap(module: nn.Module, read_layout: Callable[[nn.Module], BlockLayout]) -> str | None:
+    """Why ``read_layout`` finds no block in ``module``, or why its hooks forbid one; or None."""
     try:
-        sequential_layout(seq)
-    except LookupError as exc:
-        return str(exc)
-    if any(has_hooks(m) for m in seq.modules()):
-        return "it or one of its layers has hooks, which the fused block would skip"
-    return None
-
-
-def block_gap(module: nn.Module) -> str | None:
-    """Why ``module`` cannot become a :class:`mobilefuse.nn.InvertedResidual`, or None."""
-    try:
-        block_layout(module)
+        read_layout(module)
     except LookupError as exc:
         return str(exc)
     if any(has_hooks(m) for m in module.modules()):
         return "it or one of its layers has hooks, which the fused block would skip"
     return None
+
+
+def sequential_block_gap(seq: nn.Module) -> str | None:
+    """Why the ``nn.Sequential`` ``seq`` cannot run as a
+    :class:`mobilefuse.nn.InvertedResidual`, or None."""
+    return _gap(seq, sequential_layout)
+
+
+def block_gap(module: nn.Module) -> str | None:
+    """Why ``module`` cannot become a :class:`mobilefuse.nn.InvertedResidual`, or None."""
+    return _gap(module, block_layout)

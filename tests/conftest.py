@@ -117,6 +117,22 @@ def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, tol: float, 
                         f"got {out[index].item()!r}, reference {ref[index].item()!r}")
 
 
+def assert_step_matches_float64(fast: torch.nn.Module, reference: torch.nn.Module,
+                                x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """One forward and backward of float32 ``fast`` on ``x`` (a leaf that requires grad)
+    against its float64 twin ``reference``: the output is in ``layout``, the output and the
+    input gradient are within the float32 tolerances. Returns the output."""
+    x_ref = x.detach().double().requires_grad_()
+    out, expected = fast(x), reference(x_ref)
+    assert out.is_contiguous(memory_format=layout)
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "output")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad.double())
+    assert_close_to_reference(x.grad, x_ref.grad, BACKWARD_TOL[torch.float32], "input gradient")
+    return out
+
+
 # glibc fills every new CPU block with these bytes (mallopt M_PERTURB = 0x80 -> 0x7F fill):
 # float32 3.4e38, float16 NaN, bfloat16 3.4e38, float64 1.4e306, bool "127", so an output
 # element a kernel never writes fails the comparison with the reference.

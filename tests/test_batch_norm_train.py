@@ -8,7 +8,12 @@ import copy
 
 import pytest
 import torch
-from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference
+from conftest import (
+    BACKWARD_TOL,
+    FORWARD_TOL,
+    assert_close_to_reference,
+    assert_step_matches_float64,
+)
 from torch import nn
 
 import mobilefuse
@@ -64,14 +69,7 @@ def test_step_matches_float64_eager(activation, groups, layout):
     assert isinstance(fast[1], FoldedBatchNorm2d)
     x = torch.randn(3, 6, 9, 7).contiguous(memory_format=layout).requires_grad_()
     assert _calls_fused(copy.deepcopy(fast), x.detach()) == 1
-    x_ref = x.detach().double().requires_grad_()
-    out, expected = fast(x), reference(x_ref)
-    assert out.is_contiguous(memory_format=layout)
-    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "output")
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    expected.backward(grad.double())
-    assert_close_to_reference(x.grad, x_ref.grad, BACKWARD_TOL[torch.float32], "input gradient")
+    assert_step_matches_float64(fast, reference, x, layout)
     for (name, p), p_ref in zip(fast.named_parameters(), reference.parameters(), strict=True):
         assert_close_to_reference(p.grad, p_ref.grad, BACKWARD_TOL[torch.float32], name)
     for name in ("running_mean", "running_var"):

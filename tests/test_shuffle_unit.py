@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference
+from conftest import FORWARD_TOL, assert_close_to_reference, assert_step_matches_float64
 from torch import nn
 
 import mobilefuse
@@ -54,14 +54,7 @@ def test_accelerated_unit_matches(stride, layout, train):
     assert type(fast) is mobilefuse.nn.ShuffleUnit and fast.stride == stride
     assert list(fast.state_dict()) == list(zoo.state_dict())
     x = torch.randn(3, 20, 11, 9).contiguous(memory_format=layout).requires_grad_()
-    x_ref = x.detach().double().requires_grad_()
-    out, expected = fast(x), reference(x_ref)
-    assert out.is_contiguous(memory_format=layout)
-    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "output")
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    expected.backward(grad.double())
-    assert_close_to_reference(x.grad, x_ref.grad, BACKWARD_TOL[torch.float32], "input gradient")
+    assert_step_matches_float64(fast, reference, x, layout)
     assert type(mobilefuse.restore(fast)) is ShuffleV2Unit
 
 
