@@ -117,6 +117,15 @@ def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, tol: float, 
                         f"got {out[index].item()!r}, reference {ref[index].item()!r}")
 
 
+def randomize_batchnorm(model: torch.nn.Module) -> None:
+    """Running statistics away from their (0, 1) defaults, so folding them is really tested."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+
+
 def assert_step_matches_float64(fast: torch.nn.Module, reference: torch.nn.Module,
                                 x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
     """One forward and backward of float32 ``fast`` on ``x`` (a leaf that requires grad)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FORWARD_TOL, assert_close_to_reference
+from conftest import FORWARD_TOL, assert_close_to_reference, randomize_batchnorm
 from test_accelerate import assert_step_matches
 from torch import nn
 from vision_models import timm_or_skip, torchvision_or_skip
@@ -26,15 +26,6 @@ def build(source: str, name: str) -> nn.Module:
     if source == "torchvision":
         return getattr(torchvision_or_skip().models, name)()
     return timm_or_skip().create_model(name)
-
-
-def randomize_batchnorm(model: nn.Module) -> None:
-    """Running statistics away from their (0, 1) defaults, so folding them is really tested."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
 
 
 CASES = [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM]

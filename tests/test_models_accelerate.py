@@ -13,9 +13,8 @@ import copy
 
 import pytest
 import torch
-from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference
+from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference, randomize_batchnorm
 from test_accelerate import assert_grads_close
-from test_accelerate_vision import randomize_batchnorm
 from torch import nn
 
 import mobilefuse

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close_to_reference
-from test_accelerate_vision import randomize_batchnorm
+from conftest import assert_close_to_reference, randomize_batchnorm
 from torch import nn
 from vision_models import torchvision_or_skip
 

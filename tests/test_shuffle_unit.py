@@ -7,7 +7,12 @@ import copy
 
 import pytest
 import torch
-from conftest import FORWARD_TOL, assert_close_to_reference, assert_step_matches_float64
+from conftest import (
+    FORWARD_TOL,
+    assert_close_to_reference,
+    assert_step_matches_float64,
+    randomize_batchnorm,
+)
 from torch import nn
 
 import mobilefuse
@@ -17,11 +22,7 @@ from mobilefuse.models.shufflenet import ShuffleV2Unit
 def _unit(in_channels: int, out_channels: int, stride: int) -> ShuffleV2Unit:
     torch.manual_seed(0)
     unit = ShuffleV2Unit(in_channels, out_channels, stride, nn.BatchNorm2d, nn.ReLU)
-    with torch.no_grad():
-        for m in unit.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
+    randomize_batchnorm(unit)
     return unit
 
 
