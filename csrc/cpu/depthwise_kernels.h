@@ -1186,22 +1186,30 @@ void backward_nhwc_band(const T* gn, const T* xn, const T* w_taps, const T* bias
 
 // Adds block partial sums in a fixed order, in double, into gw (C, taps) and gb (C,) as
 // `mask` asks. Block b's sum of tap t (t == taps: the bias) for channel c sits at
-// b * block_stride + t * tap_stride + channel_at(c).
+// b * block_stride + t * tap_stride + channel_at(c). Every element sums its blocks in block
+// order from 0.0, walking the blocks along memory (vectorized, threads over the elements):
+// the same numbers as the per-channel loop of chains of dependent scalar adds on one thread
+// it replaced (channels_last backward at batch 8, 2 threads: C960 7x7 0.47-0.51 -> 0.30-0.44
+// ms, C576 14x14 stride 2 0.35-0.41 -> 0.33-0.34 ms).
 template <typename T, typename ChannelAt>
 void reduce_partials(const std::vector<T>& part, int64_t blocks, int64_t block_stride,
                      int64_t tap_stride, ChannelAt channel_at, const Geometry& g, T* gw, T* gb,
                      GradMask mask) {
   const int64_t taps = g.taps();
-  for (int64_t c = 0; c < g.channels; ++c) {
-    const T* base = part.data() + channel_at(c);
-    for (int64_t t = 0; t <= taps; ++t) {
-      double total = 0.0;
-      for (int64_t b = 0; b < blocks; ++b) {
-        total += static_cast<double>(base[b * block_stride + t * tap_stride]);
-      }
-      if (t < taps && mask.weight) gw[c * taps + t] = static_cast<T>(total);
-      if (t == taps && mask.bias) gb[c] = static_cast<T>(total);
+  std::vector<double> total(block_stride, 0.0);
+  at::parallel_for(0, block_stride, 2048, [&](int64_t begin, int64_t end) {
+    double* __restrict acc = total.data();
+    for (int64_t b = 0; b < blocks; ++b) {
+      const T* __restrict src = part.data() + b * block_stride;
+      for (int64_t i = begin; i < end; ++i) acc[i] += static_cast<double>(src[i]);
     }
+  });
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const double* base = total.data() + channel_at(c);
+    if (mask.weight) {
+      for (int64_t t = 0; t < taps; ++t) gw[c * taps + t] = static_cast<T>(base[t * tap_stride]);
+    }
+    if (mask.bias) gb[c] = static_cast<T>(base[taps * tap_stride]);
   }
 }
 
