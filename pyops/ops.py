@@ -129,11 +129,10 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return _CHANNEL_SHUFFLE[backend](_kernel_layout(x), groups)
 
 
-# Off CPU the concatenation is written and shuffled by the backend's channel_shuffle kernel.
+# The backends with a concat_shuffle of their own; the others shuffle the concatenation with
+# their channel_shuffle kernel.
 _CONCAT_SHUFFLE: dict[str, _Impl] = {
     "cpu": lambda a, b: torch.ops.mobilefuse.concat_shuffle(a, b),
-    "cuda": lambda a, b: torch.ops.mobilefuse.channel_shuffle(torch.cat((a, b), 1), 2),
-    "triton": lambda a, b: torch.ops.mobilefuse.triton_channel_shuffle(torch.cat((a, b), 1), 2),
     "reference": in_op_range("concat_shuffle")(reference.concat_shuffle),
 }
 
@@ -158,7 +157,9 @@ def concat_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     check_same_shape_dtype("concat_shuffle", "b", b, "a", a)
     check_same_device("concat_shuffle", a=a, b=b)
     backend = select_backend("concat_shuffle", a.device, a.dtype, SHUFFLE_DTYPES)
-    return _CONCAT_SHUFFLE[backend](a, b)
+    if backend in _CONCAT_SHUFFLE:
+        return _CONCAT_SHUFFLE[backend](a, b)
+    return _CHANNEL_SHUFFLE[backend](torch.cat((a, b), 1), 2)
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

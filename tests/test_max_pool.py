@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 import mobilefuse
 
@@ -16,10 +17,6 @@ CASES = [((2, 24, 17, 15), 3, 2, 1), ((1, 5, 9, 9), (3, 2), (1, 2), (1, 1)),
          ((3, 3, 8, 7), 2, 2, 0), ((2, 7, 5, 6), 4, 3, 2), ((1, 33, 3, 3), 3, 1, 1),
          ((2, 4, 2, 2), 2, 4, 0), ((1, 1, 1, 1), 1, 1, 0)]
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _input(shape, dtype, gen, layout=torch.channels_last):

@@ -265,15 +265,27 @@ def _record(entry: dict[str, Any], t: Timing | Exception) -> None:
                  gbps=gbps(entry["bytes"], t.median_ms))
 
 
+def time_side_by_side(fns: Sequence[Callable[[], object]], device: torch.device, reps: int,
+                      warmup_s: float = WARMUP_S) -> list[Timing | Exception]:
+    """:func:`time_fn` of several functions compared with each other: in rotating rounds on
+    CPU (see :func:`time_cpu_side_by_side`); on a GPU, one after another on its own clock. A
+    function that raises gets its exception in its place."""
+    if device.type == "cpu":
+        return time_cpu_side_by_side(fns, reps, warmup_s)
+    results: list[Timing | Exception] = []
+    for fn in fns:
+        try:
+            results.append(time_fn(fn, device, reps, warmup_s))
+        except Exception as exc:  # noqa: BLE001  (returned in its place)
+            results.append(exc)
+    return results
+
+
 def measure_side_by_side(timed: Sequence[tuple[dict[str, Any], Callable[[], object]]],
                          device: torch.device, reps: int, warmup_s: float = WARMUP_S) -> None:
-    """:func:`measure` of several implementations of one case: in rotating rounds on CPU
-    (see :func:`time_cpu_side_by_side`); on a GPU, one after another on its own clock."""
-    if device.type != "cpu":
-        for entry, fn in timed:
-            measure(entry, fn, device, reps, warmup_s)
-        return
-    results = time_cpu_side_by_side([fn for _, fn in timed], reps, warmup_s)
+    """:func:`measure` of several implementations of one case, timed by
+    :func:`time_side_by_side`."""
+    results = time_side_by_side([fn for _, fn in timed], device, reps, warmup_s)
     for (entry, _), t in zip(timed, results, strict=True):
         _record(entry, t)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobilefuse.bench.timing import Timing, time_cpu_side_by_side, time_fn
+from mobilefuse.bench.timing import Timing, time_side_by_side
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -60,10 +60,9 @@ def inference_latencies(models: Sequence[nn.Module], x: torch.Tensor, reps: int,
                         warmup_s: float = 0.3) -> list[Timing]:
     """Forward latency of each model in eval mode under ``torch.inference_mode``.
 
-    On CPU the models are timed side by side in rotating rounds
-    (:func:`~mobilefuse.bench.timing.time_cpu_side_by_side`), so a slow spell of a shared
-    machine falls on all of them and their ratios hold; CUDA work is timed one model after
-    another on the device clock.
+    Timed by :func:`~mobilefuse.bench.timing.time_side_by_side`: on CPU in rotating rounds,
+    so a slow spell of a shared machine falls on all of them and their ratios hold; CUDA work
+    one model after another on the device clock.
     """
     def forward_of(model: nn.Module):
         model = model.eval()
@@ -73,10 +72,8 @@ def inference_latencies(models: Sequence[nn.Module], x: torch.Tensor, reps: int,
                 return model(x)
         return run
 
-    runs = [forward_of(model) for model in models]
-    if x.device.type != "cpu":
-        return [time_fn(run, x.device, reps, warmup_s) for run in runs]
-    timings = time_cpu_side_by_side(runs, reps, warmup_s)
+    timings = time_side_by_side([forward_of(model) for model in models], x.device, reps,
+                                warmup_s)
     for timing in timings:
         if isinstance(timing, Exception):
             raise timing
