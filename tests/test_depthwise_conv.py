@@ -167,11 +167,12 @@ STRIDE2_PAIR_CONFIGS = [
 
 def _row_pair_config(shape: tuple[int, int, int, int], padding, activation: str | None,
                      dtype: torch.dtype = torch.float32, bias: bool = True,
-                     stride: int = 1) -> dict:
-    return _channels_last_config(shape, 5, stride, padding, activation, dtype, bias)
+                     stride: int = 1, kernel: int = 5, layout: str = "channels_last") -> dict:
+    config = _channels_last_config(shape, kernel, stride, padding, activation, dtype, bias)
+    return {**config, "layout": layout}
 
 
-# The channels_last forward of 5x5 at stride 1 and 2 computes two output rows per pass: odd
+# The forward of 3x3 and 5x5 at stride 1 and 2 computes two output rows per pass: odd
 # output heights (a last row alone), a single output row, batch 1 (bands of rows split the
 # image, some of odd length), no padding (no missing input row) and padding past the
 # kernel's reach (rows of zeros above and below), rows of 7 and 14 pixels (groups of 7 at
@@ -189,6 +190,16 @@ ROW_PAIR_CONFIGS = [
     _row_pair_config((1, 21, 4, 30), 3, "relu"),
     _row_pair_config((1, 8, 15, 28), 2, "relu6", dtype=torch.bfloat16),
     _row_pair_config((2, 19, 8, 5), (1, 2), "silu", dtype=torch.float16),
+    _row_pair_config((2, 17, 9, 14), 1, "relu6", kernel=3),
+    _row_pair_config((1, 40, 7, 7), 1, "hardswish", kernel=3, stride=2),
+    _row_pair_config((3, 19, 6, 15), 0, None, bias=False, kernel=3),
+    _row_pair_config((1, 24, 5, 28), (2, 1), "silu", kernel=3, stride=2),
+    _row_pair_config((1, 33, 12, 9), 1, "relu", dtype=torch.bfloat16, kernel=3),
+    _row_pair_config((2, 21, 11, 13), 1, "relu6", kernel=3, layout="contiguous"),
+    _row_pair_config((1, 19, 9, 10), 2, "silu", stride=2, layout="contiguous"),
+    # Channel tiles whose three rows fit in 32 KB (8 and 6 vectors), the last one partial.
+    _row_pair_config((1, 150, 9, 20), 1, "relu6", kernel=3),
+    _row_pair_config((2, 100, 11, 25), 1, "hardswish", kernel=3, stride=2),
 ]
 
 

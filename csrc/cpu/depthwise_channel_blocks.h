@@ -154,11 +154,9 @@ void forward_nchw_blocked_fixed(const T* x, const T* w, const T* bias, T* out,
       const int64_t n = task / params.blocks, blk = task % params.blocks;
       const int64_t c0 = blk * V, cnt = std::min(V, g.channels - c0);
       transpose(x + (n * g.channels + c0) * plane, plane, xb.data(), V, cnt, plane);
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        forward_nhwc_output_row<T, K, kAct>(xb.data(), ob.data() + oh * g.out_w * V,
-                                            params.weight_of(blk), params.bias_of(blk), gb, oh,
-                                            ow_lo, ow_hi, 0, V, scratch);
-      }
+      forward_nhwc_output_rows<T, K, kAct>(xb.data(), ob.data(), params.weight_of(blk),
+                                           params.bias_of(blk), gb, 0, g.out_h, ow_lo, ow_hi, 0,
+                                           V, scratch, [](int64_t) {});
       transpose(ob.data(), V, out + (n * g.channels + c0) * out_plane, out_plane, out_plane,
                 cnt);
     }

@@ -5,8 +5,8 @@
 // into `stride_w` column phases, so every tap of every output row reads a contiguous run and
 // the inner loops are plain vector FMAs. NHWC vectorizes over channels and walks an output
 // row in groups of pixels with independent sums that share the input columns they read: the
-// forward takes each group through every channel vector (5x5 at stride 1 and 2: two output
-// rows at once), the backward takes one channel vector along the whole row. Float16/bfloat16 run
+// forward takes each group through every channel vector (at stride 1 and 2: two output rows
+// at once), the backward takes one channel vector along the whole row. Float16/bfloat16 run
 // through float32 copies (float32 accumulation); float64 is computed in float64.
 //
 // The backward walks each channel (NCHW) or band of output rows (NHWC, fused: dz, the weight
@@ -616,14 +616,15 @@ void forward_row(const T* const* in_rows, T* orow, const T* w_taps, const T* bia
       });
 }
 
-// Kernels whose forward computes two output rows per pass: 5 or more rows, at a row stride
+// Kernels whose forward computes two output rows per pass: 3 or more rows, at a row stride
 // equal to the column stride (the window of each of the kh + stride input rows a pair reads
 // is loaded once for both rows). A single row per pass reads every input row kh / stride
-// times, which for 5x5 refills L1 from L2 more often than its FMAs can hide (one thread, 5x5
-// stride 1 at 28x28 and 14x14: 34 -> 45 GFMA/s); the 3x3 forward already moves its bytes
-// at 50-90% of the copy bandwidth.
+// times, which refills L1 from L2 more often than its FMAs can hide (one thread, 5x5 stride 1
+// at 28x28 and 14x14: 34 -> 45 GFMA/s). The 3x3 forward gained as well (interleaved on a
+// 2-core Xeon, batch 8: 1.03-1.19x on each of its 19 layers in channels_last, 1.00-1.23x in
+// NCHW, whose channel blocks run these rows too).
 template <typename K>
-constexpr bool kRowPairs = K::sw > 0 && K::kh >= 5;
+constexpr bool kRowPairs = K::sw > 0 && K::kh >= 3;
 
 // Pre-activations of kG pixels from ow in two consecutive output rows, one vector of
 // channels: input row i of the kh + sw in rows[] meets weight row i in the first output row
@@ -755,18 +756,21 @@ inline int64_t tile_channels(const Geometry& g, int64_t ring_rows = 0) {
   return std::min(vectors * V, (g.channels + V - 1) / V * V);
 }
 
-// Channels per task of the NHWC forward. A kernel of 5 or more rows at stride 1 reads each
-// input row kh times, once per output row: there tiles whose kh rows fit in 32 KB of L1 (at
-// least two vectors, so each pixel's read spans whole neighbouring lines) beat every channel,
-// which refills L1 from L2 kh times. (5x5 stride 1, interleaved on a 2-core Xeon: C240 28x28
-// 0.77 -> 0.54 ms, C672 14x14 0.54 -> 0.49; no 3x3 layer gained: C32 112x112 0.68 -> 1.19.)
+// Channels per task of the NHWC forward. Each input row is read by kh / stride output rows:
+// tiles whose kh rows fit in 32 KB of L1 beat every channel, which refills L1 from L2 each
+// time, once a pixel's read spans 256 contiguous bytes (128 for 5x5 at stride 1), so the
+// neighbouring lines it prefetches are its own. (5x5 stride 1, interleaved on a 2-core Xeon:
+// C240 28x28 0.77 -> 0.54 ms, C672 14x14 0.54 -> 0.49. 3x3 tiles of one vector lost, C32
+// 112x112 0.68 -> 1.19 ms; of 4+ vectors the wide 14x14 and 7x7 layers gained 1.03-1.16x,
+// e.g. C384 14x14 0.216 -> 0.185 ms, and the forward geomean went 1.44-1.48x -> 1.52-1.54x.)
 template <typename T>
 inline int64_t forward_tile_channels(const Geometry& g) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
+  constexpr int64_t kVectorBytes = V * static_cast<int64_t>(sizeof(T));
   const int64_t all = tile_channels<T>(g);
-  if (g.kh < 5 || g.sh != 1) return all;
-  const int64_t vectors = 32 * 1024 / (g.kh * g.width * V * static_cast<int64_t>(sizeof(T)));
-  return vectors >= 2 ? std::min(vectors * V, all) : all;
+  const int64_t vectors = 32 * 1024 / (g.kh * g.width * kVectorBytes);
+  const int64_t least_bytes = g.kh >= 5 && g.sh == 1 ? 128 : 256;
+  return vectors * kVectorBytes >= least_bytes ? std::min(vectors * V, all) : all;
 }
 
 // sums[c] += the `width` pixels of an output row, channels [c_lo, c_hi): the squeeze-and-
