@@ -197,6 +197,14 @@ ROW_PAIR_CONFIGS = [
     _row_pair_config((1, 33, 12, 9), 1, "relu", dtype=torch.bfloat16, kernel=3),
     _row_pair_config((2, 21, 11, 13), 1, "relu6", kernel=3, layout="contiguous"),
     _row_pair_config((1, 19, 9, 10), 2, "silu", stride=2, layout="contiguous"),
+    # grad_x at stride 1 in row pairs: heights 1 and 2, padding past the kernel's reach,
+    # batch 1 (bands of one or two rows), a row stride of 2 with column stride 1 (single rows).
+    _row_pair_config((1, 18, 1, 9), 1, "hardswish", kernel=3),
+    _row_pair_config((2, 17, 2, 6), 1, None, kernel=3),
+    _row_pair_config((1, 20, 11, 8), 2, "relu6", kernel=3),
+    _row_pair_config((1, 16, 17, 10), 3, "silu"),
+    _row_pair_config((2, 19, 9, 8), 1, "relu", kernel=3, layout="contiguous"),
+    {**_row_pair_config((1, 17, 12, 9), 1, "relu6", kernel=3), "stride": (2, 1)},
     # Channel tiles whose three rows fit in 32 KB (8 and 6 vectors), the last one partial.
     _row_pair_config((1, 150, 9, 20), 1, "relu6", kernel=3),
     _row_pair_config((2, 100, 11, 25), 1, "hardswish", kernel=3, stride=2),
@@ -273,7 +281,8 @@ def test_only_requested_gradients(backend, device):
 
 
 @pytest.mark.parametrize("stride,kernel,activation", [
-    (1, 3, "relu6"), (2, 3, "hardswish"), (2, 5, "silu"), (2, 3, None)])
+    (1, 3, "relu6"), (1, 5, "silu"), (1, 3, None), (2, 3, "hardswish"), (2, 5, "silu"),
+    (2, 3, None)])
 @pytest.mark.parametrize("mask", [(True, False, False), (False, True, True),
                                   (False, False, True), (True, True, False)])
 def test_cpu_channels_last_gradient_subsets(stride, kernel, activation, mask):
