@@ -1029,6 +1029,17 @@ void backward_gx_row_pairs(const T* const* dz_rows, T* gx_row, const at::vec::Ve
   });
 }
 
+// acc[q] += the taps of one weight row (kw vectors at wr) over the dz window cols of kG
+// pixels at stride 1: tap column j of pixel q reads window column kw - 1 - j + q.
+template <typename K, int kG, typename Vec>
+MOBILEFUSE_ALWAYS_INLINE void add_gx_tap_row(const Vec* wr, const Vec* cols, Vec* acc) {
+  MOBILEFUSE_UNROLL
+  for (int j = 0; j < K::kw; ++j) {
+    MOBILEFUSE_UNROLL
+    for (int q = 0; q < kG; ++q) acc[q] = at::vec::fmadd(wr[j], cols[K::kw - 1 - j + q], acc[q]);
+  }
+}
+
 // One input row of grad_x for the channels [c0, c0 + cnt): grad_x[iw] = sum over the taps
 // (i, j) that reach it of w[i, j] * dz[ow], where ow*sw = iw + pw - j*dw. in_rows[i] is the dz
 // row tap row i reads, or null when that tap row reaches no output row. The pixels are walked
@@ -1079,13 +1090,7 @@ void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const 
           Vec cols[window_width<K, kG>()];
           load_window<T, K, kG, decltype(border)::value>(dz_rows[i] + ow0 * C, ow0, g.out_w, g,
                                                           lanes, cols);
-          MOBILEFUSE_UNROLL
-          for (int j = 0; j < K::kw; ++j) {
-            MOBILEFUSE_UNROLL
-            for (int q = 0; q < kG; ++q) {
-              acc[q] = at::vec::fmadd(wv[i * kw + j], cols[K::kw - 1 - j + q], acc[q]);
-            }
-          }
+          add_gx_tap_row<K, kG>(wv + i * kw, cols, acc);
           continue;
         }
         for (int64_t j = 0; j < kw; ++j) {
@@ -1146,24 +1151,8 @@ void backward_gx_row_pair(const T* const* dz_rows, T* gx_row0, T* gx_row1, const
       Vec cols[window_width<K, kG>()];
       load_window<T, K, kG, decltype(border)::value>(rows[r] + ow0 * C, ow0, g.out_w, g, lanes,
                                                       cols);
-      if (r >= 1) {
-        MOBILEFUSE_UNROLL
-        for (int j = 0; j < K::kw; ++j) {
-          MOBILEFUSE_UNROLL
-          for (int q = 0; q < kG; ++q) {
-            acc0[q] = at::vec::fmadd(wv[(r - 1) * K::kw + j], cols[K::kw - 1 - j + q], acc0[q]);
-          }
-        }
-      }
-      if (r < K::kh) {
-        MOBILEFUSE_UNROLL
-        for (int j = 0; j < K::kw; ++j) {
-          MOBILEFUSE_UNROLL
-          for (int q = 0; q < kG; ++q) {
-            acc1[q] = at::vec::fmadd(wv[r * K::kw + j], cols[K::kw - 1 - j + q], acc1[q]);
-          }
-        }
-      }
+      if (r >= 1) add_gx_tap_row<K, kG>(wv + (r - 1) * K::kw, cols, acc0);
+      if (r < K::kh) add_gx_tap_row<K, kG>(wv + r * K::kw, cols, acc1);
     }
     MOBILEFUSE_UNROLL
     for (int q = 0; q < kG; ++q) {
