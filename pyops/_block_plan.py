@@ -29,7 +29,7 @@ from torch import nn
 from mobilefuse._block_args import OP as INVERTED_RESIDUAL
 from mobilefuse._block_layout import BlockLayout, Stage
 from mobilefuse._conv_args import check_depthwise_args
-from mobilefuse._onednn import POST_OPS, ops_present, packed_weight
+from mobilefuse._onednn import PointwiseConv, ops_present
 from mobilefuse._ranges import op_range
 from mobilefuse._se_args import check_squeeze_excite_args
 from mobilefuse._se_layout import se_layout, se_options
@@ -95,38 +95,17 @@ class Guards:
 
 
 @dataclass
-class PointwiseCall:
-    """One oneDNN 1x1 convolution on a reordered weight, with its post-op."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    post_op: str
-    scalars: list[float]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1, self.post_op, self.scalars,
-            None)
-
-    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``conv(x) + residual``, the add as oneDNN's binary post-op."""
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None,
-            [], None)
-
-
-@dataclass
 class InferencePlan:
     """The block's calls for one input shape, and the guards under which they hold."""
 
     guards: Guards
     shape: torch.Size
     backends: tuple[str, str]
-    expand: PointwiseCall | None
+    expand: PointwiseConv | None
     # The depthwise (+ squeeze-and-excitation) op and its arguments after the input.
     depthwise: object
     depthwise_args: tuple
-    project: PointwiseCall
+    project: PointwiseConv
     residual: bool
 
     def serves(self, x: torch.Tensor, backend: str) -> bool:
@@ -187,12 +166,11 @@ def _guard_se(guards: Guards, se: nn.Module) -> tuple[tuple, tuple[str, str]]:
 
 
 def _pointwise_call(weight: torch.Tensor, bias: torch.Tensor | None, x_shape: tuple[int, ...],
-                    activation: str | None) -> PointwiseCall | None:
+                    activation: str | None) -> PointwiseConv | None:
     if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 4:
         return None
-    post_op, scalars = POST_OPS[activation]
-    return PointwiseCall(packed_weight(weight, torch.Size(x_shape), (1, 1), (0, 0), (1, 1), 1),
-                         bias, post_op, scalars)
+    n, _, height, width = x_shape
+    return PointwiseConv.build(weight, bias, n * height * width, activation)
 
 
 def _by_tap(weight: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,14 @@ def _onednn_convolution(*args: Any, out_shape: Shape, **__: Any) -> int:
     return 2 * math.prod(out_shape) * math.prod(weight[1:])
 
 
+def _onednn_linear(*args: Any, out_shape: Shape, **__: Any) -> int:
+    # torch.ops.mkldnn._linear_pointwise: (X, W, B, attr, scalars, algorithm), its .binary
+    # overload (X, other, W, B, attr); W is (C_out, C_in). The 1x1 convolutions of the CPU
+    # inference route, counted as the convolution they compute.
+    weight = args[2] if len(args) == 5 else args[1]
+    return 2 * math.prod(out_shape) * weight[1]
+
+
 _FORMULAS: dict[str, Callable[..., int]] = {
     "depthwise_conv2d": _depthwise,
     "triton_depthwise_conv2d": _depthwise,
@@ -74,9 +82,11 @@ _FORMULAS: dict[str, Callable[..., int]] = {
 def _register_onednn() -> None:
     # The CPU inference route runs its convolutions as oneDNN ops (mobilefuse._onednn), which
     # torch's counter does not know; counted so an accelerated model keeps its eager FLOPs.
-    packet = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
-    if packet is not None and packet not in flop_registry:
-        register_flop_formula(packet)(_onednn_convolution)
+    for name, formula in (("_convolution_pointwise", _onednn_convolution),
+                          ("_linear_pointwise", _onednn_linear)):
+        packet = getattr(torch.ops.mkldnn, name, None)
+        if packet is not None and packet not in flop_registry:
+            register_flop_formula(packet)(formula)
 
 
 def register() -> list[str]:

