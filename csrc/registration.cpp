@@ -23,6 +23,10 @@ TORCH_LIBRARY(mobilefuse, m) {
   // channel_shuffle(cat((a, b), 1), 2) without the concatenation; a and b of one shape. Its
   // backward is channel_shuffle(grad, C // 2) split in halves.
   m.def("concat_shuffle(Tensor a, Tensor b) -> Tensor");
+  // Inference only (no autograd): concat_shuffle(a, b).chunk(2, 1) with each chunk written as
+  // a dense channels_last tensor (4-D a and b), so the next ShuffleNetV2 unit reads both halves
+  // in place. CPU; mobilefuse.nn.ShuffleStage calls it when no gradient is recorded.
+  m.def("concat_shuffle_chunks(Tensor a, Tensor b) -> (Tensor, Tensor)");
   // Inference only (no autograd): F.max_pool2d(x, kernel, stride, padding) with dilation 1,
   // floor mode and no indices, written channels_last; CPU. mobilefuse.nn.MaxPool2d calls it
   // when no gradient is recorded.

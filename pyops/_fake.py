@@ -52,6 +52,17 @@ def concat_shuffle_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         torch.channels_last if channels_last else torch.contiguous_format))
 
 
+def concat_shuffle_chunks_fake(a: torch.Tensor, b: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of ``concat_shuffle_chunks(a, b)``: two channels_last tensors shaped as ``a``."""
+    torch._check(a.dim() == 4, lambda: f"a must have rank 4, got {a.dim()}")
+    torch._check(a.shape == b.shape,
+                 lambda: f"b must have the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    torch._check(a.dtype == b.dtype, lambda: f"b must have the dtype of a, got {b.dtype}")
+    return tuple(torch.empty(a.shape, dtype=a.dtype, device=a.device,
+                             memory_format=torch.channels_last) for _ in range(2))
+
+
 def max_pool2d_fake(x: torch.Tensor, kernel: list[int], stride: list[int],
                     padding: list[int]) -> torch.Tensor:
     """Output of ``max_pool2d``: floor-mode size, channels_last."""

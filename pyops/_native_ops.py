@@ -18,6 +18,7 @@ from mobilefuse._fake import (
     batch_norm_activation_fake,
     batch_norm_statistics_fake,
     channel_shuffle_fake,
+    concat_shuffle_chunks_fake,
     concat_shuffle_fake,
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
@@ -56,6 +57,8 @@ def _register() -> None:
         depthwise_squeeze_excite_fake)
     # Inference only: mobilefuse.nn.MaxPool2d calls it when no gradient is recorded.
     torch.library.register_fake("mobilefuse::max_pool2d")(max_pool2d_fake)
+    # Inference only: mobilefuse.nn.ShuffleStage calls it when no gradient is recorded.
+    torch.library.register_fake("mobilefuse::concat_shuffle_chunks")(concat_shuffle_chunks_fake)
 
 
 if has_extension():

@@ -5,9 +5,13 @@ and the zoo's ``ShuffleV2Unit``). Both end ``channel_shuffle(torch.cat((left, ri
 with ``left`` the input's first half (stride 1) or ``branch1(x)`` (stride 2) and ``right``
 ``branch2`` of the other half or of ``x``: :func:`mobilefuse.ops.concat_shuffle` writes that in
 one pass. The branches stay the unit's own children (accelerate() fuses inside them as usual).
+An ``nn.Sequential`` with two or more stride-1 units in a row (a stage) becomes a
+:class:`mobilefuse.nn.ShuffleStage`, which hands those units' outputs on as dense halves.
 """
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 from torch import nn
 
@@ -46,4 +50,20 @@ def shuffle_unit_gap(module: nn.Module) -> str | None:
             return f"its {shuffle_name} child is not nn.ChannelShuffle(2)"
         if has_hooks(shuffle):
             return f"its {shuffle_name} child has hooks, which the fused shuffle would skip"
+    return None
+
+
+def _chains(module: nn.Module | None) -> bool:
+    return (type(module) is mfnn.ShuffleUnit and module.stride == 1
+            and not has_hooks(module))
+
+
+def shuffle_stage_gap(module: nn.Module) -> str | None:
+    """Why ``module`` (after its units were swapped) cannot become a
+    :class:`mobilefuse.nn.ShuffleStage`, or None."""
+    if type(module) is not nn.Sequential:
+        return "not an exact nn.Sequential"
+    children = list(module._modules.values())
+    if not any(_chains(a) and _chains(b) for a, b in pairwise(children)):
+        return "no two stride-1 ShuffleUnits without hooks in a row"
     return None

@@ -41,7 +41,7 @@ from mobilefuse._fusion import (
 from mobilefuse._graph_runs import child_chains
 from mobilefuse._se_layout import se_gap
 from mobilefuse._se_swap import to_squeeze_excite
-from mobilefuse._shuffle_unit import shuffle_unit_gap
+from mobilefuse._shuffle_unit import shuffle_stage_gap, shuffle_unit_gap
 from mobilefuse._swap import clone_as, has_hooks, origin_class, revert
 from mobilefuse.backends import (
     BACKENDS,
@@ -262,7 +262,9 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
         :class:`mobilefuse.nn.InvertedResidual`, which folds their BatchNorms in eval mode and
         keeps less activation memory in training; their layers stay as they are. ShuffleNetV2
         units (torchvision's, the zoo's) become :class:`mobilefuse.nn.ShuffleUnit`, which
-        writes the concatenated, shuffled output in one pass. In eval mode a
+        writes the concatenated, shuffled output in one pass, and their stages
+        :class:`mobilefuse.nn.ShuffleStage`, which hands each unit's output to the next as
+        dense halves in CPU inference. In eval mode a
         depthwise conv followed by BatchNorm2d and an activation inside an ``nn.Sequential``
         runs as one kernel, and any other conv followed by BatchNorm2d runs with the BatchNorm
         folded into it. :func:`mobilefuse.accelerate_report` lists what was swapped and
@@ -307,6 +309,13 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
             new = None if child is None else _swap_leaf(child, backend, dtype, device)
             if new is not None:
                 module._modules[name] = new
+    # Last: a stage's forward is its own, so nothing above may take it for a plain Sequential.
+    for module in _outside_blocks(model):
+        for name, child in list(module._modules.items()):
+            if child is not None and shuffle_stage_gap(child) is None:
+                module._modules[name] = clone_as(child, mfnn.ShuffleStage)
+    if shuffle_stage_gap(model) is None:
+        return clone_as(model, mfnn.ShuffleStage)
     root = _swap_leaf(model, backend, dtype, device)
     return model if root is None else root
 

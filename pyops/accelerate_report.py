@@ -74,6 +74,9 @@ def _swapped_detail(module: nn.Module) -> str:
         return "channels_last max-pool kernel in CPU inference"
     if isinstance(module, mfnn.ShuffleUnit):
         return "concatenation + channel shuffle in one pass (concat_shuffle); branches below"
+    if isinstance(module, mfnn.ShuffleStage):
+        return ("stride-1 units hand their outputs on as dense halves in CPU inference "
+                "(concat_shuffle_chunks); units below")
     if isinstance(module, mfnn.InvertedResidual):
         parts = ["expand" if module.layout.expand else None, "depthwise",
                  "SE" if module.layout.se else None, "project",
@@ -134,7 +137,8 @@ def accelerate_report(model: nn.Module, *, show: bool = True) -> AccelerateRepor
     for path, module in model.named_modules():
         # Leaves, plus the containers swapped whole (squeeze-and-excitation, MBConv blocks);
         # not the layers inside a fused one, whose parameters it reads itself.
-        whole = (isinstance(module, (*fused_whole, mfnn.ShuffleUnit))
+        whole = (isinstance(module, (*fused_whole, mfnn.ShuffleUnit, mfnn.ShuffleStage))
+                 or isinstance(trial.get(path), mfnn.ShuffleStage)
                  or se_layout(module) is not None or is_block_class(module)
                  or is_shuffle_unit_class(module))
         if (module._modules and not whole) or id(module) in inside:

@@ -16,11 +16,12 @@ from mobilefuse._conv_args import ACTIVATIONS as CONV_ACTIVATIONS
 from mobilefuse._fusion import FUSABLE_ACTIVATIONS, Fusion
 from mobilefuse._se_layout import se_layout, se_options
 from mobilefuse._swap import clone_as
+from mobilefuse._swap import has_hooks as _has_hooks
 from mobilefuse.backends import kernel_backend, run_on_backend
 from mobilefuse.models.layers import StochasticDepth
 
 __all__ = ["HardSwish", "HardSigmoid", "ChannelShuffle", "DepthwiseConv2d", "SqueezeExcite",
-           "InvertedResidual", "ShuffleUnit", "MaxPool2d"]
+           "InvertedResidual", "ShuffleUnit", "ShuffleStage", "MaxPool2d"]
 
 
 class HardSwish(nn.Module):
@@ -275,6 +276,53 @@ class ShuffleUnit(nn.Module):
         """The stride."""
         return f"stride={self.stride}" + (
             f", backend={self.backend!r}" if self.backend != "auto" else "")
+
+
+class ShuffleStage(nn.Sequential):
+    """An ``nn.Sequential`` of ShuffleNetV2 units (a stage) that hands the output of one
+    stride-1 :class:`ShuffleUnit` to the next as its two channel halves.
+
+    A stride-1 unit splits its input in two and runs its branch on the second half, which the
+    1x1 convolution needs dense: alone, each unit copies it out. In CPU inference on a
+    channels_last input (no gradient recorded, no ``torch.compile`` trace) a unit followed by
+    another stride-1 unit writes its shuffled output as the two dense halves the next one
+    reads (``torch.ops.mobilefuse.concat_shuffle_chunks``): the same values, one copy fewer per
+    unit. The stage's output and everything else is computed as ``nn.Sequential`` does;
+    children of other types, units with hooks of their own and units pinned to another
+    backend run as they are. :func:`mobilefuse.accelerate` puts it in place of an exact
+    ``nn.Sequential`` holding two or more stride-1 units in a row, with the same children.
+    """
+
+    def _links(self, module: nn.Module | None, x: torch.Tensor) -> bool:
+        """Whether ``module`` is a stride-1 unit this stage may hand halves to and from."""
+        return (type(module) is ShuffleUnit and module.stride == 1 and not _has_hooks(module)
+                and kernel_backend(x.device, x.dtype, None if module.backend == "auto"
+                                   else module.backend) == "cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The units applied in order (see the class description for how halves travel)."""
+        if not (isinstance(x, torch.Tensor) and ops.eager_no_grad() and x.dim() == 4
+                and x.device.type == "cpu" and x.is_floating_point()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        modules = list(self._modules.values())
+        halves: tuple[torch.Tensor, torch.Tensor] | None = None
+        for i, module in enumerate(modules):
+            if not self._links(module, x):
+                x = module(x)
+                continue
+            if halves is None:
+                kept, changed = x.chunk(2, dim=1)
+                changed = changed.contiguous(memory_format=torch.channels_last)
+            else:
+                kept, changed = halves
+            out = module.branch2(changed)
+            if i + 1 < len(modules) and self._links(modules[i + 1], out):
+                halves = torch.ops.mobilefuse.concat_shuffle_chunks(kept, out)
+                x = halves[1]  # what the next unit's checks look at: device, dtype, layout
+            else:
+                halves, x = None, torch.ops.mobilefuse.concat_shuffle(kept, out)
+        return x
 
 
 class InvertedResidual(nn.Module):

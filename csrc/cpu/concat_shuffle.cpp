@@ -4,6 +4,8 @@
 // contiguous (N, C, *) copies whole planes. Inputs may be channel slices of a larger tensor
 // (the unit's `x.chunk(2, 1)`): they are read in place when their pixels (channels_last) or
 // planes (contiguous) are evenly spaced. Pure data movement, so kernels go by element size.
+// concat_shuffle_chunks writes the output's two channel halves as two dense channels_last
+// tensors instead (the next unit's `x.chunk(2, 1)`, each read in place by its convolution).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorUtils.h>
@@ -11,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 
 #include "../layout.h"
 
@@ -50,6 +53,17 @@ int64_t pixel_stride(const at::Tensor& t) {
   return (*flat)[0];
 }
 
+// `t`'s pixel stride (see pixel_stride), `t` copied to channels_last first where it has
+// none.
+int64_t pixels_in_place(at::Tensor& t) {
+  int64_t stride = pixel_stride(t);
+  if (stride == 0) {
+    t = t.contiguous(at::MemoryFormat::ChannelsLast);
+    stride = t.size(1);
+  }
+  return stride;
+}
+
 // out[p, 2i] = a[p, i], out[p, 2i + 1] = b[p, i] for `pixels` pixels of `half` channels.
 template <typename unit_t>
 void interleave_pixels(const unit_t* a, int64_t a_stride, const unit_t* b, int64_t b_stride,
@@ -78,16 +92,8 @@ void interleave_tensors(const at::Tensor& a, int64_t a_stride, const at::Tensor&
 }
 
 at::Tensor concat_shuffle_channels_last(at::Tensor a, at::Tensor b, at::Tensor out) {
-  int64_t a_stride = pixel_stride(a);
-  if (a_stride == 0) {
-    a = a.contiguous(at::MemoryFormat::ChannelsLast);
-    a_stride = a.size(1);
-  }
-  int64_t b_stride = pixel_stride(b);
-  if (b_stride == 0) {
-    b = b.contiguous(at::MemoryFormat::ChannelsLast);
-    b_stride = b.size(1);
-  }
+  const int64_t a_stride = pixels_in_place(a);
+  const int64_t b_stride = pixels_in_place(b);
   const int64_t half = a.size(1);
   const int64_t pixels = a.numel() / half;
   switch (a.element_size()) {
@@ -100,6 +106,84 @@ at::Tensor concat_shuffle_channels_last(at::Tensor a, at::Tensor b, at::Tensor o
                   " bytes (dtype ", a.scalar_type(), ")");
   }
   return out;
+}
+
+// The shuffled output's channels [0, half) into `first` and [half, 2 * half) into `second`,
+// both `half` channels per pixel: out channel 2i is a's channel i and 2i + 1 is b's.
+template <typename unit_t>
+void interleave_pixels_chunks(const unit_t* a, int64_t a_stride, const unit_t* b,
+                              int64_t b_stride, unit_t* first, unit_t* second, int64_t pixels,
+                              int64_t half) {
+  const int64_t whole_pairs = half / 2;  // pairs that land in `first` whole
+  const bool odd = half % 2 != 0;        // pair `whole_pairs` straddles the two chunks
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(2 * half, 1));
+  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const unit_t* __restrict pa = a + p * a_stride;
+      const unit_t* __restrict pb = b + p * b_stride;
+      unit_t* __restrict pf = first + p * half;
+      unit_t* __restrict ps = second + p * half;
+      for (int64_t i = 0; i < whole_pairs; ++i) {
+        pf[2 * i] = pa[i];
+        pf[2 * i + 1] = pb[i];
+      }
+      int64_t i = whole_pairs;
+      if (odd) {
+        pf[half - 1] = pa[i];
+        ps[0] = pb[i];
+        ++i;
+      }
+      unit_t* __restrict rest = ps + (odd ? 1 : 0);
+      for (int64_t j = 0; i + j < half; ++j) {
+        rest[2 * j] = pa[i + j];
+        rest[2 * j + 1] = pb[i + j];
+      }
+    }
+  });
+}
+
+template <typename unit_t>
+void interleave_tensors_chunks(const at::Tensor& a, int64_t a_stride, const at::Tensor& b,
+                               int64_t b_stride, at::Tensor& first, at::Tensor& second,
+                               int64_t pixels, int64_t half) {
+  interleave_pixels_chunks(static_cast<const unit_t*>(a.const_data_ptr()), a_stride,
+                           static_cast<const unit_t*>(b.const_data_ptr()), b_stride,
+                           static_cast<unit_t*>(first.mutable_data_ptr()),
+                           static_cast<unit_t*>(second.mutable_data_ptr()), pixels, half);
+}
+
+std::tuple<at::Tensor, at::Tensor> concat_shuffle_chunks_cpu(const at::Tensor& a_in,
+                                                             const at::Tensor& b_in) {
+  check_concat_shuffle_args(a_in, b_in);
+  TORCH_CHECK(a_in.dim() == 4, "concat_shuffle_chunks: a must have rank 4 (N, C, H, W), got "
+              "rank ", a_in.dim());
+  const auto options = a_in.options().memory_format(at::MemoryFormat::ChannelsLast);
+  at::Tensor first = at::empty(a_in.sizes(), options);
+  at::Tensor second = at::empty(a_in.sizes(), options);
+  if (first.numel() == 0) {
+    return {first, second};
+  }
+  at::Tensor a = a_in;
+  at::Tensor b = b_in;
+  const int64_t a_stride = pixels_in_place(a);
+  const int64_t b_stride = pixels_in_place(b);
+  const int64_t half = a.size(1);
+  const int64_t pixels = a.numel() / half;
+  switch (a.element_size()) {
+    case 1: interleave_tensors_chunks<uint8_t>(a, a_stride, b, b_stride, first, second, pixels,
+                                               half); break;
+    case 2: interleave_tensors_chunks<uint16_t>(a, a_stride, b, b_stride, first, second, pixels,
+                                                half); break;
+    case 4: interleave_tensors_chunks<uint32_t>(a, a_stride, b, b_stride, first, second, pixels,
+                                                half); break;
+    case 8: interleave_tensors_chunks<uint64_t>(a, a_stride, b, b_stride, first, second, pixels,
+                                                half); break;
+    default:
+      TORCH_CHECK(false, "concat_shuffle_chunks: unsupported element size ", a.element_size(),
+                  " bytes (dtype ", a.scalar_type(), ")");
+  }
+  return {first, second};
 }
 
 // An input whose every image is a contiguous (C, *) block, images any distance apart (a channel
@@ -153,6 +237,7 @@ at::Tensor concat_shuffle_cpu(const at::Tensor& a, const at::Tensor& b) {
 
 TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
   m.impl("concat_shuffle", &concat_shuffle_cpu);
+  m.impl("concat_shuffle_chunks", &concat_shuffle_chunks_cpu);
 }
 
 }  // namespace mobilefuse
