@@ -42,8 +42,8 @@ def _per_layer_only(model: nn.Module) -> nn.Module:
 
 def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int,
             features: bool = False) -> dict:
-    """Median milliseconds per step of each variant, measured round-robin; ``features``: the
-    model's feature extractor (``model.features``) only."""
+    """Median milliseconds per step of each variant, measured in rotating rounds;
+    ``features``: the model's feature extractor (``model.features``) only."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     eager = create_model(name).train(train).to(memory_format=fmt)
@@ -64,10 +64,14 @@ def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int,
         for _ in range(2):
             step(model)
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for key, model in variants.items():
+    keys = list(variants)
+    for rep in range(reps):
+        # Each variant takes each place in the round in turn, forwards and backwards: what
+        # runs just before a variant (caches, freed memory) shifts its time by a few percent.
+        order = keys[rep % len(keys):] + keys[:rep % len(keys)]
+        for key in order[::-1] if (rep // len(keys)) % 2 else order:
             start = time.perf_counter()
-            step(model)
+            step(variants[key])
             times[key].append(time.perf_counter() - start)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"model": name, "mode": "train" if train else "eval", "batch": batch,
