@@ -47,7 +47,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if counts:
         terminalreporter.section("property-test examples checked against the reference")
         for (op, backend, device), count in counts:
-            terminalreporter.write_line(f"{op:<20} {backend:<8} {device:<5} {count:>7,}")
+            terminalreporter.write_line(f"{op:<22} {backend:<8} {device:<5} {count:>7,}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -37,6 +37,7 @@ OPS: dict[str, Callable[[dict], torch.Tensor]] = {
     "hardswish": lambda t: mobilefuse.ops.hardswish(t["x"]),
     "hardsigmoid": lambda t: mobilefuse.ops.hardsigmoid(t["x"]),
     "channel_shuffle": lambda t: mobilefuse.ops.channel_shuffle(t["x"], 4),
+    "concat_shuffle": lambda t: mobilefuse.ops.concat_shuffle(*t["x"].chunk(2, 1)),
     "depthwise_conv2d": lambda t: mobilefuse.ops.depthwise_conv2d(
         t["x"], t["dw"], t["bias"], 2, 2, activation="hardswish"),
     "squeeze_excite": lambda t: mobilefuse.ops.squeeze_excite(

@@ -1,5 +1,6 @@
-"""Property tests (hypothesis) for the elementwise ops and channel shuffle: any rank, size,
-layout and dtype, values and gradients against the float64 reference on every backend."""
+"""Property tests (hypothesis) for the elementwise ops, channel shuffle and concat_shuffle: any
+rank, size, layout and dtype, values and gradients against the float64 reference on every
+backend."""
 
 from __future__ import annotations
 
@@ -78,5 +79,31 @@ def test_channel_shuffle_matches_reference(backend, device):
             ("x",) if floating else (), what=f"shuffle {shape} g={groups} {dtype} {layout}")
         # A shuffle moves values bit for bit.
         assert torch.equal(out, reference.channel_shuffle(x, groups))
+
+    run_property(prop, backend, device)
+
+
+@pytest.mark.parametrize("backend,device", PROPERTY_BACKENDS)
+def test_concat_shuffle_matches_reference(backend, device):
+    @given(data=st.data())
+    def prop(data: st.DataObject) -> None:
+        shape = data.draw(_shapes(3), "shape")
+        dtype = data.draw(st.sampled_from([*DTYPES.elements, *SHUFFLE_ONLY_DTYPES]), "dtype")
+        layout = data.draw(LAYOUTS, "layout")
+        floating = dtype.is_floating_point
+        # The two halves of one tensor (a unit's x.chunk(2, 1)) or two tensors.
+        halves = data.draw(st.booleans(), "channel halves of one tensor")
+        whole_shape = (shape[0], 2 * shape[1], *shape[2:]) if halves else shape
+        made = [data.draw(tensors(whole_shape, dtype if floating else torch.float32, device,
+                                  layout, scale=4.0 if floating else 50.0), name)
+                for name in (("x",) if halves else ("a", "b"))]
+        if not floating:
+            made = [t.to(dtype) for t in made]
+        a, b = made[0].chunk(2, 1) if halves else made
+        out = check_against_reference(
+            "concat_shuffle", mobilefuse.ops.concat_shuffle, reference.concat_shuffle,
+            {"a": a, "b": b}, backend, ("a", "b") if floating else (),
+            what=f"concat_shuffle {tuple(shape)} {dtype} {layout} halves={halves}")
+        assert torch.equal(out, reference.concat_shuffle(a, b))
 
     run_property(prop, backend, device)
