@@ -64,31 +64,54 @@ int64_t pixels_in_place(at::Tensor& t) {
   return stride;
 }
 
+// f(p) for every pixel p of `pixels` (of 2 * half elements each) on ATen's threads.
+template <typename F>
+void for_each_pixel(int64_t pixels, int64_t half, F f) {
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(2 * half, 1));
+  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) f(p);
+  });
+}
+
+// f(unit) with `unit` an unsigned integer as wide as t's elements: the kernels move bits, so
+// one instantiation serves every dtype of a width.
+template <typename F>
+void with_unit_type(const at::Tensor& t, const char* op, F f) {
+  switch (t.element_size()) {
+    case 1: return f(uint8_t{});
+    case 2: return f(uint16_t{});
+    case 4: return f(uint32_t{});
+    case 8: return f(uint64_t{});
+    default:
+      TORCH_CHECK(false, op, ": unsupported element size ", t.element_size(), " bytes (dtype ",
+                  t.scalar_type(), ")");
+  }
+}
+
+template <typename unit_t>
+const unit_t* units(const at::Tensor& t) {
+  return static_cast<const unit_t*>(t.const_data_ptr());
+}
+
+template <typename unit_t>
+unit_t* mutable_units(at::Tensor& t) {
+  return static_cast<unit_t*>(t.mutable_data_ptr());
+}
+
 // out[p, 2i] = a[p, i], out[p, 2i + 1] = b[p, i] for `pixels` pixels of `half` channels.
 template <typename unit_t>
 void interleave_pixels(const unit_t* a, int64_t a_stride, const unit_t* b, int64_t b_stride,
                        unit_t* out, int64_t pixels, int64_t half) {
-  const int64_t grain =
-      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(2 * half, 1));
-  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const unit_t* __restrict pa = a + p * a_stride;
-      const unit_t* __restrict pb = b + p * b_stride;
-      unit_t* __restrict po = out + p * 2 * half;
-      for (int64_t i = 0; i < half; ++i) {
-        po[2 * i] = pa[i];
-        po[2 * i + 1] = pb[i];
-      }
+  for_each_pixel(pixels, half, [&](int64_t p) {
+    const unit_t* __restrict pa = a + p * a_stride;
+    const unit_t* __restrict pb = b + p * b_stride;
+    unit_t* __restrict po = out + p * 2 * half;
+    for (int64_t i = 0; i < half; ++i) {
+      po[2 * i] = pa[i];
+      po[2 * i + 1] = pb[i];
     }
   });
-}
-
-template <typename unit_t>
-void interleave_tensors(const at::Tensor& a, int64_t a_stride, const at::Tensor& b,
-                        int64_t b_stride, at::Tensor& out, int64_t pixels, int64_t half) {
-  interleave_pixels(static_cast<const unit_t*>(a.const_data_ptr()), a_stride,
-                    static_cast<const unit_t*>(b.const_data_ptr()), b_stride,
-                    static_cast<unit_t*>(out.mutable_data_ptr()), pixels, half);
 }
 
 at::Tensor concat_shuffle_channels_last(at::Tensor a, at::Tensor b, at::Tensor out) {
@@ -96,15 +119,11 @@ at::Tensor concat_shuffle_channels_last(at::Tensor a, at::Tensor b, at::Tensor o
   const int64_t b_stride = pixels_in_place(b);
   const int64_t half = a.size(1);
   const int64_t pixels = a.numel() / half;
-  switch (a.element_size()) {
-    case 1: interleave_tensors<uint8_t>(a, a_stride, b, b_stride, out, pixels, half); break;
-    case 2: interleave_tensors<uint16_t>(a, a_stride, b, b_stride, out, pixels, half); break;
-    case 4: interleave_tensors<uint32_t>(a, a_stride, b, b_stride, out, pixels, half); break;
-    case 8: interleave_tensors<uint64_t>(a, a_stride, b, b_stride, out, pixels, half); break;
-    default:
-      TORCH_CHECK(false, "concat_shuffle: unsupported element size ", a.element_size(),
-                  " bytes (dtype ", a.scalar_type(), ")");
-  }
+  with_unit_type(a, "concat_shuffle", [&](auto unit) {
+    using unit_t = decltype(unit);
+    interleave_pixels(units<unit_t>(a), a_stride, units<unit_t>(b), b_stride,
+                      mutable_units<unit_t>(out), pixels, half);
+  });
   return out;
 }
 
@@ -116,41 +135,27 @@ void interleave_pixels_chunks(const unit_t* a, int64_t a_stride, const unit_t* b
                               int64_t half) {
   const int64_t whole_pairs = half / 2;  // pairs that land in `first` whole
   const bool odd = half % 2 != 0;        // pair `whole_pairs` straddles the two chunks
-  const int64_t grain =
-      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(2 * half, 1));
-  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const unit_t* __restrict pa = a + p * a_stride;
-      const unit_t* __restrict pb = b + p * b_stride;
-      unit_t* __restrict pf = first + p * half;
-      unit_t* __restrict ps = second + p * half;
-      for (int64_t i = 0; i < whole_pairs; ++i) {
-        pf[2 * i] = pa[i];
-        pf[2 * i + 1] = pb[i];
-      }
-      int64_t i = whole_pairs;
-      if (odd) {
-        pf[half - 1] = pa[i];
-        ps[0] = pb[i];
-        ++i;
-      }
-      unit_t* __restrict rest = ps + (odd ? 1 : 0);
-      for (int64_t j = 0; i + j < half; ++j) {
-        rest[2 * j] = pa[i + j];
-        rest[2 * j + 1] = pb[i + j];
-      }
+  for_each_pixel(pixels, half, [&](int64_t p) {
+    const unit_t* __restrict pa = a + p * a_stride;
+    const unit_t* __restrict pb = b + p * b_stride;
+    unit_t* __restrict pf = first + p * half;
+    unit_t* __restrict ps = second + p * half;
+    for (int64_t i = 0; i < whole_pairs; ++i) {
+      pf[2 * i] = pa[i];
+      pf[2 * i + 1] = pb[i];
+    }
+    int64_t i = whole_pairs;
+    if (odd) {
+      pf[half - 1] = pa[i];
+      ps[0] = pb[i];
+      ++i;
+    }
+    unit_t* __restrict rest = ps + (odd ? 1 : 0);
+    for (int64_t j = 0; i + j < half; ++j) {
+      rest[2 * j] = pa[i + j];
+      rest[2 * j + 1] = pb[i + j];
     }
   });
-}
-
-template <typename unit_t>
-void interleave_tensors_chunks(const at::Tensor& a, int64_t a_stride, const at::Tensor& b,
-                               int64_t b_stride, at::Tensor& first, at::Tensor& second,
-                               int64_t pixels, int64_t half) {
-  interleave_pixels_chunks(static_cast<const unit_t*>(a.const_data_ptr()), a_stride,
-                           static_cast<const unit_t*>(b.const_data_ptr()), b_stride,
-                           static_cast<unit_t*>(first.mutable_data_ptr()),
-                           static_cast<unit_t*>(second.mutable_data_ptr()), pixels, half);
 }
 
 std::tuple<at::Tensor, at::Tensor> concat_shuffle_chunks_cpu(const at::Tensor& a_in,
@@ -170,19 +175,12 @@ std::tuple<at::Tensor, at::Tensor> concat_shuffle_chunks_cpu(const at::Tensor& a
   const int64_t b_stride = pixels_in_place(b);
   const int64_t half = a.size(1);
   const int64_t pixels = a.numel() / half;
-  switch (a.element_size()) {
-    case 1: interleave_tensors_chunks<uint8_t>(a, a_stride, b, b_stride, first, second, pixels,
-                                               half); break;
-    case 2: interleave_tensors_chunks<uint16_t>(a, a_stride, b, b_stride, first, second, pixels,
-                                                half); break;
-    case 4: interleave_tensors_chunks<uint32_t>(a, a_stride, b, b_stride, first, second, pixels,
-                                                half); break;
-    case 8: interleave_tensors_chunks<uint64_t>(a, a_stride, b, b_stride, first, second, pixels,
-                                                half); break;
-    default:
-      TORCH_CHECK(false, "concat_shuffle_chunks: unsupported element size ", a.element_size(),
-                  " bytes (dtype ", a.scalar_type(), ")");
-  }
+  with_unit_type(a, "concat_shuffle_chunks", [&](auto unit) {
+    using unit_t = decltype(unit);
+    interleave_pixels_chunks(units<unit_t>(a), a_stride, units<unit_t>(b), b_stride,
+                             mutable_units<unit_t>(first), mutable_units<unit_t>(second),
+                             pixels, half);
+  });
   return {first, second};
 }
 

@@ -982,51 +982,65 @@ struct PairWindow {
   static constexpr int width = hi - lo + 1;
 };
 
-// grad_x of one input row at stride 2 with that padding (every network's), channels at c0:
-// pixels in pairs (one of each column phase), kG pairs at a time, each group's dz columns a
-// window shared by its pixels and taps, stored in column order. (Before, the pixels went one
-// column phase at a time with a border check per tap, and the group's sums stayed on the
-// stack: grad_x at stride 2 of C144 56x56 took 1.2-2.4 ms on one thread, more than at
-// stride 1 with 4x its taps; now 0.5 ms.)
-template <typename T, typename K, bool kFull>
-void backward_gx_row_pairs(const T* const* dz_rows, T* gx_row, const at::vec::Vectorized<T>* wv,
-                           const Geometry& g, Lanes<T, kFull> lanes, int64_t c0) {
+// The pairs m whose window lies inside dz and whose two pixels lie inside the row: [lo, hi).
+template <typename K>
+inline void interior_pairs(const Geometry& g, int64_t& lo, int64_t& hi) {
+  const int64_t pairs = (g.width + 1) / 2;
+  lo = std::min<int64_t>(pairs, -PairWindow<K, 1>::lo);
+  hi = std::max(lo, std::min<int64_t>(g.out_w - PairWindow<K, 1>::hi, g.width / 2));
+}
+
+// grad_x of the kG pixel pairs from pair m (pixels 2m ... 2m + 2kG - 1) of one input row at
+// stride 2 with that padding, one vector of channels: dz_rows[i] (null outside dz) and gx at
+// that vector's channels, weight(t) the vector's weights of tap t. The group's dz columns are
+// a window shared by its pixels and taps, loaded once per row.
+template <typename T, typename K, int kG, bool kBorder, bool kFull, typename Weight>
+MOBILEFUSE_ALWAYS_INLINE void gx_pair_group(const T* const* dz_rows, T* gx, int64_t m,
+                                            const Geometry& g, Lanes<T, kFull> lanes,
+                                            Weight weight) {
   using Vec = at::vec::Vectorized<T>;
-  constexpr int pw = PairWindow<K, 1>::pw;
-  const int64_t C = g.channels, pairs = (g.width + 1) / 2;
-  // Pairs whose window lies inside dz and whose two pixels inside the row.
-  const int64_t m_lo = std::min<int64_t>(pairs, -PairWindow<K, 1>::lo);
-  const int64_t m_hi =
-      std::max(m_lo, std::min<int64_t>(g.out_w - PairWindow<K, 1>::hi, g.width / 2));
-  for_pixel_groups(pairs, m_lo, m_hi, [&](int64_t m, auto group, auto border)
-                                           MOBILEFUSE_LAMBDA_INLINE {
-    constexpr int kG = decltype(group)::value;
-    constexpr bool kBorder = decltype(border)::value;
-    using W = PairWindow<K, kG>;
-    Vec acc[2 * kG];
+  using W = PairWindow<K, kG>;
+  constexpr int pw = W::pw;
+  const int64_t C = g.channels, first = m + W::lo;
+  Vec acc[2 * kG];
+  MOBILEFUSE_UNROLL
+  for (int q = 0; q < 2 * kG; ++q) acc[q] = Vec(0);
+  MOBILEFUSE_UNROLL
+  for (int i = 0; i < K::kh; ++i) {
+    if (!dz_rows[i]) continue;
+    Vec cols[W::width];
+    load_columns<T, W::width, kBorder>(dz_rows[i] + first * C, first, g.out_w, C, lanes, cols);
     MOBILEFUSE_UNROLL
-    for (int q = 0; q < 2 * kG; ++q) acc[q] = Vec(0);
-    const int64_t first = m + W::lo;
-    MOBILEFUSE_UNROLL
-    for (int i = 0; i < K::kh; ++i) {
-      if (!dz_rows[i]) continue;
-      Vec cols[W::width];
-      load_columns<T, W::width, kBorder>(dz_rows[i] + first * C, first, g.out_w, C, lanes,
-                                         cols);
+    for (int j = 0; j < K::kw; ++j) {
+      const Vec w = weight(i * K::kw + j);
       MOBILEFUSE_UNROLL
-      for (int j = 0; j < K::kw; ++j) {
-        MOBILEFUSE_UNROLL
-        for (int q = 0; q < 2 * kG; ++q) {
-          if ((q + pw - j) % 2 == 0) {
-            acc[q] = at::vec::fmadd(wv[i * K::kw + j], cols[(q + pw - j) / 2 - W::lo], acc[q]);
-          }
+      for (int q = 0; q < 2 * kG; ++q) {
+        if ((q + pw - j) % 2 == 0) {
+          acc[q] = at::vec::fmadd(w, cols[(q + pw - j) / 2 - W::lo], acc[q]);
         }
       }
     }
-    MOBILEFUSE_UNROLL
-    for (int q = 0; q < 2 * kG; ++q) {
-      if (!kBorder || 2 * m + q < g.width) lanes.store(acc[q], gx_row + (2 * m + q) * C + c0);
-    }
+  }
+  MOBILEFUSE_UNROLL
+  for (int q = 0; q < 2 * kG; ++q) {
+    if (!kBorder || 2 * m + q < g.width) lanes.store(acc[q], gx + (2 * m + q) * C);
+  }
+}
+
+// grad_x of one input row at stride 2 with that padding (every network's), channels at c0
+// (dz_rows at them too; wv: their tap weights): pixels in pairs (one of each column phase),
+// kG pairs at a time. (Before, the pixels went one column phase at a time with a border
+// check per tap, and the group's sums stayed on the stack: grad_x at stride 2 of C144 56x56
+// took 1.2-2.4 ms on one thread, more than at stride 1 with 4x its taps; now 0.5 ms.)
+template <typename T, typename K, bool kFull>
+void backward_gx_row_pairs(const T* const* dz_rows, T* gx_row, const at::vec::Vectorized<T>* wv,
+                           const Geometry& g, Lanes<T, kFull> lanes, int64_t c0) {
+  int64_t m_lo, m_hi;
+  interior_pairs<K>(g, m_lo, m_hi);
+  for_pixel_groups((g.width + 1) / 2, m_lo, m_hi, [&](int64_t m, auto group, auto border)
+                                                       MOBILEFUSE_LAMBDA_INLINE {
+    gx_pair_group<T, K, decltype(group)::value, decltype(border)::value>(
+        dz_rows, gx_row + c0, m, g, lanes, [&](int t) { return wv[t]; });
   });
 }
 
@@ -1036,45 +1050,20 @@ void backward_gx_row_pairs(const T* const* dz_rows, T* gx_row, const at::vec::Ve
 template <typename T, typename K>
 void backward_gx_row_pairs_all(const T* const* dz_rows, T* gx_row, const T* w_taps,
                                const Geometry& g, int64_t c_lo, int64_t c_hi) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int pw = PairWindow<K, 1>::pw;
-  const int64_t C = g.channels, pairs = (g.width + 1) / 2;
-  const int64_t m_lo = std::min<int64_t>(pairs, -PairWindow<K, 1>::lo);
-  const int64_t m_hi =
-      std::max(m_lo, std::min<int64_t>(g.out_w - PairWindow<K, 1>::hi, g.width / 2));
-  for_pixel_groups(pairs, m_lo, m_hi, [&](int64_t m, auto group, auto border)
-                                           MOBILEFUSE_LAMBDA_INLINE {
-    constexpr int kG = decltype(group)::value;
-    constexpr bool kBorder = decltype(border)::value;
-    using W = PairWindow<K, kG>;
-    const int64_t first = m + W::lo;
+  const int64_t C = g.channels;
+  int64_t m_lo, m_hi;
+  interior_pairs<K>(g, m_lo, m_hi);
+  for_pixel_groups((g.width + 1) / 2, m_lo, m_hi, [&](int64_t m, auto group, auto border)
+                                                       MOBILEFUSE_LAMBDA_INLINE {
     for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full)
                                            MOBILEFUSE_LAMBDA_INLINE {
       const Lanes<T, decltype(full)::value> lanes{cnt};
-      Vec acc[2 * kG];
+      const T* rows[K::kh];
       MOBILEFUSE_UNROLL
-      for (int q = 0; q < 2 * kG; ++q) acc[q] = Vec(0);
-      MOBILEFUSE_UNROLL
-      for (int i = 0; i < K::kh; ++i) {
-        if (!dz_rows[i]) continue;
-        Vec cols[W::width];
-        load_columns<T, W::width, kBorder>(dz_rows[i] + first * C + c0, first, g.out_w, C,
-                                           lanes, cols);
-        MOBILEFUSE_UNROLL
-        for (int j = 0; j < K::kw; ++j) {
-          const Vec w = lanes.load(w_taps + (i * K::kw + j) * C + c0);
-          MOBILEFUSE_UNROLL
-          for (int q = 0; q < 2 * kG; ++q) {
-            if ((q + pw - j) % 2 == 0) {
-              acc[q] = at::vec::fmadd(w, cols[(q + pw - j) / 2 - W::lo], acc[q]);
-            }
-          }
-        }
-      }
-      MOBILEFUSE_UNROLL
-      for (int q = 0; q < 2 * kG; ++q) {
-        if (!kBorder || 2 * m + q < g.width) lanes.store(acc[q], gx_row + (2 * m + q) * C + c0);
-      }
+      for (int i = 0; i < K::kh; ++i) rows[i] = dz_rows[i] ? dz_rows[i] + c0 : nullptr;
+      gx_pair_group<T, K, decltype(group)::value, decltype(border)::value>(
+          rows, gx_row + c0, m, g, lanes,
+          [&](int t) { return lanes.load(w_taps + t * C + c0); });
     });
   });
 }
@@ -1162,6 +1151,50 @@ void backward_gx_row(const T* const* in_rows, T* gx_row, const T* w_taps, const 
   }
 }
 
+// The pixel group from k of both rows, one vector of channels: rows[r] (dz row ih + ph + 1 -
+// r, null outside dz) and gx0, gx1 at that vector's channels, weight(t) its tap-t weights.
+template <typename T, typename K, int kG, bool kBorder, bool kFull, typename Weight>
+MOBILEFUSE_ALWAYS_INLINE void gx_row_pair_group(const T* const* rows, T* gx0, T* gx1, int64_t k,
+                                                const Geometry& g, Lanes<T, kFull> lanes,
+                                                Weight weight) {
+  using Vec = at::vec::Vectorized<T>;
+  const int64_t C = g.channels;
+  Vec acc0[kG], acc1[kG];
+  MOBILEFUSE_UNROLL
+  for (int q = 0; q < kG; ++q) acc0[q] = acc1[q] = Vec(0);
+  // Tap column j of pixel k + q reads dz column k + pw - j + q.
+  const int64_t ow0 = k + g.pw - (K::kw - 1);
+  MOBILEFUSE_UNROLL
+  for (int r = 0; r <= K::kh; ++r) {
+    if (!rows[r]) continue;
+    Vec cols[window_width<K, kG>()];
+    load_window<T, K, kG, kBorder>(rows[r] + ow0 * C, ow0, g.out_w, g, lanes, cols);
+    Vec wr[K::kw];
+    if (r >= 1) {
+      MOBILEFUSE_UNROLL
+      for (int j = 0; j < K::kw; ++j) wr[j] = weight((r - 1) * K::kw + j);
+      add_gx_tap_row<K, kG>(wr, cols, acc0);
+    }
+    if (r < K::kh) {
+      MOBILEFUSE_UNROLL
+      for (int j = 0; j < K::kw; ++j) wr[j] = weight(r * K::kw + j);
+      add_gx_tap_row<K, kG>(wr, cols, acc1);
+    }
+  }
+  MOBILEFUSE_UNROLL
+  for (int q = 0; q < kG; ++q) {
+    lanes.store(acc0[q], gx0 + (k + q) * C);
+    lanes.store(acc1[q], gx1 + (k + q) * C);
+  }
+}
+
+// The pixels whose every tap column reads an output column, in a row pair: [lo, hi).
+template <typename K>
+inline void interior_row_pair_pixels(const Geometry& g, int64_t& lo, int64_t& hi) {
+  lo = std::max<int64_t>(0, K::kw - 1 - g.pw);
+  hi = std::max<int64_t>(0, g.out_w - g.pw);
+}
+
 // grad_x of two consecutive input rows ih and ih + 1 at stride 1 (rows and columns, dilation
 // 1; K a compile-time kernel), channels at c0: the kh + 1 dz rows they read, dz_rows[k] =
 // row ih + ph + 1 - k (null outside dz), are each loaded once for both, as in the forward's
@@ -1184,31 +1217,12 @@ void backward_gx_row_pair(const T* const* dz_rows, T* gx_row0, T* gx_row1, const
   Vec wv[K::kh * K::kw];
   MOBILEFUSE_UNROLL
   for (int t = 0; t < K::kh * K::kw; ++t) wv[t] = lanes.load(w_taps + t * C + c0);
-  // Pixels whose every tap column reads an output column.
-  const int64_t in_lo = std::max<int64_t>(0, K::kw - 1 - g.pw);
-  const int64_t in_hi = std::max<int64_t>(0, g.out_w - g.pw);
+  int64_t in_lo, in_hi;
+  interior_row_pair_pixels<K>(g, in_lo, in_hi);
   for_pixel_groups(g.width, in_lo, in_hi, [&](int64_t k, auto group, auto border)
                                               MOBILEFUSE_LAMBDA_INLINE {
-    constexpr int kG = decltype(group)::value;
-    Vec acc0[kG], acc1[kG];
-    MOBILEFUSE_UNROLL
-    for (int q = 0; q < kG; ++q) acc0[q] = acc1[q] = Vec(0);
-    // Tap column j of pixel k + q reads dz column k + pw - j + q.
-    const int64_t ow0 = k + g.pw - (K::kw - 1);
-    MOBILEFUSE_UNROLL
-    for (int r = 0; r <= K::kh; ++r) {
-      if (!rows[r]) continue;
-      Vec cols[window_width<K, kG>()];
-      load_window<T, K, kG, decltype(border)::value>(rows[r] + ow0 * C, ow0, g.out_w, g, lanes,
-                                                      cols);
-      if (r >= 1) add_gx_tap_row<K, kG>(wv + (r - 1) * K::kw, cols, acc0);
-      if (r < K::kh) add_gx_tap_row<K, kG>(wv + r * K::kw, cols, acc1);
-    }
-    MOBILEFUSE_UNROLL
-    for (int q = 0; q < kG; ++q) {
-      lanes.store(acc0[q], gx_row0 + (k + q) * C + c0);
-      lanes.store(acc1[q], gx_row1 + (k + q) * C + c0);
-    }
+    gx_row_pair_group<T, K, decltype(group)::value, decltype(border)::value>(
+        rows, gx_row0 + c0, gx_row1 + c0, k, g, lanes, [&](int t) { return wv[t]; });
   });
 }
 
@@ -1217,45 +1231,20 @@ void backward_gx_row_pair(const T* const* dz_rows, T* gx_row0, T* gx_row1, const
 template <typename T, typename K>
 void backward_gx_row_pair_all(const T* const* dz_rows, T* gx_row0, T* gx_row1, const T* w_taps,
                               const Geometry& g, int64_t c_lo, int64_t c_hi) {
-  using Vec = at::vec::Vectorized<T>;
   const int64_t C = g.channels;
-  const int64_t in_lo = std::max<int64_t>(0, K::kw - 1 - g.pw);
-  const int64_t in_hi = std::max<int64_t>(0, g.out_w - g.pw);
+  int64_t in_lo, in_hi;
+  interior_row_pair_pixels<K>(g, in_lo, in_hi);
   for_pixel_groups(g.width, in_lo, in_hi, [&](int64_t k, auto group, auto border)
                                               MOBILEFUSE_LAMBDA_INLINE {
-    constexpr int kG = decltype(group)::value;
-    const int64_t ow0 = k + g.pw - (K::kw - 1);
     for_channel_vectors<T>(c_lo, c_hi, [&](int64_t c0, int64_t cnt, auto full)
                                            MOBILEFUSE_LAMBDA_INLINE {
       const Lanes<T, decltype(full)::value> lanes{cnt};
-      Vec acc0[kG], acc1[kG];
+      const T* rows[K::kh + 1];
       MOBILEFUSE_UNROLL
-      for (int q = 0; q < kG; ++q) acc0[q] = acc1[q] = Vec(0);
-      MOBILEFUSE_UNROLL
-      for (int r = 0; r <= K::kh; ++r) {
-        if (!dz_rows[r]) continue;
-        Vec cols[window_width<K, kG>()];
-        load_window<T, K, kG, decltype(border)::value>(dz_rows[r] + ow0 * C + c0, ow0, g.out_w,
-                                                        g, lanes, cols);
-        Vec wr[K::kw];
-        if (r >= 1) {
-          MOBILEFUSE_UNROLL
-          for (int j = 0; j < K::kw; ++j) {
-            wr[j] = lanes.load(w_taps + ((r - 1) * K::kw + j) * C + c0);
-          }
-          add_gx_tap_row<K, kG>(wr, cols, acc0);
-        }
-        if (r < K::kh) {
-          MOBILEFUSE_UNROLL
-          for (int j = 0; j < K::kw; ++j) wr[j] = lanes.load(w_taps + (r * K::kw + j) * C + c0);
-          add_gx_tap_row<K, kG>(wr, cols, acc1);
-        }
-      }
-      MOBILEFUSE_UNROLL
-      for (int q = 0; q < kG; ++q) {
-        lanes.store(acc0[q], gx_row0 + (k + q) * C + c0);
-        lanes.store(acc1[q], gx_row1 + (k + q) * C + c0);
-      }
+      for (int r = 0; r <= K::kh; ++r) rows[r] = dz_rows[r] ? dz_rows[r] + c0 : nullptr;
+      gx_row_pair_group<T, K, decltype(group)::value, decltype(border)::value>(
+          rows, gx_row0 + c0, gx_row1 + c0, k, g, lanes,
+          [&](int t) { return lanes.load(w_taps + t * C + c0); });
     });
   });
 }
