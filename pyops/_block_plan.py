@@ -169,8 +169,7 @@ def _pointwise_call(weight: torch.Tensor, bias: torch.Tensor | None, x_shape: tu
                     activation: str | None) -> PointwiseConv | None:
     if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 4:
         return None
-    n, _, height, width = x_shape
-    return PointwiseConv.build(weight, bias, n * height * width, activation)
+    return PointwiseConv.build(weight, bias, x_shape, activation)
 
 
 def _by_tap(weight: torch.Tensor) -> torch.Tensor:

@@ -107,10 +107,12 @@ class PointwiseConv:
     scalars: list[float]
 
     @classmethod
-    def build(cls, weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
+    def build(cls, weight: torch.Tensor, bias: torch.Tensor | None, x_shape: tuple[int, ...],
               activation: str | None) -> PointwiseConv:
-        """The call for a (C_out, C_in, 1, 1) ``weight`` on inputs of ``rows`` pixels."""
+        """The call for a (C_out, C_in, 1, 1) ``weight`` on inputs of ``x_shape`` (N, C, H, W)."""
         c_out, c_in = weight.shape[:2]
+        n, _, h, w = x_shape
+        rows = n * h * w
         packed = _cached_pack(weight, "linear", (rows,), lambda w: (
             torch.ops.mkldnn._reorder_linear_weight(w.reshape(c_out, c_in), rows)))
         if packed is weight:
@@ -120,22 +122,27 @@ class PointwiseConv:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``act(conv1x1(x))`` for a channels_last-contiguous ``x``, channels_last."""
-        n, c, h, w = x.shape
         y = torch.ops.mkldnn._linear_pointwise.default(
-            x.permute(0, 2, 3, 1).reshape(n * h * w, c), self.weight, self.bias, self.post_op,
-            self.scalars, None)
-        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+            _pixel_rows(x), self.weight, self.bias, self.post_op, self.scalars, None)
+        return _image(y, x.shape)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``conv1x1(x) + residual`` (both channels_last-contiguous), the add as oneDNN's
         binary post-op."""
-        n, c, h, w = x.shape
-        c_out = residual.shape[1]
         y = torch.ops.mkldnn._linear_pointwise.binary(
-            x.permute(0, 2, 3, 1).reshape(n * h * w, c),
-            residual.permute(0, 2, 3, 1).reshape(n * h * w, c_out), self.weight, self.bias,
-            "add")
-        return y.view(n, h, w, c_out).permute(0, 3, 1, 2)
+            _pixel_rows(x), _pixel_rows(residual), self.weight, self.bias, "add")
+        return _image(y, x.shape)
+
+
+def _pixel_rows(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last-contiguous (N, C, H, W) tensor as its (N*H*W, C) pixel rows (a view)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _image(rows: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+    """(N*H*W, C_out) rows back as a channels_last (N, C_out, H, W) view, N, H, W of x_shape."""
+    n, _, h, w = x_shape
+    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def _adds(x: torch.Tensor, weight: torch.Tensor, stride: _Pair, padding: _Pair,
@@ -172,8 +179,7 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         return y.add_(residual) if ops.eager_no_grad() else y + residual
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
     if is_pointwise(weight, stride, padding, groups):
-        n, _, h, w = x.shape
-        call = PointwiseConv.build(weight, bias, n * h * w, activation)
+        call = PointwiseConv.build(weight, bias, x.shape, activation)
         return call(x) if residual is None else call.add(x, residual)
     w = packed_weight(weight, x.shape, stride, padding, dilation, groups)
     if residual is not None:

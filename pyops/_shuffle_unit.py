@@ -53,17 +53,13 @@ def shuffle_unit_gap(module: nn.Module) -> str | None:
     return None
 
 
-def _chains(module: nn.Module | None) -> bool:
-    return (type(module) is mfnn.ShuffleUnit and module.stride == 1
-            and not has_hooks(module))
-
-
 def shuffle_stage_gap(module: nn.Module) -> str | None:
     """Why ``module`` (after its units were swapped) cannot become a
     :class:`mobilefuse.nn.ShuffleStage`, or None."""
     if type(module) is not nn.Sequential:
         return "not an exact nn.Sequential"
     children = list(module._modules.values())
-    if not any(_chains(a) and _chains(b) for a, b in pairwise(children)):
+    chains = mfnn.ShuffleStage.chains
+    if not any(chains(a) and chains(b) for a, b in pairwise(children)):
         return "no two stride-1 ShuffleUnits without hooks in a row"
     return None

@@ -293,11 +293,16 @@ class ShuffleStage(nn.Sequential):
     ``nn.Sequential`` holding two or more stride-1 units in a row, with the same children.
     """
 
+    @staticmethod
+    def chains(module: nn.Module | None) -> bool:
+        """Whether ``module`` is a stride-1 :class:`ShuffleUnit` without hooks: a unit a stage
+        may hand halves to and from (on the CPU backend)."""
+        return type(module) is ShuffleUnit and module.stride == 1 and not _has_hooks(module)
+
     def _links(self, module: nn.Module | None, x: torch.Tensor) -> bool:
-        """Whether ``module`` is a stride-1 unit this stage may hand halves to and from."""
-        return (type(module) is ShuffleUnit and module.stride == 1 and not _has_hooks(module)
-                and kernel_backend(x.device, x.dtype, None if module.backend == "auto"
-                                   else module.backend) == "cpu")
+        """Whether ``module`` :meth:`chains` and runs on the CPU backend for tensors like x."""
+        return self.chains(module) and kernel_backend(
+            x.device, x.dtype, None if module.backend == "auto" else module.backend) == "cpu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The units applied in order (see the class description for how halves travel)."""
@@ -308,7 +313,8 @@ class ShuffleStage(nn.Sequential):
         modules = list(self._modules.values())
         halves: tuple[torch.Tensor, torch.Tensor] | None = None
         for i, module in enumerate(modules):
-            if not self._links(module, x):
+            # With halves in hand, the previous unit already checked that this one links.
+            if halves is None and not self._links(module, x):
                 x = module(x)
                 continue
             if halves is None:
@@ -319,7 +325,6 @@ class ShuffleStage(nn.Sequential):
             out = module.branch2(changed)
             if i + 1 < len(modules) and self._links(modules[i + 1], out):
                 halves = torch.ops.mobilefuse.concat_shuffle_chunks(kept, out)
-                x = halves[1]  # what the next unit's checks look at: device, dtype, layout
             else:
                 halves, x = None, torch.ops.mobilefuse.concat_shuffle(kept, out)
         return x

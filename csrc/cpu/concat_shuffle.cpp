@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <utility>
 
 #include "../layout.h"
 
@@ -63,6 +64,19 @@ int64_t pixels_in_place(at::Tensor& t) {
   }
   return stride;
 }
+
+// a and b as rows of `half` channels per pixel, `pixels` of them, read in place where their
+// pixels are evenly spaced (else copied to channels_last; see pixels_in_place).
+struct PixelRows {
+  at::Tensor a, b;
+  int64_t a_stride, b_stride, half, pixels;
+  PixelRows(at::Tensor a_in, at::Tensor b_in) : a(std::move(a_in)), b(std::move(b_in)) {
+    a_stride = pixels_in_place(a);
+    b_stride = pixels_in_place(b);
+    half = a.size(1);
+    pixels = a.numel() / half;
+  }
+};
 
 // f(p) for every pixel p of `pixels` (of 2 * half elements each) on ATen's threads.
 template <typename F>
@@ -114,15 +128,13 @@ void interleave_pixels(const unit_t* a, int64_t a_stride, const unit_t* b, int64
   });
 }
 
-at::Tensor concat_shuffle_channels_last(at::Tensor a, at::Tensor b, at::Tensor out) {
-  const int64_t a_stride = pixels_in_place(a);
-  const int64_t b_stride = pixels_in_place(b);
-  const int64_t half = a.size(1);
-  const int64_t pixels = a.numel() / half;
-  with_unit_type(a, "concat_shuffle", [&](auto unit) {
+at::Tensor concat_shuffle_channels_last(const at::Tensor& a, const at::Tensor& b,
+                                        at::Tensor out) {
+  const PixelRows in(a, b);
+  with_unit_type(in.a, "concat_shuffle", [&](auto unit) {
     using unit_t = decltype(unit);
-    interleave_pixels(units<unit_t>(a), a_stride, units<unit_t>(b), b_stride,
-                      mutable_units<unit_t>(out), pixels, half);
+    interleave_pixels(units<unit_t>(in.a), in.a_stride, units<unit_t>(in.b), in.b_stride,
+                      mutable_units<unit_t>(out), in.pixels, in.half);
   });
   return out;
 }
@@ -169,17 +181,12 @@ std::tuple<at::Tensor, at::Tensor> concat_shuffle_chunks_cpu(const at::Tensor& a
   if (first.numel() == 0) {
     return {first, second};
   }
-  at::Tensor a = a_in;
-  at::Tensor b = b_in;
-  const int64_t a_stride = pixels_in_place(a);
-  const int64_t b_stride = pixels_in_place(b);
-  const int64_t half = a.size(1);
-  const int64_t pixels = a.numel() / half;
-  with_unit_type(a, "concat_shuffle_chunks", [&](auto unit) {
+  const PixelRows in(a_in, b_in);
+  with_unit_type(in.a, "concat_shuffle_chunks", [&](auto unit) {
     using unit_t = decltype(unit);
-    interleave_pixels_chunks(units<unit_t>(a), a_stride, units<unit_t>(b), b_stride,
+    interleave_pixels_chunks(units<unit_t>(in.a), in.a_stride, units<unit_t>(in.b), in.b_stride,
                              mutable_units<unit_t>(first), mutable_units<unit_t>(second),
-                             pixels, half);
+                             in.pixels, in.half);
   });
   return {first, second};
 }
