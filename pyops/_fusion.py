@@ -108,8 +108,9 @@ class Fusion:
                     for t in tensors) + (norm.eps,)
         if self._cache is None or self._cache[0] != key:
             # Outside inference mode, so the cached weight keeps a version counter and the
-            # vendor convolution may keep its reordered copy (mobilefuse._onednn).
-            with torch.inference_mode(False):
+            # vendor convolution may keep its reordered copy (mobilefuse._onednn); leaving
+            # inference mode turns grad mode back on, so no_grad keeps the cache graph-free.
+            with torch.inference_mode(False), torch.no_grad():
                 self._cache = (key, self._fold(weight, bias))
         return self._cache[1]
 

@@ -206,6 +206,29 @@ def test_plan_not_used_when_recording_gradients_or_on_other_backends():
         assert block(x).dtype == torch.bfloat16
 
 
+def _plan_tensors(plan: object) -> list[torch.Tensor]:
+    """Every tensor the plan's calls take (its folded and packed weights and biases)."""
+    found = [t for t in plan.depthwise_args if isinstance(t, torch.Tensor)]
+    for conv in (plan.expand, plan.project):
+        if conv is not None:
+            found += [t for t in vars(conv).values() if isinstance(t, torch.Tensor)]
+    return found
+
+
+@pytest.mark.parametrize("kwargs", CASES)
+def test_plan_tensors_hold_no_autograd_graph(kwargs):
+    # The folds run outside inference mode, which turns grad mode on again: a cached fold
+    # built there would keep a graph (and the BatchNorm tensors it reads) alive.
+    block = _block(9, **kwargs)
+    for p in block.parameters():
+        assert p.requires_grad
+    _check(block, _input(block), "planned")
+    tensors = _plan_tensors(_plan(block))
+    assert len(tensors) >= 3
+    for t in tensors:
+        assert t.grad_fn is None
+
+
 def test_inference_mode_parameters_build_no_plan():
     with torch.inference_mode():
         block = _block(7)
