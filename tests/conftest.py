@@ -6,6 +6,7 @@ import ctypes
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -186,3 +187,10 @@ def results_at_thread_counts(run, counts: tuple[int, ...] = (1, 2, 2)) -> list:
     finally:
         torch.set_num_threads(before)
     return results
+
+
+def profiled_calls(run) -> Counter:
+    """How many times each op or range name appears in a CPU profile of ``run()``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return Counter(e.name for e in prof.events())

@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import profiled_calls
 from torch import nn
 from torch.nn.modules.utils import _pair
 
 import mobilefuse
+
+KERNEL = "mobilefuse::max_pool2d"  # the op's name in a profile
 
 # (shape, kernel, stride, padding): the ResNet/ShuffleNet stem pool, odd sizes, padding at
 # half the kernel, non-square windows, stride larger than the kernel, one-pixel outputs.
@@ -78,20 +81,14 @@ def test_op_rejects_bad_inputs(args, match):
         torch.ops.mobilefuse.max_pool2d(*args)
 
 
-def _calls_kernel(pool: nn.Module, x: torch.Tensor) -> bool:
-    with torch.profiler.profile() as prof:
-        pool(x)
-    return any(e.name == "mobilefuse::max_pool2d" for e in prof.events())
-
-
 def test_module_is_a_drop_in_and_runs_the_kernel_in_inference():
     pool = mobilefuse.nn.MaxPool2d(3, 2, 1)
     assert isinstance(pool, nn.MaxPool2d) and pool.state_dict() == {}
     x = torch.randn(2, 24, 15, 13).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert _calls_kernel(pool, x)
+        assert profiled_calls(lambda: pool(x))[KERNEL]
         assert torch.equal(pool(x), F.max_pool2d(x, 3, 2, 1))
-    assert _calls_kernel(pool, x)  # grad mode on, but x needs no gradient
+    assert profiled_calls(lambda: pool(x))[KERNEL]  # grad mode on, but x needs no gradient
 
 
 @pytest.mark.parametrize("case", ["grad", "nchw", "ceil_mode", "dilation", "indices",
@@ -107,9 +104,9 @@ def test_module_leaves_other_cases_to_nn_max_pool2d(case):
     x.requires_grad_(case == "grad")
     if case == "reference-backend":
         with mobilefuse.use_backend("reference"):
-            assert not _calls_kernel(pool, x)
+            assert not profiled_calls(lambda: pool(x))[KERNEL]
     else:
-        assert not _calls_kernel(pool, x)
+        assert not profiled_calls(lambda: pool(x))[KERNEL]
     out, expected = pool(x), eager(x)
     if case == "indices":
         assert torch.equal(out[1], expected[1])

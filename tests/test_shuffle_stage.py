@@ -8,7 +8,12 @@ import copy
 
 import pytest
 import torch
-from conftest import FORWARD_TOL, assert_close_to_reference, randomize_batchnorm
+from conftest import (
+    FORWARD_TOL,
+    assert_close_to_reference,
+    profiled_calls,
+    randomize_batchnorm,
+)
 from torch import nn
 
 import mobilefuse
@@ -95,13 +100,6 @@ def _units(channels: int = 20, repeats: int = 3) -> list[ShuffleV2Unit]:
     return [first, *rest]
 
 
-def _kernel_calls(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    with torch.profiler.profile() as prof:
-        model(x)
-    names = ("mobilefuse::concat_shuffle_chunks", "mobilefuse::concat_shuffle")
-    return {name: sum(e.name == name for e in prof.events()) for name in names}
-
-
 @pytest.mark.parametrize("channels", [20, 14])  # halves of 10 and 7 channels
 def test_stage_hands_halves_on_and_matches_float64(channels):
     stage, reference = _stage(*_units(channels))
@@ -109,8 +107,9 @@ def test_stage_hands_halves_on_and_matches_float64(channels):
     x = torch.randn(2, channels // 2, 13, 11).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         # Units 1 and 2 hand halves to the next; unit 3 ends the stage; unit 0 has stride 2.
-        assert _kernel_calls(stage, x) == {"mobilefuse::concat_shuffle_chunks": 2,
-                                           "mobilefuse::concat_shuffle": 2}
+        calls = profiled_calls(lambda: stage(x))
+        assert calls["mobilefuse::concat_shuffle_chunks"] == 2
+        assert calls["mobilefuse::concat_shuffle"] == 2
         out = stage(x)
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert_close_to_reference(out, reference(x.double()), FORWARD_TOL[torch.float32],
@@ -128,7 +127,7 @@ def test_stage_leaves_other_cases_to_sequential(case):
     x.requires_grad_(case == "grad")
     if case == "reference-backend":
         with mobilefuse.use_backend("reference"):
-            assert _kernel_calls(stage, x)["mobilefuse::concat_shuffle_chunks"] == 0
+            assert profiled_calls(lambda: stage(x))["mobilefuse::concat_shuffle_chunks"] == 0
     elif case == "compile":
         compiled = torch.compile(stage, fullgraph=True, backend="eager")
         with torch.no_grad():
@@ -137,7 +136,7 @@ def test_stage_leaves_other_cases_to_sequential(case):
         return
     else:
         with torch.set_grad_enabled(case == "grad"):
-            assert _kernel_calls(stage, x)["mobilefuse::concat_shuffle_chunks"] == 0
+            assert profiled_calls(lambda: stage(x))["mobilefuse::concat_shuffle_chunks"] == 0
     with torch.set_grad_enabled(case == "grad"):
         out = stage(x)
     assert_close_to_reference(out, reference(x.double()), FORWARD_TOL[torch.float32], case)
@@ -158,7 +157,7 @@ def test_hooked_unit_and_other_children_run_as_they_are():
     x = torch.randn(1, 6, 8, 7).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         # Only units 4 and 5 are linked: 1 cannot hand on to the hooked unit 2.
-        assert _kernel_calls(stage, x)["mobilefuse::concat_shuffle_chunks"] == 1
+        assert profiled_calls(lambda: stage(x))["mobilefuse::concat_shuffle_chunks"] == 1
         out = stage(x)
     assert calls == ["unit", "identity"] * 2
     assert_close_to_reference(out, reference(x.double()), FORWARD_TOL[torch.float32], "stage")
@@ -169,7 +168,7 @@ def test_unit_pinned_to_the_reference_backend_is_not_linked():
     stage[2].backend = "reference"
     x = torch.randn(1, 6, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert _kernel_calls(stage, x)["mobilefuse::concat_shuffle_chunks"] == 0
+        assert profiled_calls(lambda: stage(x))["mobilefuse::concat_shuffle_chunks"] == 0
         assert_close_to_reference(stage(x), reference(x.double()), FORWARD_TOL[torch.float32],
                                   "stage")
 
