@@ -172,7 +172,7 @@ def _row_pair_config(shape: tuple[int, int, int, int], padding, activation: str 
     return {**config, "layout": layout}
 
 
-# The forward of 3x3 and 5x5 at stride 1 and 2 computes two output rows per pass: odd
+# The forward of 3x3, 5x5 and 7x7 at stride 1 and 2 computes two output rows per pass: odd
 # output heights (a last row alone), a single output row, batch 1 (bands of rows split the
 # image, some of odd length), no padding (no missing input row) and padding past the
 # kernel's reach (rows of zeros above and below), rows of 7 and 14 pixels (groups of 7 at
@@ -208,6 +208,19 @@ ROW_PAIR_CONFIGS = [
     # Channel tiles whose three rows fit in 32 KB (8 and 6 vectors), the last one partial.
     _row_pair_config((1, 150, 9, 20), 1, "relu6", kernel=3),
     _row_pair_config((2, 100, 11, 25), 1, "hardswish", kernel=3, stride=2),
+    # 7x7 (compile-time like 3x3 and 5x5): rows of 7, 14 and 56 pixels and odd widths, maps
+    # smaller than the kernel, no padding, padding past its reach, both strides and layouts.
+    _row_pair_config((2, 17, 7, 7), 3, None, kernel=7),
+    _row_pair_config((1, 40, 14, 14), 3, "relu6", kernel=7),
+    _row_pair_config((1, 24, 9, 56), 3, "silu", kernel=7, bias=False),
+    _row_pair_config((1, 19, 11, 13), 0, "hardswish", kernel=7),
+    _row_pair_config((2, 16, 3, 5), (4, 5), "relu", kernel=7),
+    _row_pair_config((1, 33, 15, 14), 3, "relu6", kernel=7, stride=2),
+    _row_pair_config((2, 17, 10, 9), (2, 3), None, kernel=7, stride=2),
+    _row_pair_config((1, 96, 8, 8), 3, None, kernel=7, layout="contiguous"),
+    _row_pair_config((1, 21, 13, 12), 3, "silu", kernel=7, stride=2, layout="contiguous"),
+    _row_pair_config((1, 16, 9, 14), 3, "hardswish", dtype=torch.bfloat16, kernel=7),
+    _row_pair_config((2, 19, 8, 11), 3, "relu", dtype=torch.float16, kernel=7, stride=2),
 ]
 
 

@@ -472,6 +472,8 @@ inline void with_kernel(const Geometry& g, F f) {
   if (g.kh == 3 && g.kw == 3 && g.dw == 1 && g.sw == 2) return f(Kernel<3, 3, 2>());
   if (g.kh == 5 && g.kw == 5 && g.dw == 1 && g.sw == 1) return f(Kernel<5, 5, 1>());
   if (g.kh == 5 && g.kw == 5 && g.dw == 1 && g.sw == 2) return f(Kernel<5, 5, 2>());
+  if (g.kh == 7 && g.kw == 7 && g.dw == 1 && g.sw == 1) return f(Kernel<7, 7, 1>());
+  if (g.kh == 7 && g.kw == 7 && g.dw == 1 && g.sw == 2) return f(Kernel<7, 7, 2>());
   f(Kernel<0, 0, 0>());
 }
 
