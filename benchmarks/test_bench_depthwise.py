@@ -1,6 +1,6 @@
-"""depthwise_conv2d on the depthwise layers of MobileNetV2, MobileNetV3-Large and EfficientNet-B0:
-mobilefuse vs eager PyTorch vs torch.compile of the reference, forward and forward + backward,
-float32, with each layer's activation fused.
+"""depthwise_conv2d on the depthwise layers of MobileNetV2, MobileNetV3-Large, EfficientNet-B0 and
+ConvNeXt-T: mobilefuse vs eager PyTorch vs torch.compile of the reference, forward and forward +
+backward, float32, with each layer's activation fused.
 
 Layers: a handful spanning the map sizes, kernels, strides and activations by default;
 ``MOBILEFUSE_BENCH_DW=all`` for every distinct layer (as the runner times them). Batch:
@@ -22,7 +22,7 @@ from mobilefuse.models.specs import DepthwiseLayer
 DEVICE = cases.bench_device()
 SELECTION_ENV = "MOBILEFUSE_BENCH_DW"
 BATCH_ENV = "MOBILEFUSE_BENCH_DW_BATCH"
-HANDFUL_EVERY = 5  # 6 of the 28 layers: 112 to 14 pixels, k3 and k5, s1 and s2, every activation
+HANDFUL_EVERY = 5  # 7 of the 32 layers: 112 to 14 pixels, k3, k5 and k7, s1 and s2
 
 
 def _layers() -> list[DepthwiseLayer]:

@@ -16,20 +16,48 @@ import torch
 
 from mobilefuse import ops, reference
 from mobilefuse.bench import cases
-from mobilefuse.models.specs import DepthwiseLayer, depthwise_layers, unique_depthwise_layers
+from mobilefuse.models.specs import DepthwiseLayer, depthwise_layers
 
 OP = "depthwise_conv2d"
-MODELS: tuple[str, ...] = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")
+CONVNEXT_TINY = "convnext_tiny"
+# The zoo's networks, then ConvNeXt-T for the 7x7 kernel (which none of them has).
+MODELS: tuple[str, ...] = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
+                           CONVNEXT_TINY)
 RESOLUTION = 224
 DEFAULT_BATCH = 8
 FORWARD = "forward"
 FORWARD_BACKWARD = "forward_backward"
 PASSES: tuple[str, ...] = (FORWARD, FORWARD_BACKWARD)
-# --quick times every fourth distinct layer from the second: 7 of 28, still covering maps of
-# 112 to 7 pixels, both kernels, both strides and every activation, in about half the time.
+# --quick times every fourth distinct layer from the second: 8 of 32, still covering maps of
+# 112 to 7 pixels, every kernel, both strides and every activation, in about half the time.
 QUICK_LAYERS = slice(1, None, 4)
+# ConvNeXt-T's stage depths and first-stage width: each block's depthwise 7x7 convolution has
+# a bias and no activation (a LayerNorm follows).
+_CONVNEXT_TINY_DEPTHS = (3, 3, 9, 3)
+_CONVNEXT_TINY_WIDTH = 96
 
 Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _convnext_tiny_layers(resolution: int) -> list[DepthwiseLayer]:
+    """ConvNeXt-T's depthwise layers (torchvision's module paths), which the zoo does not
+    build: one 7x7 stride-1 convolution per block, at 1/4, 1/8, 1/16 and 1/32 of the input."""
+    layers, block = [], 0
+    for stage, depth in enumerate(_CONVNEXT_TINY_DEPTHS):
+        for i in range(depth):
+            layers.append(DepthwiseLayer(
+                model=CONVNEXT_TINY, name=f"features.{2 * stage + 1}.{i}.block.0", block=block,
+                channels=_CONVNEXT_TINY_WIDTH << stage, kernel=7, stride=1, padding=3,
+                input_size=resolution // (4 << stage), activation=None))
+            block += 1
+    return layers
+
+
+def model_layers(model: str) -> list[DepthwiseLayer]:
+    """Every depthwise layer of ``model`` (one of :data:`MODELS`) at :data:`RESOLUTION`."""
+    if model == CONVNEXT_TINY:
+        return _convnext_tiny_layers(RESOLUTION)
+    return depthwise_layers(model, RESOLUTION)
 
 
 def select_layers(models: Sequence[str] = MODELS, quick: bool = False,
@@ -37,7 +65,11 @@ def select_layers(models: Sequence[str] = MODELS, quick: bool = False,
     """The unique layers (by channels, size, kernel, stride) of ``models`` in order of first
     appearance; with ``quick`` the subset :data:`QUICK_LAYERS`; with ``limit`` the first
     ``limit`` of those."""
-    layers = unique_depthwise_layers(tuple(models), RESOLUTION)
+    seen: dict[tuple[int, int, int, int], DepthwiseLayer] = {}
+    for model in models:
+        for layer in model_layers(model):
+            seen.setdefault(layer.key, layer)
+    layers = list(seen.values())
     if quick:
         layers = layers[QUICK_LAYERS]
     return layers if limit is None else layers[:limit]
@@ -46,13 +78,14 @@ def select_layers(models: Sequence[str] = MODELS, quick: bool = False,
 def shared_by(layer: DepthwiseLayer, models: Sequence[str] = MODELS) -> list[str]:
     """``model:name`` of every layer of ``models`` that costs the same as ``layer``."""
     return [f"{other.model}:{other.name}" for model in models
-            for other in depthwise_layers(model, RESOLUTION) if other.key == layer.key]
+            for other in model_layers(model) if other.key == layer.key]
 
 
 def label(layer: DepthwiseLayer) -> str:
     """A short readable name: ``C144 56x56 k3 s2 relu6``."""
     size = layer.input_size
-    return f"C{layer.channels} {size}x{size} k{layer.kernel} s{layer.stride} {layer.activation}"
+    return (f"C{layer.channels} {size}x{size} k{layer.kernel} s{layer.stride} "
+            f"{layer.activation or 'none'}")
 
 
 @dataclasses.dataclass
