@@ -152,3 +152,25 @@ def _check_depthwise_args(x: object, weight: object, bias: object, stride: objec
     return DepthwiseArgs(stride_hw, pad_hw, dilation_hw, _activation(activation), gap,
                          reference_padding)
 
+
+
+# Most taps the CPU forward runs well in its run-time-sized loop (each tap reloaded per
+# pixel); square 3, 5 and 7 at column dilation 1 and column stride 1 or 2 have compile-time
+# kernels instead (csrc/cpu/depthwise_kernels.h, with_kernel).
+_RUNTIME_LOOP_TAPS = 25
+
+
+def vendor_forward_faster(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          args: DepthwiseArgs) -> bool:
+    """Whether oneDNN's depthwise forward (``F.conv2d``) beats the CPU kernel on this call: a
+    float32 call that records no gradient, with a kernel of more than 25 taps that the kernel
+    would run in its run-time-sized loop. Measured at batch 8 on 2 threads: 9x9 0.63-0.85x,
+    11x11 0.59-1.00x, 7x7 at dilation 2 0.77-0.93x, 5x7 0.91-1.00x oneDNN's forward; their
+    forward+backward stays 2-5.6x faster, so calls recording a gradient keep the kernel."""
+    kh, kw = weight.shape[2], weight.shape[3]
+    compile_time = kh == kw and kh in (3, 5, 7) and args.dilation[1] == 1 and args.stride[1] <= 2
+    if (compile_time or kh * kw <= _RUNTIME_LOOP_TAPS or x.dtype != torch.float32
+            or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled):
+        return False
+    return not (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)))

@@ -25,13 +25,13 @@ from mobilefuse._checks import (
     check_tensor,
 )
 from mobilefuse._conv_args import OP as DEPTHWISE
-from mobilefuse._conv_args import check_depthwise_args
+from mobilefuse._conv_args import check_depthwise_args, vendor_forward_faster
 from mobilefuse._onednn import conv2d_epilogue
 from mobilefuse._ranges import in_op_range, op_range
 from mobilefuse._se_args import OP as SQUEEZE_EXCITE
 from mobilefuse._se_args import check_squeeze_excite_args
 from mobilefuse._squeeze_excite import squeeze_excite_op
-from mobilefuse.backends import FLOAT_DTYPES, select_backend
+from mobilefuse.backends import FLOAT_DTYPES, get_backend, select_backend
 
 _flops.register()
 
@@ -184,11 +184,16 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             pre-activation rather than storing it.
 
     Under ``torch.autocast`` float32 inputs are cast to autocast's dtype, as ``F.conv2d``'s are.
+    On CPU (backend ``"auto"``), a float32 call that records no gradient with a kernel of more
+    than 25 taps other than 7x7 at dilation 1 (e.g. 9x9) runs oneDNN's convolution, faster
+    there than the kernel's run-time-sized loop; with a gradient the kernel runs (its backward
+    is 2-5x eager's).
     """
     x, weight, bias = autocast_args(x, weight, bias)
     args = check_depthwise_args(x, weight, bias, stride, padding, dilation, activation)
     backend = select_backend(DEPTHWISE, x.device, x.dtype, op_reason=args.kernel_gap)
-    if backend == "reference":
+    if backend == "reference" or (backend == "cpu" and get_backend() == "auto"
+                                  and vendor_forward_faster(x, weight, bias, args)):
         with op_range(DEPTHWISE):
             return reference.depthwise_conv2d(x, weight, bias, args.stride,
                                               args.reference_padding, args.dilation,

@@ -18,6 +18,7 @@ from conftest import (
     make_input,
     on_backend,
     poison_for,
+    profiled_calls,
 )
 
 import mobilefuse
@@ -245,6 +246,43 @@ def test_triton_interpreter_matches_reference(index):
 @pytest.mark.parametrize("index", range(len(CPU_CONFIGS)))
 def test_gpu_matches_reference(backend, index):
     _check(CPU_CONFIGS[index], backend, "cuda", index)
+
+
+# (kernel, stride, dilation, takes oneDNN's forward without a gradient): more than 25 taps in
+# the run-time-sized loop does; 7x7 (compile-time) and small or thin kernels do not.
+VENDOR_CASES = [((9, 9), 1, 1, True), ((11, 11), 2, 1, True), ((5, 7), 1, 1, True),
+                ((7, 7), 1, 2, True), ((7, 7), 1, 1, False), ((7, 7), 2, 1, False),
+                ((1, 9), 1, 1, False), ((5, 5), 1, 3, False)]
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,vendor", VENDOR_CASES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_kernels_take_onednn_forward_only_without_gradient(kernel, stride, dilation,
+                                                                  vendor, layout):
+    x = make_input((2, 12, 19, 17), torch.float32, "cpu", layout)
+    w = torch.randn(12, 1, *kernel) / kernel[0]
+    b = torch.randn(12)
+    padding = tuple(dilation * (k - 1) // 2 for k in kernel)
+    expected = reference.depthwise_conv2d(x.double(), w.double(), b.double(), stride, padding,
+                                          dilation, "hardswish")
+
+    def run() -> torch.Tensor:
+        return mobilefuse.ops.depthwise_conv2d(x, w, b, stride, padding, dilation, "hardswish")
+
+    with torch.no_grad():
+        assert profiled_calls(run)["aten::conv2d"] == int(vendor)
+        out = run()
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "no gradient")
+    # Recording a gradient, or with the CPU backend chosen by name: the kernel.
+    leaf = x.clone().requires_grad_()
+    calls = profiled_calls(lambda: mobilefuse.ops.depthwise_conv2d(
+        leaf, w, b, stride, padding, dilation, "hardswish"))
+    assert calls["aten::conv2d"] == 0
+    with torch.no_grad(), mobilefuse.use_backend("cpu"):
+        assert profiled_calls(run)["aten::conv2d"] == 0
+        assert_close_to_reference(run(), expected, FORWARD_TOL[torch.float32], "cpu backend")
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_CASES)
