@@ -16,7 +16,9 @@ import torch
 _SCHEMAS: list[torch.library.Library] = []
 
 
-def _define_missing_torchvision_ops() -> None:
+def define_missing_torchvision_ops() -> None:
+    """Define the schemas of the two ops torchvision registers fakes for at import, where its
+    compiled ops were removed (CPU machines); a no-op elsewhere."""
     spec = importlib.util.find_spec("torchvision")
     if spec is None or _SCHEMAS or not spec.submodule_search_locations:
         return
@@ -30,13 +32,13 @@ def _define_missing_torchvision_ops() -> None:
 
 def torchvision_or_skip() -> ModuleType:
     """The torchvision module, or skip the test (with how to install it)."""
-    _define_missing_torchvision_ops()
+    define_missing_torchvision_ops()
     return pytest.importorskip("torchvision", reason="torchvision is not installed "
                                "(scripts/install-vision-cpu.sh installs it on CPU)")
 
 
 def timm_or_skip() -> ModuleType:
     """The timm module, or skip the test."""
-    _define_missing_torchvision_ops()
+    define_missing_torchvision_ops()
     return pytest.importorskip("timm", reason="timm is not installed "
                                "(scripts/install-vision-cpu.sh installs it on CPU)")
