@@ -30,7 +30,7 @@ from mobilefuse._onednn import conv2d_epilogue
 from mobilefuse._ranges import in_op_range, op_range
 from mobilefuse._se_args import OP as SQUEEZE_EXCITE
 from mobilefuse._se_args import check_squeeze_excite_args
-from mobilefuse._squeeze_excite import squeeze_excite_op
+from mobilefuse._squeeze_excite import squeeze_excite_forward, squeeze_excite_op
 from mobilefuse.backends import FLOAT_DTYPES, get_backend, select_backend
 
 _flops.register()
@@ -233,9 +233,12 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
         with op_range(SQUEEZE_EXCITE):
             return reference.squeeze_excite(x, w_reduce, b_reduce, w_expand, b_expand,
                                             args.activation, args.gate)
-    out, _ = squeeze_excite_op(_kernel_layout(x), args.w_reduce, b_reduce, args.w_expand,
-                               b_expand, args.activation, args.gate, backend)
-    return out
+    settings = (args.w_reduce, b_reduce, args.w_expand, b_expand, args.activation, args.gate,
+                backend)
+    if eager_no_grad():  # nothing to record: the op's body without the op's dispatch
+        with op_range(SQUEEZE_EXCITE):
+            return squeeze_excite_forward(_kernel_layout(x), *settings)[0]
+    return squeeze_excite_op(_kernel_layout(x), *settings)[0]
 
 
 def eager_no_grad() -> bool:

@@ -164,6 +164,29 @@ def test_empty_and_single_pixel(backend, device):
                               FORWARD_TOL[torch.float32], "1x1 spatial")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_no_grad_calls_skip_the_custom_op_dispatch(layout, monkeypatch):
+    # Nothing to record: the op's body runs directly, with the op's numbers bit for bit.
+    x = make_input((1, 24, 9, 7), torch.float32, "cpu", layout)
+    w1, b1, w2, b2 = torch.randn(6, 24), torch.randn(6), torch.randn(24, 6), torch.randn(24)
+    args = (x, w1, b1, w2, b2, "silu", "sigmoid")
+    through_op = mobilefuse.ops.squeeze_excite(x.clone().requires_grad_(), *args[1:])
+    expected = reference.squeeze_excite(*(t.double() for t in args[:5]), *args[5:])
+
+    def no_op(*_: object) -> None:
+        raise AssertionError("the custom op ran")
+
+    monkeypatch.setattr(mobilefuse.ops, "squeeze_excite_op", no_op)
+    with torch.no_grad():
+        out = mobilefuse.ops.squeeze_excite(*args)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
+    assert torch.equal(out, through_op.detach())
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "no grad")
+    with pytest.raises(AssertionError, match="custom op ran"):
+        mobilefuse.ops.squeeze_excite(x.clone().requires_grad_(), *args[1:])
+
+
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
 def test_gate_gradient_from_the_gated_output(gate):
     # The fused block's backward sums grad times the gated output x * s, not times x; the
