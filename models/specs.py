@@ -18,6 +18,7 @@ EfficientNet-B1…B7 are B0's table under the compound-scaling coefficients of
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ModelSpec", "StemSpec", "conv_output_size", "depthwise_layers", "efficientnet_spec",
     "expand_blocks", "get_spec", "list_specs",
     "make_divisible", "same_padding", "scale_repeats", "unique_depthwise_layers",
+    "unique_layers",
 ]
 
 
@@ -435,12 +437,17 @@ def depthwise_layers(model: str, resolution: int = 224) -> list[DepthwiseLayer]:
     ]
 
 
+def unique_layers(layers: Iterable[DepthwiseLayer]) -> list[DepthwiseLayer]:
+    """``layers`` with one per :attr:`DepthwiseLayer.key`, the first met kept, in order."""
+    seen: dict[tuple[int, int, int, int], DepthwiseLayer] = {}
+    for layer in layers:
+        seen.setdefault(layer.key, layer)
+    return list(seen.values())
+
+
 def unique_depthwise_layers(models: list[str] | tuple[str, ...],
                             resolution: int = 224) -> list[DepthwiseLayer]:
     """The depthwise layers of ``models`` with one per :attr:`DepthwiseLayer.key`, the first
     met (in the order of ``models``, then of the network) kept."""
-    seen: dict[tuple[int, int, int, int], DepthwiseLayer] = {}
-    for model in models:
-        for layer in depthwise_layers(model, resolution):
-            seen.setdefault(layer.key, layer)
-    return list(seen.values())
+    return unique_layers(layer for model in models
+                         for layer in depthwise_layers(model, resolution))

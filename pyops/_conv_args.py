@@ -153,7 +153,6 @@ def _check_depthwise_args(x: object, weight: object, bias: object, stride: objec
                          reference_padding)
 
 
-
 # Most taps the CPU forward runs well in its run-time-sized loop (each tap reloaded per
 # pixel); square 3, 5 and 7 at column dilation 1 and column stride 1 or 2 have compile-time
 # kernels instead (csrc/cpu/depthwise_kernels.h, with_kernel).

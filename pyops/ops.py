@@ -233,12 +233,12 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
         with op_range(SQUEEZE_EXCITE):
             return reference.squeeze_excite(x, w_reduce, b_reduce, w_expand, b_expand,
                                             args.activation, args.gate)
-    settings = (args.w_reduce, b_reduce, args.w_expand, b_expand, args.activation, args.gate,
-                backend)
+    call = (_kernel_layout(x), args.w_reduce, b_reduce, args.w_expand, b_expand,
+            args.activation, args.gate, backend)
     if eager_no_grad():  # nothing to record: the op's body without the op's dispatch
         with op_range(SQUEEZE_EXCITE):
-            return squeeze_excite_forward(_kernel_layout(x), *settings)[0]
-    return squeeze_excite_op(_kernel_layout(x), *settings)[0]
+            return squeeze_excite_forward(*call)[0]
+    return squeeze_excite_op(*call)[0]
 
 
 def eager_no_grad() -> bool:

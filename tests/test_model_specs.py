@@ -128,6 +128,11 @@ def test_unique_layers_keep_first() -> None:
     unique = specs.unique_depthwise_layers(MODELS)
     assert len({layer.key for layer in unique}) == len(unique) == 28
     assert unique[0].model == "mobilenet_v2" and unique[0].key == (32, 112, 3, 1)
+    # Any list of layers: the later twin of an earlier key is dropped, the order kept.
+    v3 = specs.depthwise_layers("mobilenet_v3_large")
+    again = specs.unique_layers([v3[3], v3[0], v3[3], v3[1]])
+    assert again == [v3[3], v3[0], v3[1]]
+    assert specs.unique_layers(unique + unique[::-1]) == unique
 
 
 def test_unknown_model() -> None:

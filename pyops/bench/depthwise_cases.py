@@ -16,7 +16,7 @@ import torch
 
 from mobilefuse import ops, reference
 from mobilefuse.bench import cases
-from mobilefuse.models.specs import DepthwiseLayer, depthwise_layers
+from mobilefuse.models.specs import DepthwiseLayer, depthwise_layers, unique_layers
 
 OP = "depthwise_conv2d"
 CONVNEXT_TINY = "convnext_tiny"
@@ -65,11 +65,7 @@ def select_layers(models: Sequence[str] = MODELS, quick: bool = False,
     """The unique layers (by channels, size, kernel, stride) of ``models`` in order of first
     appearance; with ``quick`` the subset :data:`QUICK_LAYERS`; with ``limit`` the first
     ``limit`` of those."""
-    seen: dict[tuple[int, int, int, int], DepthwiseLayer] = {}
-    for model in models:
-        for layer in model_layers(model):
-            seen.setdefault(layer.key, layer)
-    layers = list(seen.values())
+    layers = unique_layers(layer for model in models for layer in model_layers(model))
     if quick:
         layers = layers[QUICK_LAYERS]
     return layers if limit is None else layers[:limit]
