@@ -45,6 +45,10 @@ TORCH_LIBRARY(mobilefuse, m) {
   // float64); and x * scale[n, c] (+ shift[n, c]) in x's dtype and layout.
   m.def("se_channel_sum(Tensor x, Tensor? y) -> Tensor");
   m.def("se_channel_affine(Tensor x, Tensor scale, Tensor? shift) -> Tensor");
+  // Inference only (no autograd): the whole squeeze_excite(x, w_reduce (R, C), b_reduce,
+  // w_expand (C, R), b_expand, activation, gate) in one call, the excitation in C++; CPU.
+  m.def("se_inference(Tensor x, Tensor w_reduce, Tensor? b_reduce, Tensor w_expand, "
+        "Tensor? b_expand, str activation, str gate) -> Tensor");
   // act(batch_norm(x)) with given batch statistics (mean, invstd per channel; weight and bias
   // optional), x's dtype and layout; and its backward through the batch statistics (as
   // native_batch_norm_backward in training mode) with the activation's derivative recomputed

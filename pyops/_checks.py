@@ -66,22 +66,26 @@ def check_pointwise_weight(op: str, name: str, value: object, rows: int | None,
     """A 1x1 weight ``(rows, cols)`` or ``(rows, cols, 1, 1)`` (None: any count, at least one)
     as a matrix; ValueError naming ``expected`` otherwise."""
     w = check_tensor(op, name, value)
-    ok = w.dim() == 2 or (w.dim() == 4 and w.shape[2:] == (1, 1))
+    shape = w.shape
+    ok = len(shape) == 2 or (len(shape) == 4 and shape[2] == 1 and shape[3] == 1)
     if ok:
-        ok = (rows is None or w.shape[0] == rows) and (cols is None or w.shape[1] == cols)
-    if not ok or w.shape[0] == 0:
+        ok = (rows is None or shape[0] == rows) and (cols is None or shape[1] == cols)
+    if not ok or shape[0] == 0:
         raise ValueError(f"mobilefuse.{op}: {name} must have shape {expected} (or the same with "
-                         f"trailing 1, 1 as a 1x1 conv weight), got {tuple(w.shape)}")
-    return w.reshape(w.shape[0], w.shape[1])
+                         f"trailing 1, 1 as a 1x1 conv weight), got {tuple(shape)}")
+    # Dropping the two size-1 dims is always a view.
+    return w if len(shape) == 2 else w.view(shape[0], shape[1])
 
 
 def check_like_x(op: str, tensors: dict[str, torch.Tensor]) -> None:
     """TypeError/ValueError unless every tensor has the dtype and device of ``tensors["x"]``."""
     x = tensors["x"]
+    dtype, device = x.dtype, x.device
     for name, t in tensors.items():
-        if t.dtype != x.dtype:
-            raise TypeError(f"mobilefuse.{op}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-    check_same_device(op, **tensors)
+        if t.dtype != dtype:
+            raise TypeError(f"mobilefuse.{op}: {name} must have x's dtype {dtype}, got {t.dtype}")
+        if t.device != device:
+            check_same_device(op, **tensors)
 
 
 def check_same_shape_dtype(op: str, name: str, t: torch.Tensor, like_name: str,

@@ -127,6 +127,19 @@ def se_channel_affine_fake(x: torch.Tensor, scale: torch.Tensor,
     return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
+def se_inference_fake(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
+                      w_expand: torch.Tensor, b_expand: torch.Tensor | None, activation: str,
+                      gate: str) -> torch.Tensor:
+    """``squeeze_excite(x, ...)`` without autograd: x's shape, dtype and layout."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    torch._check(w_reduce.dim() == 2 and w_reduce.shape[1] == x.shape[1],
+                 lambda: f"w_reduce must be (R, {x.shape[1]}), got {tuple(w_reduce.shape)}")
+    torch._check(tuple(w_expand.shape) == (x.shape[1], w_reduce.shape[0]),
+                 lambda: f"w_expand must be {(x.shape[1], w_reduce.shape[0])}, got "
+                         f"{tuple(w_expand.shape)}")
+    return torch.empty_like(x, memory_format=memory_format_of(x))
+
+
 def depthwise_squeeze_excite_fake(x: torch.Tensor, weight: torch.Tensor,
                                   bias: torch.Tensor | None, stride: list[int],
                                   padding: list[int], dilation: list[int], activation: str,

@@ -74,6 +74,7 @@ _FORMULAS: dict[str, Callable[..., int]] = {
     "depthwise_conv2d_backward": _depthwise_backward,
     "triton_depthwise_conv2d_backward": _depthwise_backward,
     "squeeze_excite": _squeeze_excite,
+    "se_inference": _squeeze_excite,
     "squeeze_excite_backward": _squeeze_excite_backward,
     "depthwise_squeeze_excite": _depthwise_squeeze_excite,
 }

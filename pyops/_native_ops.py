@@ -26,6 +26,7 @@ from mobilefuse._fake import (
     max_pool2d_fake,
     se_channel_affine_fake,
     se_channel_sum_fake,
+    se_inference_fake,
 )
 
 
@@ -47,6 +48,8 @@ def _register() -> None:
     # Called inside mobilefuse::squeeze_excite, which carries the autograd.
     torch.library.register_fake("mobilefuse::se_channel_sum")(se_channel_sum_fake)
     torch.library.register_fake("mobilefuse::se_channel_affine")(se_channel_affine_fake)
+    # Inference only: squeeze_excite calls it on CPU when no gradient is recorded.
+    torch.library.register_fake("mobilefuse::se_inference")(se_inference_fake)
     # The fused block's training path (mobilefuse/_block_train.py) carries the autograd.
     torch.library.register_fake("mobilefuse::batch_norm_activation")(batch_norm_activation_fake)
     torch.library.register_fake("mobilefuse::batch_norm_activation_backward")(

@@ -77,7 +77,8 @@ def squeeze_excite_forward(x: torch.Tensor, w_reduce: torch.Tensor,
     """(``x * gate``, pooled means ``(N, C)``); weights as matrices; ``backend`` is
     ``"cpu"``, ``"cuda"`` or ``"triton"`` (which kernels run the heavy passes). The body of
     :func:`squeeze_excite_op`, which calls without a gradient may run directly: the custom
-    op's own dispatch costs ~30 us a call, as much as the whole layer at batch 1."""
+    op's own dispatch costs ~30 us a call, as much as the whole layer at batch 1 (on CPU such
+    calls run ``mobilefuse::se_inference`` instead, the whole layer in one C++ call)."""
     pooled = channel_sum(backend, x, None) / max(_spatial(x), 1)
     s = excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate)[3]
     return channel_affine(backend, x, s, None), pooled

@@ -212,6 +212,7 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
     The pool is one read of ``x`` with float32 accumulation, the excitation runs on the
     ``(N, C)`` means, the gating is one read and one write. The backward keeps only ``x`` and
     the per-(n, c) means, and makes two passes: one reduction, one write of the input gradient.
+    Without a gradient on CPU the whole layer is one C++ call.
 
     Args:
         x: ``(N, C, H, W)``, float16/bfloat16/float32/float64, contiguous or channels_last
@@ -234,11 +235,13 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
             return reference.squeeze_excite(x, w_reduce, b_reduce, w_expand, b_expand,
                                             args.activation, args.gate)
     call = (_kernel_layout(x), args.w_reduce, b_reduce, args.w_expand, b_expand,
-            args.activation, args.gate, backend)
-    if eager_no_grad():  # nothing to record: the op's body without the op's dispatch
+            args.activation, args.gate)
+    if eager_no_grad():  # nothing to record: no custom op's dispatch, one C++ call on CPU
         with op_range(SQUEEZE_EXCITE):
-            return squeeze_excite_forward(*call)[0]
-    return squeeze_excite_op(*call)[0]
+            if backend == "cpu":
+                return torch.ops.mobilefuse.se_inference(*call)
+            return squeeze_excite_forward(*call, backend)[0]
+    return squeeze_excite_op(*call, backend)[0]
 
 
 def eager_no_grad() -> bool:

@@ -1,12 +1,13 @@
 """The vendor convolution with its activation and residual add as oneDNN post-ops (CPU
-inference), against the float64 reference, and the cache of reordered weights."""
+inference), or for few pixel rows as torch.addmm with the activation in place, against the
+float64 reference; and the cache of reordered weights."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FORWARD_TOL, assert_close_to_reference
+from conftest import FORWARD_TOL, assert_close_to_reference, profiled_calls
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -35,6 +36,14 @@ def _random(shape: tuple[int, ...], scale: float = 1.0) -> torch.Tensor:
     return torch.randn(shape) * scale
 
 
+@pytest.fixture(params=["gemm", "onednn"])
+def pointwise_route(request, monkeypatch) -> str:
+    """Every 1x1 convolution through one route: torch.addmm (any row count) or oneDNN's
+    linear op (none)."""
+    monkeypatch.setattr(_onednn, "gemm_runs", lambda *_: request.param == "gemm")
+    return request.param
+
+
 # (N, C_in, H, W), C_out, kernel, stride, padding, groups: odd sizes, a 1x1 image, a grouped
 # 1x1 (ShuffleNet) and a padded strided 3x3 (a stem).
 CASES = [((3, 13, 9, 7), 21, 1, 1, 0, 1), ((1, 40, 1, 1), 8, 1, 1, 0, 1),
@@ -44,7 +53,7 @@ CASES = [((3, 13, 9, 7), 21, 1, 1, 0, 1), ((1, 40, 1, 1), 8, 1, 1, 0, 1),
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_convolution_matches_float64(case, activation, bias):
+def test_fused_convolution_matches_float64(case, activation, bias, pointwise_route):
     shape, c_out, k, stride, padding, groups = case
     x = _random(shape, 3.0).to(memory_format=CL)
     weight = _random((c_out, shape[1] // groups, k, k))
@@ -59,7 +68,7 @@ def test_fused_convolution_matches_float64(case, activation, bias):
 
 
 @pytest.mark.parametrize("shape", [(3, 13, 9, 7), (1, 24, 1, 1), (2, 16, 6, 5)])
-def test_residual_add_post_op_matches_float64(shape):
+def test_residual_add_post_op_matches_float64(shape, pointwise_route):
     x = _random(shape).to(memory_format=CL)
     weight, bias = _random((shape[1], shape[1], 1, 1)), _random((shape[1],))
     residual = _random(shape, 4.0).to(memory_format=CL)
@@ -70,7 +79,7 @@ def test_residual_add_post_op_matches_float64(shape):
 
 
 @pytest.mark.parametrize("activation", ["relu6", "silu"])
-def test_residual_after_an_activation_is_added_after_it(activation):
+def test_residual_after_an_activation_is_added_after_it(activation, pointwise_route):
     # oneDNN would add before the activation, so this runs the unfused route.
     x = _random((2, 8, 5, 5)).to(memory_format=CL)
     weight, residual = _random((8, 8, 1, 1)), _random((2, 8, 5, 5), 3.0).to(memory_format=CL)
@@ -80,7 +89,7 @@ def test_residual_after_an_activation_is_added_after_it(activation):
                         torch.float32)
 
 
-def test_reordered_weight_follows_in_place_updates():
+def test_reordered_weight_follows_in_place_updates(pointwise_route):
     x = _random((2, 16, 7, 7)).to(memory_format=CL)
     weight = nn.Parameter(_random((24, 16, 1, 1)))
     with torch.no_grad():
@@ -93,23 +102,32 @@ def test_reordered_weight_follows_in_place_updates():
 
 
 def test_pointwise_runs_as_linear_and_others_as_convolution():
-    """1x1 stride-1 convolutions are oneDNN linear calls on a weight reordered for N*H*W rows;
+    """1x1 stride-1 convolutions over many pixels are oneDNN linear calls on a weight
+    reordered for N*H*W rows; small ones over few pixels, torch.addmm on the transposed weight;
     the rest keep the convolution's reordered weight."""
-    x = _random((2, 16, 7, 5)).to(memory_format=CL)
+    x = _random((2, 16, 9, 5)).to(memory_format=CL)
+    assert not _onednn.gemm_runs(2 * 9 * 5, 16, 24) and _onednn.gemm_runs(9 * 5, 16, 24)
     pointwise, spatial = _random((24, 16, 1, 1)), _random((24, 16, 3, 3))
     with torch.no_grad():
-        _onednn.conv2d_epilogue(x, pointwise, None)
+        calls = profiled_calls(lambda: _onednn.conv2d_epilogue(x, pointwise, None))
+        assert calls["mkldnn::_linear_pointwise"] == 1 and calls["aten::mm"] == 0
         _onednn.conv2d_epilogue(x, spatial, None, padding=(1, 1))
         assert set(_onednn._packed[pointwise]) == {"linear"}
-        assert _onednn._packed[pointwise]["linear"][0][2:] == (2 * 7 * 5,)
+        assert _onednn._packed[pointwise]["linear"][0][2:] == (2 * 9 * 5,)
         assert set(_onednn._packed[spatial]) == {"conv"}
-        # Another batch size: the linear weight is reordered again for the new row count.
-        y = _onednn.conv2d_epilogue(x[:1], pointwise, None, activation="silu")
-        assert _onednn._packed[pointwise]["linear"][0][2:] == (7 * 5,)
-    assert_close_scaled(y, _reference(x[:1], pointwise, None, 1, 0, 1, "silu"), torch.float32)
+        # One image: few rows, the GEMM with the activation after it.
+        outs = []
+        calls = profiled_calls(lambda: outs.append(_onednn.conv2d_epilogue(
+            x[:1], pointwise, None, activation="silu")))
+        assert calls["aten::mm"] == 1 and calls["aten::silu_"] == 1
+        assert calls["mkldnn::_linear_pointwise"] == 0
+        assert set(_onednn._packed[pointwise]) == {"linear", "gemm"}
+    assert outs[0].is_contiguous(memory_format=CL)
+    assert_close_scaled(outs[0], _reference(x[:1], pointwise, None, 1, 0, 1, "silu"),
+                        torch.float32)
 
 
-def test_reordered_weight_follows_the_input_shape():
+def test_reordered_weight_follows_the_input_shape(pointwise_route):
     weight = _random((24, 16, 1, 1))
     with torch.no_grad():
         for shape in [(2, 16, 7, 7), (5, 16, 3, 9)]:
@@ -118,7 +136,7 @@ def test_reordered_weight_follows_the_input_shape():
             assert_close_scaled(y, _reference(x, weight, None, 1, 0, 1, "relu"), torch.float32)
 
 
-def test_inference_tensor_weights_run_unpacked():
+def test_inference_tensor_weights_run_unpacked(pointwise_route):
     with torch.inference_mode():
         x = _random((2, 16, 7, 7)).to(memory_format=CL)
         weight = _random((8, 16, 1, 1))

@@ -132,6 +132,9 @@ def test_flop_formulas_match_torch_counts() -> None:
     se = [torch.randn(4, 10), torch.randn(4), torch.randn(10, 4), torch.randn(10)]
     counted = _flops(lambda: ops.squeeze_excite(x, *se))
     assert counted["mobilefuse.squeeze_excite"] == 4 * 3 * 4 * 10
+    with torch.no_grad():  # one C++ call on CPU
+        counted = _flops(lambda: ops.squeeze_excite(x, *se))
+    assert counted["mobilefuse.se_inference"] == 4 * 3 * 4 * 10
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "mobilenet_v2"])

@@ -119,6 +119,13 @@ def test_depthwise_squeeze_excite_op():
                               (x, w, b, *conv, w1, b1, w2, b2, act, gate), test_utils=utils)
 
 
+def test_se_inference_op():
+    # Inference only (no autograd): schema and fake tensor.
+    utils = ("test_schema", "test_faketensor")
+    for args in _se_samples("cpu"):
+        torch.library.opcheck(_op("se_inference"), args, test_utils=utils)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prefix", ["", "triton_"])
 def test_squeeze_excite_kernel_ops(device, prefix):

@@ -18,6 +18,7 @@ from conftest import (
     make_input,
     on_backend,
     poison_for,
+    profiled_calls,
 )
 from torch import nn
 
@@ -164,27 +165,91 @@ def test_empty_and_single_pixel(backend, device):
                               FORWARD_TOL[torch.float32], "1x1 spatial")
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_no_grad_calls_skip_the_custom_op_dispatch(layout, monkeypatch):
-    # Nothing to record: the op's body runs directly, with the op's numbers bit for bit.
-    x = make_input((1, 24, 9, 7), torch.float32, "cpu", layout)
-    w1, b1, w2, b2 = torch.randn(6, 24), torch.randn(6), torch.randn(24, 6), torch.randn(24)
-    args = (x, w1, b1, w2, b2, "silu", "sigmoid")
-    through_op = mobilefuse.ops.squeeze_excite(x.clone().requires_grad_(), *args[1:])
-    expected = reference.squeeze_excite(*(t.double() for t in args[:5]), *args[5:])
+@pytest.mark.parametrize("index", range(len(CPU_CONFIGS)))
+def test_no_grad_cpu_calls_run_one_inference_op(index, monkeypatch):
+    # Nothing to record: no custom op, one C++ call (pool, excitation, gating), whose value
+    # matches the float64 reference in every dtype and layout of the random configurations.
+    cfg = CPU_CONFIGS[index]
+    inputs = [None if t is None else t.detach() for t in _inputs(cfg, "cpu", index)]
+    expected = reference.squeeze_excite(*(None if t is None else t.double() for t in inputs),
+                                        cfg["activation"], cfg["gate"])
 
     def no_op(*_: object) -> None:
         raise AssertionError("the custom op ran")
 
     monkeypatch.setattr(mobilefuse.ops, "squeeze_excite_op", no_op)
-    with torch.no_grad():
-        out = mobilefuse.ops.squeeze_excite(*args)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    assert out.is_contiguous(memory_format=fmt)
-    assert torch.equal(out, through_op.detach())
-    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "no grad")
+    outs = []
+
+    def run() -> None:
+        with torch.no_grad(), on_backend("cpu"):
+            outs.append(mobilefuse.ops.squeeze_excite(*inputs, activation=cfg["activation"],
+                                                      gate=cfg["gate"]))
+
+    calls = profiled_calls(run)
+    assert calls["mobilefuse::se_inference"] == 1
+    assert calls["mobilefuse::se_channel_sum"] == 0  # what the op's Python body calls
+    out = outs[0]
+    assert out.dtype == cfg["dtype"]
+    assert_close_to_reference(out, expected, FORWARD_TOL[cfg["dtype"]], f"no grad {cfg}")
+    if cfg["layout"] != "strided":
+        fmt = torch.channels_last if cfg["layout"] == "channels_last" else torch.contiguous_format
+        assert out.is_contiguous(memory_format=fmt)
     with pytest.raises(AssertionError, match="custom op ran"):
-        mobilefuse.ops.squeeze_excite(x.clone().requires_grad_(), *args[1:])
+        mobilefuse.ops.squeeze_excite(inputs[0].clone().requires_grad_(), *inputs[1:],
+                                      activation=cfg["activation"], gate=cfg["gate"])
+
+
+@pytest.mark.parametrize(("n", "c", "r", "by_image"), [
+    (2, 24, 6, True), (3, 1152, 48, True), (1, 960, 240, False), (40, 128, 120, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_op_excites_small_layers_by_image_and_large_ones_by_gemm(n, c, r, by_image,
+                                                                           dtype):
+    gen = torch.Generator().manual_seed(n + c)
+    x = make_input((n, c, 3, 5), dtype, "cpu", "channels_last", gen)
+    w1, b1 = torch.randn(r, c, generator=gen) / c ** 0.5, torch.randn(r, generator=gen)
+    w2, b2 = torch.randn(c, r, generator=gen) / r ** 0.5, torch.randn(c, generator=gen)
+    weights = [t.to(dtype) for t in (w1, b1, w2, b2)]
+    outs = []
+    calls = profiled_calls(lambda: outs.append(
+        torch.ops.mobilefuse.se_inference(x, *weights, "relu", "hardsigmoid")))
+    assert (calls["aten::linear"] == 0) == by_image
+    expected = reference.squeeze_excite(*(t.double() for t in (x, *weights)), "relu",
+                                        "hardsigmoid")
+    assert_close_to_reference(outs[0], expected, FORWARD_TOL[dtype], f"{(n, c, r)}")
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 3, 3), (2, 1, 1, 1), (1, 3, 1, 13), (3, 5, 2, 0)])
+def test_inference_op_edge_shapes(shape):
+    # Empty batches and maps, one channel, one pixel: as the reference, without a gradient.
+    gen = torch.Generator().manual_seed(3)
+    c = shape[1]
+    x = torch.randn(shape, generator=gen)
+    w1, b1 = torch.randn(2, c, generator=gen), torch.randn(2, generator=gen)
+    w2, b2 = torch.randn(c, 2, generator=gen), torch.randn(c, generator=gen)
+    with torch.no_grad(), on_backend("cpu"):
+        out = mobilefuse.ops.squeeze_excite(x, w1, b1, w2, b2, "silu", "hardsigmoid")
+    expected = reference.squeeze_excite(*(t.double() for t in (x, w1, b1, w2, b2)), "silu",
+                                        "hardsigmoid")
+    assert out.shape == shape
+    assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], f"shape {shape}")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"w_reduce": torch.randn(4, 7)}, "w_reduce must have shape \\(R, C\\) with C=8"),
+    ({"w_expand": torch.randn(8, 3)}, "w_expand must have shape \\(C, R\\) = \\(8, 4\\)"),
+    ({"b_reduce": torch.randn(5)}, "b_reduce must have shape \\(R,\\) with R=4"),
+    ({"b_expand": torch.randn(8, dtype=torch.float64)}, "must match x's dtype"),
+    ({"x": torch.randn(2, 8, 5)}, "x must have rank 4"),
+    ({"activation": "gelu"}, "activation must be relu or silu"),
+    ({"gate": "tanh"}, "gate must be sigmoid or hardsigmoid"),
+])
+def test_inference_op_rejects_bad_arguments(change, message):
+    # The op checks its own arguments when called directly (squeeze_excite checks first).
+    args = {"x": torch.randn(2, 8, 5, 3), "w_reduce": torch.randn(4, 8),
+            "b_reduce": torch.randn(4), "w_expand": torch.randn(8, 4), "b_expand": torch.randn(8),
+            "activation": "relu", "gate": "sigmoid"} | change
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.mobilefuse.se_inference(*args.values())
 
 
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])

@@ -13,8 +13,10 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "../layout.h"
+#include "se_excitation.h"
 
 namespace mobilefuse {
 namespace {
@@ -195,11 +197,68 @@ at::Tensor se_channel_affine_cpu(const at::Tensor& x_in, const at::Tensor& scale
   return out;
 }
 
+// The whole forward without autograd, one op call instead of seven: the pool, the excitation,
+// the gating. Small excitations run image by image in C++ (a few thousand multiply-adds each,
+// less than the call overhead of the two GEMMs and four elementwise ops they replace); large
+// ones (wide reductions such as MobileNetV3's 960 -> 240, or many images) through torch's GEMM,
+// which is faster there: side by side on a 2-core Xeon, C++ over the GEMM path was 1.13-1.67x
+// for C x R up to 1152 x 48 and eight images, but 0.53-0.89x for 960 x 240 or 32 images.
+bool excite_by_image(int64_t batch, int64_t channels, int64_t reduced) {
+  return channels * reduced <= (int64_t{1} << 16) &&
+         batch * channels * reduced <= (int64_t{1} << 19);
+}
+
+at::Tensor se_inference_cpu(const at::Tensor& x, const at::Tensor& w_reduce,
+                            const c10::optional<at::Tensor>& b_reduce, const at::Tensor& w_expand,
+                            const c10::optional<at::Tensor>& b_expand,
+                            c10::string_view activation, c10::string_view gate) {
+  const char* op = "se_inference";
+  check_cpu_image_input(op, "x", x);
+  se::check_se_weights(op, x, w_reduce, b_reduce, w_expand, b_expand);
+  se::check_se_options(op, "activation", activation, gate);
+  const at::Tensor sums = se_channel_sum_cpu(x, c10::nullopt);
+  const at::ScalarType ct = sums.scalar_type();
+  const int64_t batch = x.size(0), channels = x.size(1), reduced = w_reduce.size(0);
+  const int64_t pixels = std::max<int64_t>(x.size(2) * x.size(3), 1);
+  auto as_ct = [&](const c10::optional<at::Tensor>& t) {
+    return t.has_value() ? c10::optional<at::Tensor>(t->to(ct).contiguous()) : c10::nullopt;
+  };
+  const at::Tensor w1 = w_reduce.to(ct).contiguous(), w2 = w_expand.to(ct).contiguous();
+  const c10::optional<at::Tensor> b1 = as_ct(b_reduce), b2 = as_ct(b_expand);
+  if (!excite_by_image(batch, channels, reduced)) {
+    at::Tensor hidden = at::linear(sums / static_cast<double>(pixels), w1, b1);
+    hidden = activation == "relu" ? hidden.relu_() : at::silu_(hidden);
+    at::Tensor z = at::linear(hidden, w2, b2);
+    z = gate == "sigmoid" ? z.sigmoid_() : at::hardsigmoid_(z);
+    return se_channel_affine_cpu(x, z, c10::nullopt);
+  }
+  at::Tensor scale = at::empty({batch, channels}, sums.options());
+  if (scale.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_se_inference", [&] {
+      const se::ImageExcitation<scalar_t> excite{
+          w1.const_data_ptr<scalar_t>(), b1 ? b1->const_data_ptr<scalar_t>() : nullptr,
+          w2.const_data_ptr<scalar_t>(), b2 ? b2->const_data_ptr<scalar_t>() : nullptr,
+          reduced, channels, activation == "silu", gate == "sigmoid",
+          static_cast<scalar_t>(1.0 / static_cast<double>(pixels))};
+      const scalar_t* sum_data = sums.const_data_ptr<scalar_t>();
+      scalar_t* scale_data = scale.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> hidden(reduced);
+        for (int64_t n = begin; n < end; ++n) {
+          excite.gate_values(sum_data + n * channels, hidden.data(), scale_data + n * channels);
+        }
+      });
+    });
+  }
+  return se_channel_affine_cpu(x, scale, c10::nullopt);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
   m.impl("se_channel_sum", &se_channel_sum_cpu);
   m.impl("se_channel_affine", &se_channel_affine_cpu);
+  m.impl("se_inference", &se_inference_cpu);
 }
 
 }  // namespace mobilefuse
