@@ -19,6 +19,10 @@ eval mode the vendor convolution runs with the BatchNorm folded into its weight 
 activation applied on its output (a oneDNN post-op in CPU inference, see
 :mod:`mobilefuse._onednn`; elsewhere in place when no gradient is recorded), which saves the
 BatchNorm's and the activation's passes over memory.
+
+A BatchNorm after timm's ``MixedConv2d`` (MixNet's layers: channel groups convolved with
+different kernels, then concatenated) folds into each of its convolutions, each taking the
+channels its output fills (``Fusion.channels``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,13 @@ def _is_timm_batchnorm_act(module: nn.Module) -> bool:
     return kind.__name__ == "BatchNormAct2d" and kind.__module__.startswith("timm.")
 
 
+def is_mixed_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is timm's ``MixedConv2d``: channel groups convolved by its children
+    (kernels of several sizes), outputs concatenated in the children's order."""
+    kind = type(module)
+    return kind.__name__ == "MixedConv2d" and kind.__module__.startswith("timm.")
+
+
 def norm_activation(norm: nn.Module) -> tuple[str | None, str | None]:
     """(why ``norm`` is not a BatchNorm that can fold, or None; the activation it applies
     itself, or None): an ``nn.BatchNorm2d``, or timm's ``BatchNormAct2d`` without dropout."""
@@ -65,12 +76,15 @@ class Fusion:
 
     Not a module: it holds the BatchNorm by reference (it stays registered at its own place in
     the model) so that its parameters and running statistics are read at call time.
+    ``channels`` (start, stop) folds only those channels of the BatchNorm: one convolution of
+    several whose outputs are concatenated before it (timm's ``MixedConv2d``).
     """
 
     def __init__(self, norm: nn.BatchNorm2d | None, activation: str | None,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", channels: tuple[int, int] | None = None) -> None:
         self.norm = norm
         self.activation = activation
+        self.channels = channels
         # The backend of the training-mode BatchNorm + activation op (see trains_fused).
         self.backend = backend
         # The last folded weight and bias, reused while no input tensor changed (inference).
@@ -98,14 +112,20 @@ class Fusion:
         norm = self.norm
         if norm is None:
             return weight, bias
-        tensors = (weight, bias, norm.running_mean, norm.running_var, norm.weight, norm.bias)
-        cacheable = ops.eager_no_grad() and not any(
-            t is not None and t.is_inference() for t in tensors)
-        if not cacheable:
+        if not ops.eager_no_grad():
             return self._fold(weight, bias)
-        # Identity and version of every input: any in-place update or new tensor misses.
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None
-                    for t in tensors) + (norm.eps,)
+        # Read from the module's dicts: nn.Module.__getattr__ costs ~0.4 us a name, and this
+        # runs on every call.
+        buffers, params = norm._buffers, norm._parameters
+        tensors = (weight, bias, buffers.get("running_mean"), buffers.get("running_var"),
+                   params.get("weight"), params.get("bias"))
+        try:
+            # Storage and version of every input: any in-place update or new tensor misses
+            # (a new dtype or device is new storage).
+            key = (weight.dtype, weight.device, norm.eps, *[
+                None if t is None else (t.data_ptr(), t._version) for t in tensors])
+        except RuntimeError:  # an inference tensor has no version counter: no cache
+            return self._fold(weight, bias)
         if self._cache is None or self._cache[0] != key:
             # Outside inference mode, so the cached weight keeps a version counter and the
             # vendor convolution may keep its reordered copy (mobilefuse._onednn); leaving
@@ -119,21 +139,27 @@ class Fusion:
         norm = self.norm
         # Computed in float32 at least, rounded once to the weight's dtype.
         dtype = torch.promote_types(weight.dtype, torch.float32)
-        scale = torch.rsqrt(norm.running_var.to(dtype) + norm.eps)
-        shift = -norm.running_mean.to(dtype)
+
+        def part(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(dtype)
+            return t if self.channels is None else t[self.channels[0]:self.channels[1]]
+
+        scale = torch.rsqrt(part(norm.running_var) + norm.eps)
+        shift = -part(norm.running_mean)
         if bias is not None:
             shift = shift + bias.to(dtype)
         if norm.weight is not None:
-            scale = scale * norm.weight.to(dtype)
+            scale = scale * part(norm.weight)
         shift = shift * scale
         if norm.bias is not None:
-            shift = shift + norm.bias.to(dtype)
+            shift = shift + part(norm.bias)
         folded = weight.to(dtype) * scale.view(-1, 1, 1, 1)
         return folded.to(weight.dtype), shift.to(weight.dtype)
 
     def describe(self) -> str:
         """E.g. ``"batchnorm+relu6 (eval)"``: what is folded, and when."""
-        parts = (["batchnorm"] if self.norm is not None else []) + (
+        norm = "batchnorm" if self.channels is None else "batchnorm[{}:{}]".format(*self.channels)
+        parts = ([norm] if self.norm is not None else []) + (
             [self.activation] if self.activation else [])
         return "+".join(parts) + (" (eval)" if self.norm is not None else "")
 

@@ -10,6 +10,7 @@ graph. A forward that cannot be traced symbolically simply yields no chains.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import torch.fx
 from torch import nn
@@ -35,10 +36,12 @@ def _sole_module_user(node: torch.fx.Node, calls: Counter[str]) -> torch.fx.Node
     return user
 
 
-def child_chains(parent: nn.Module) -> list[tuple[str, str | None, str | None]]:
-    """``(conv, first, second)`` child names for every ``nn.Conv2d`` child whose output goes
-    only into child ``first``, whose output goes only into child ``second`` (None where the
-    chain stops). Each child named is called exactly once in ``parent.forward``."""
+def child_chains(parent: nn.Module, is_conv: Callable[[nn.Module], bool] = (
+        lambda m: type(m) is nn.Conv2d)) -> list[tuple[str, str | None, str | None]]:
+    """``(conv, first, second)`` child names for every convolution child (``is_conv``, by
+    default exactly an ``nn.Conv2d``) whose output goes only into child ``first``, whose output
+    goes only into child ``second`` (None where the chain stops). Each child named is called
+    exactly once in ``parent.forward``."""
     try:
         graph = _ChildrenAsLeaves().trace(parent)
     except Exception:  # noqa: BLE001  (arbitrary user code: untraceable means "no chains")
@@ -48,7 +51,8 @@ def child_chains(parent: nn.Module) -> list[tuple[str, str | None, str | None]]:
     chains = []
     for node in nodes:
         name = str(node.target)
-        if type(parent._modules.get(name)) is not nn.Conv2d or calls[name] != 1:
+        module = parent._modules.get(name)
+        if module is None or not is_conv(module) or calls[name] != 1:
             continue
         first = _sole_module_user(node, calls)
         second = None if first is None else _sole_module_user(first, calls)

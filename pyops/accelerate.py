@@ -9,7 +9,9 @@ serves (``nn.Conv2d`` with ``groups == in == out``, ``nn.Hardswish``, ``nn.Hards
 ``nn.ChannelShuffle``, ``nn.MaxPool2d``, and the squeeze-and-excitation layouts of
 :mod:`mobilefuse._se_layout`); subclasses are left alone, since their ``forward`` may
 differ. Inside an ``nn.Sequential`` a depthwise convolution followed by
-``BatchNorm2d`` and/or an activation is fused (see :mod:`mobilefuse._fusion`). Swapped modules
+``BatchNorm2d`` and/or an activation is fused (see :mod:`mobilefuse._fusion`), and so is a
+BatchNorm after timm's ``MixedConv2d``, each of whose convolutions folds its own channels of
+it. Swapped modules
 share the original's parameters, buffers and hooks, so ``state_dict`` keys, optimizers and hook
 handles are unaffected; :func:`restore` puts the original classes back.
 """
@@ -36,6 +38,7 @@ from mobilefuse._fusion import (
     FoldedConv2d,
     FusedActivation,
     Fusion,
+    is_mixed_conv,
     norm_activation,
 )
 from mobilefuse._graph_runs import child_chains
@@ -150,18 +153,50 @@ def _fuse_run(parent: nn.Module, conv_name: str, norm_name: str | None, act_name
     if act_name is not None:
         parent._modules[act_name] = clone_as(parent._modules[act_name], FusedActivation,
                                              name=activation, fusion=fusion, backend=backend)
+    if not is_mixed_conv(conv):
+        parent._modules[conv_name] = _fused_conv(conv, fusion, backend)
+        return
+    # Each convolution of a MixedConv2d folds the BatchNorm's channels its output fills.
+    start = 0
+    for name, child in list(conv._modules.items()):
+        stop = start + child.out_channels
+        part = Fusion(norm, activation, backend, channels=(start, stop))
+        conv._modules[name] = _fused_conv(child, part, backend)
+        start = stop
+
+
+def _fused_conv(conv: nn.Conv2d, fusion: Fusion, backend: str) -> nn.Module:
+    """``conv`` running ``fusion``: a DepthwiseConv2d where the kernels take it, else a
+    FoldedConv2d (the vendor convolution on the folded weight)."""
     if conv_gap(conv, backend) is None:
         fused = mfnn.DepthwiseConv2d.from_conv(conv)
         fused.fusion, fused.backend = fusion, backend
-    else:
-        fused = clone_as(conv, FoldedConv2d, fusion=fusion)
-    parent._modules[conv_name] = fused
+        return fused
+    return clone_as(conv, FoldedConv2d, fusion=fusion)
+
+
+def _mixed_conv_gap(conv: nn.Module, shared: Counter[int]) -> str | None:
+    """Why timm's MixedConv2d ``conv`` cannot fold the BatchNorm after it, or None: every
+    child a plain ``nn.Conv2d`` without hooks, their outputs filling its channels."""
+    children = list(conv.children())
+    if not children or any(type(c) is not nn.Conv2d or _fusion_gap(c, shared) for c in children):
+        return "a child is not a plain nn.Conv2d, or has hooks"
+    if sum(c.out_channels for c in children) != conv.out_channels:
+        return "its children's channels do not add up to its own"
+    return _fusion_gap(conv, shared)
 
 
 def _plan_run(conv: nn.Module, norm: nn.Module | None, act: nn.Module | None, backend: str,
               shared: Counter[int]) -> tuple[bool, bool]:
     """Which of ``norm`` and ``act`` (the modules ``conv``'s output flows through next) fuse
-    into ``conv``: depthwise convolutions take either or both, others need the norm."""
+    into ``conv``: depthwise convolutions take either or both, others (timm's MixedConv2d
+    too) need the norm."""
+    if is_mixed_conv(conv):
+        if norm is None or _mixed_conv_gap(conv, shared) or _norm_gap(norm, conv, shared):
+            return False, False
+        take_act = (norm_activation(norm)[1] is None and type(act) in FUSABLE_ACTIVATIONS
+                    and _fusion_gap(act, shared) is None)
+        return True, take_act
     if type(conv) is not nn.Conv2d or _fusion_gap(conv, shared):
         return False, False
     take_norm = norm is not None and _norm_gap(norm, conv, shared) is None
@@ -197,9 +232,15 @@ def _fuse_sequential(seq: nn.Sequential, backend: str, shared: Counter[int]) -> 
         i += 1 + _fuse_chain(seq, window, backend, shared)
 
 
+def _is_conv(module: nn.Module) -> bool:
+    """Whether a BatchNorm after ``module`` may fold into it: an ``nn.Conv2d`` (exactly), or
+    timm's MixedConv2d."""
+    return type(module) is nn.Conv2d or is_mixed_conv(module)
+
+
 def _fuse_traced(parent: nn.Module, backend: str, shared: Counter[int]) -> None:
     """Fuse the runs that ``parent.forward`` itself wires up among its children."""
-    for chain in child_chains(parent):
+    for chain in child_chains(parent, _is_conv):
         _fuse_chain(parent, list(chain), backend, shared)
 
 
@@ -300,7 +341,7 @@ def accelerate(model: nn.Module, *, backend: str = "auto", inplace: bool = False
         if type(module) is nn.Sequential or (isinstance(module, nn.Sequential)
                                              and type(module).forward is nn.Sequential.forward):
             _fuse_sequential(module, backend, shared)
-        elif any(type(child) is nn.Conv2d for child in module.children()):
+        elif any(_is_conv(child) for child in module.children()):
             _fuse_traced(module, backend, shared)
     for module in _outside_blocks(model):
         if isinstance(module, mfnn.SqueezeExcite):

@@ -116,3 +116,68 @@ def test_training_step_matches(source, name):
     reference = copy.deepcopy(model).double()
     fast = mobilefuse.accelerate(model)
     assert_step_matches(fast, reference, torch.randn(3, 3, 64, 64))
+
+
+def _mixed_block(timm) -> nn.Module:
+    """timm's MixedConv2d layers, each followed by a BatchNorm (MixNet's layout): a 1x1
+    expansion in two groups, a depthwise layer of 3x3 to 9x9 kernels, a 1x1 projection."""
+    from timm.layers import BatchNormAct2d, MixedConv2d
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv_pw = MixedConv2d(10, 42, [1, 1])
+            self.bn1 = BatchNormAct2d(42, act_layer=nn.SiLU)
+            self.conv_dw = MixedConv2d(42, 42, [3, 5, 7, 9], stride=2, depthwise=True)
+            self.bn2 = BatchNormAct2d(42, act_layer=nn.ReLU)
+            self.conv_pwl = MixedConv2d(42, 11, [1, 1])
+            self.bn3 = BatchNormAct2d(11, apply_act=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.bn1(self.conv_pw(x))
+            return self.bn3(self.conv_pwl(self.bn2(self.conv_dw(x))))
+
+    torch.manual_seed(0)
+    return Mixed()
+
+
+def test_batchnorm_after_a_mixed_conv_folds_into_each_of_its_convolutions():
+    timm = timm_or_skip()
+    model = _mixed_block(timm).eval()
+    randomize_batchnorm(model)
+    reference = copy.deepcopy(model).double()
+    fast = mobilefuse.accelerate(model)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    # Each convolution folds the channels of the BatchNorm its output fills, in order.
+    dw = list(fast.conv_dw.children())
+    assert [type(c).__name__ for c in dw] == ["DepthwiseConv2d"] * 4
+    assert [c.fusion.channels for c in dw] == [(0, 12), (12, 22), (22, 32), (32, 42)]
+    assert [c.fusion.activation for c in dw] == ["relu"] * 4
+    assert [c.fusion.describe() for c in fast.conv_pwl.children()] == [
+        "batchnorm[0:6] (eval)", "batchnorm[6:11] (eval)"]
+    assert all(type(getattr(fast, f"bn{i}")).__name__ == "FoldedBatchNorm2d" for i in (1, 2, 3))
+    x = torch.randn(2, 10, 15, 13) * 2
+    expected = reference(x.double())
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            assert_close_to_reference(fast(x.contiguous(memory_format=layout)), expected,
+                                      FORWARD_TOL[torch.float32], f"mixed conv {layout}")
+    restored = mobilefuse.restore(fast)
+    assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
+
+
+def test_mixed_conv_with_a_hooked_child_keeps_its_batchnorm():
+    timm = timm_or_skip()
+    model = _mixed_block(timm).eval()
+    model.conv_dw.get_submodule("2").register_forward_hook(lambda *_: None)
+    fast = mobilefuse.accelerate(model)
+    assert type(fast.bn2).__name__ == "BatchNormAct2d"
+    assert all(getattr(c, "fusion", None) is None for c in fast.conv_dw.children())
+    assert type(fast.bn1).__name__ == "FoldedBatchNorm2d"  # the other layers still fold
+
+
+def test_mixed_conv_block_trains_as_before():
+    timm = timm_or_skip()
+    model = _mixed_block(timm).train()
+    reference = copy.deepcopy(model).double()
+    assert_step_matches(mobilefuse.accelerate(model), reference, torch.randn(3, 10, 14, 12))
