@@ -41,17 +41,16 @@ FUSABLE_ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
 
 
-def _is_timm_batchnorm_act(module: nn.Module) -> bool:
-    # timm's BatchNormAct2d: a BatchNorm2d followed by its own `drop` and `act` children.
+def _is_timm_class(module: nn.Module, name: str) -> bool:
+    """Whether ``module`` is exactly timm's class ``name`` (wherever timm defines it)."""
     kind = type(module)
-    return kind.__name__ == "BatchNormAct2d" and kind.__module__.startswith("timm.")
+    return kind.__name__ == name and kind.__module__.startswith("timm.")
 
 
 def is_mixed_conv(module: nn.Module) -> bool:
     """Whether ``module`` is timm's ``MixedConv2d``: channel groups convolved by its children
     (kernels of several sizes), outputs concatenated in the children's order."""
-    kind = type(module)
-    return kind.__name__ == "MixedConv2d" and kind.__module__.startswith("timm.")
+    return _is_timm_class(module, "MixedConv2d")
 
 
 def norm_activation(norm: nn.Module) -> tuple[str | None, str | None]:
@@ -59,7 +58,8 @@ def norm_activation(norm: nn.Module) -> tuple[str | None, str | None]:
     itself, or None): an ``nn.BatchNorm2d``, or timm's ``BatchNormAct2d`` without dropout."""
     if type(norm) is nn.BatchNorm2d:
         return None, None
-    if not _is_timm_batchnorm_act(norm):
+    # timm's BatchNormAct2d: a BatchNorm2d followed by its own `drop` and `act` children.
+    if not _is_timm_class(norm, "BatchNormAct2d"):
         return "not an nn.BatchNorm2d", None
     if type(norm.drop) is not nn.Identity:
         return "its dropout cannot fold", None

@@ -194,14 +194,13 @@ def _plan_run(conv: nn.Module, norm: nn.Module | None, act: nn.Module | None, ba
     if is_mixed_conv(conv):
         if norm is None or _mixed_conv_gap(conv, shared) or _norm_gap(norm, conv, shared):
             return False, False
-        take_act = (norm_activation(norm)[1] is None and type(act) in FUSABLE_ACTIVATIONS
-                    and _fusion_gap(act, shared) is None)
-        return True, take_act
-    if type(conv) is not nn.Conv2d or _fusion_gap(conv, shared):
-        return False, False
-    take_norm = norm is not None and _norm_gap(norm, conv, shared) is None
-    if not take_norm and conv_gap(conv, backend) is not None:
-        return False, False
+        take_norm = True
+    else:
+        if type(conv) is not nn.Conv2d or _fusion_gap(conv, shared):
+            return False, False
+        take_norm = norm is not None and _norm_gap(norm, conv, shared) is None
+        if not take_norm and conv_gap(conv, backend) is not None:
+            return False, False
     inner = norm_activation(norm)[1] if take_norm else None
     take_act = (inner is None and type(act) in FUSABLE_ACTIVATIONS
                 and _fusion_gap(act, shared) is None)

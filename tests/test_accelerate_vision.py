@@ -78,6 +78,19 @@ TIMM_OTHER = ["tf_efficientnet_b0", "mixnet_s", "ghostnet_100", "efficientnet_es
               "efficientvit_b0"]
 
 
+def assert_eval_matches_and_restores(fast: nn.Module, model: nn.Module,
+                                     reference: nn.Module, x: torch.Tensor, label: str) -> None:
+    """The accelerated eval model against its float64 copy in both memory formats, and
+    restore() bringing back the original module classes."""
+    expected = reference(x.double()).detach()
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            assert_close_to_reference(fast(x.contiguous(memory_format=layout)), expected,
+                                      FORWARD_TOL[torch.float32], f"{label} {layout}")
+    restored = mobilefuse.restore(fast)
+    assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
+
+
 @pytest.mark.parametrize("name", TIMM_OTHER)
 def test_other_timm_nets_keep_their_outputs(name):
     model = build("timm", name).eval()
@@ -86,14 +99,8 @@ def test_other_timm_nets_keep_their_outputs(name):
     fast = mobilefuse.accelerate(model)
     assert list(fast.state_dict()) == list(model.state_dict())
     assert any(type(m).__module__.startswith("mobilefuse") for m in fast.modules())
-    x = torch.randn(2, 3, 80, 72)
-    expected = reference(x.double()).detach()
-    with torch.no_grad():
-        for layout in (torch.contiguous_format, torch.channels_last):
-            assert_close_to_reference(fast(x.contiguous(memory_format=layout)), expected,
-                                      FORWARD_TOL[torch.float32], f"timm {name} {layout}")
-    restored = mobilefuse.restore(fast)
-    assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
+    assert_eval_matches_and_restores(fast, model, reference, torch.randn(2, 3, 80, 72),
+                                     f"timm {name}")
 
 
 # Not efficientnet_es: eager float32 itself lands at 0.8-1.0x the forward tolerance there in
@@ -156,14 +163,8 @@ def test_batchnorm_after_a_mixed_conv_folds_into_each_of_its_convolutions():
     assert [c.fusion.describe() for c in fast.conv_pwl.children()] == [
         "batchnorm[0:6] (eval)", "batchnorm[6:11] (eval)"]
     assert all(type(getattr(fast, f"bn{i}")).__name__ == "FoldedBatchNorm2d" for i in (1, 2, 3))
-    x = torch.randn(2, 10, 15, 13) * 2
-    expected = reference(x.double())
-    with torch.no_grad():
-        for layout in (torch.contiguous_format, torch.channels_last):
-            assert_close_to_reference(fast(x.contiguous(memory_format=layout)), expected,
-                                      FORWARD_TOL[torch.float32], f"mixed conv {layout}")
-    restored = mobilefuse.restore(fast)
-    assert [type(m) for m in restored.modules()] == [type(m) for m in model.modules()]
+    assert_eval_matches_and_restores(fast, model, reference, torch.randn(2, 10, 15, 13) * 2,
+                                     "mixed conv")
 
 
 def test_mixed_conv_with_a_hooked_child_keeps_its_batchnorm():

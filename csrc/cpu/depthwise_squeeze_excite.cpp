@@ -49,23 +49,17 @@ at::Tensor depthwise_squeeze_excite_cpu(
   at::Tensor out = at::empty({g.batch, g.channels, g.out_h, g.out_w}, xc.options(),
                              at::MemoryFormat::ChannelsLast);
   if (out.numel() == 0) return out.to(x.scalar_type()).contiguous(kernel_format(x));
-  auto as_ct = [&](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(t->to(ct).contiguous()) : std::nullopt;
-  };
+  const se::ExcitationWeights weights(w_reduce, b_reduce, w_expand, b_expand, ct);
   // Two images or more per thread: each image's gate is applied by the thread that wrote it,
   // right after, from cache. Fewer: the rows of one image spread over threads, and the gate
   // is one more pass. Also one more pass where the excitation's weights outweigh an image's
   // output (R > pixels: MobileNetV3's 960-channel 7x7 layers, R = 240): excited image by
   // image, they would be read from L2/L3 once per image (1.8 MB each there) instead of once.
   if (g.batch >= 2 * at::get_num_threads() && w_reduce.size(0) <= g.out_h * g.out_w) {
-    const at::Tensor w1 = w_reduce.to(ct).contiguous(), w2 = w_expand.to(ct).contiguous();
-    const std::optional<at::Tensor> b1 = as_ct(b_reduce), b2 = as_ct(b_expand);
     AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_depthwise_squeeze_excite_by_image", [&] {
-      const ImageExcitation<scalar_t> excite{
-          w1.const_data_ptr<scalar_t>(), b1 ? b1->const_data_ptr<scalar_t>() : nullptr,
-          w2.const_data_ptr<scalar_t>(), b2 ? b2->const_data_ptr<scalar_t>() : nullptr,
-          w1.size(0), g.channels, se_activation == "silu", gate == "sigmoid",
-          static_cast<scalar_t>(1.0 / static_cast<double>(g.out_h * g.out_w))};
+      const ImageExcitation<scalar_t> excite = weights.by_image<scalar_t>(
+          se_activation == "silu", gate == "sigmoid",
+          static_cast<scalar_t>(1.0 / static_cast<double>(g.out_h * g.out_w)));
       scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
       const int64_t pixels = g.out_h * g.out_w;
       depthwise::run_forward_nhwc_by_image<scalar_t>(
@@ -87,10 +81,7 @@ at::Tensor depthwise_squeeze_excite_cpu(
                                 sums.mutable_data_ptr<scalar_t>());
   });
   const at::Tensor pooled = sums.div_(static_cast<double>(g.out_h * g.out_w));
-  at::Tensor hidden = at::linear(pooled, w_reduce.to(ct), as_ct(b_reduce));
-  hidden = se_activation == "relu" ? hidden.relu_() : at::silu_(hidden);
-  at::Tensor z = at::linear(hidden, w_expand.to(ct), as_ct(b_expand));
-  z = gate == "sigmoid" ? z.sigmoid_() : at::hardsigmoid_(z);
+  const at::Tensor z = weights.gate_by_gemm(pooled, se_activation, gate);
   out.mul_(z.view({g.batch, g.channels, 1, 1}));
   return out.to(x.scalar_type()).contiguous(kernel_format(x));
 }

@@ -110,5 +110,43 @@ struct ImageExcitation {
   }
 };
 
+// The SE weights in the type the excitation runs in (float32, float64 for float64),
+// contiguous; both routes of the excitation from them.
+struct ExcitationWeights {
+  at::Tensor w1, w2;
+  std::optional<at::Tensor> b1, b2;
+
+  ExcitationWeights(const at::Tensor& w_reduce, const std::optional<at::Tensor>& b_reduce,
+                    const at::Tensor& w_expand, const std::optional<at::Tensor>& b_expand,
+                    at::ScalarType ct)
+      : w1(w_reduce.to(ct).contiguous()),
+        w2(w_expand.to(ct).contiguous()),
+        b1(as(b_reduce, ct)),
+        b2(as(b_expand, ct)) {}
+
+  // Image by image in C++ (scalar_t: ct); the sums of an image times inv_pixels are its means.
+  template <typename T>
+  ImageExcitation<T> by_image(bool silu, bool sigmoid, T inv_pixels) const {
+    return {w1.const_data_ptr<T>(), b1 ? b1->const_data_ptr<T>() : nullptr,
+            w2.const_data_ptr<T>(), b2 ? b2->const_data_ptr<T>() : nullptr,
+            w1.size(0), w2.size(0), silu, sigmoid, inv_pixels};
+  }
+
+  // The gate (N, C) of the pooled means (N, C) through torch's GEMM: many images, or wide
+  // layers, where that beats the dot products.
+  at::Tensor gate_by_gemm(const at::Tensor& pooled, c10::string_view activation,
+                          c10::string_view gate) const {
+    at::Tensor hidden = at::linear(pooled, w1, b1);
+    hidden = activation == "relu" ? hidden.relu_() : at::silu_(hidden);
+    at::Tensor z = at::linear(hidden, w2, b2);
+    return gate == "sigmoid" ? z.sigmoid_() : at::hardsigmoid_(z);
+  }
+
+ private:
+  static std::optional<at::Tensor> as(const std::optional<at::Tensor>& t, at::ScalarType ct) {
+    return t.has_value() ? std::optional<at::Tensor>(t->to(ct).contiguous()) : std::nullopt;
+  }
+};
+
 }  // namespace se
 }  // namespace mobilefuse

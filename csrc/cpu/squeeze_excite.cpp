@@ -220,26 +220,18 @@ at::Tensor se_inference_cpu(const at::Tensor& x, const at::Tensor& w_reduce,
   const at::ScalarType ct = sums.scalar_type();
   const int64_t batch = x.size(0), channels = x.size(1), reduced = w_reduce.size(0);
   const int64_t pixels = std::max<int64_t>(x.size(2) * x.size(3), 1);
-  auto as_ct = [&](const c10::optional<at::Tensor>& t) {
-    return t.has_value() ? c10::optional<at::Tensor>(t->to(ct).contiguous()) : c10::nullopt;
-  };
-  const at::Tensor w1 = w_reduce.to(ct).contiguous(), w2 = w_expand.to(ct).contiguous();
-  const c10::optional<at::Tensor> b1 = as_ct(b_reduce), b2 = as_ct(b_expand);
+  const se::ExcitationWeights weights(w_reduce, b_reduce, w_expand, b_expand, ct);
   if (!excite_by_image(batch, channels, reduced)) {
-    at::Tensor hidden = at::linear(sums / static_cast<double>(pixels), w1, b1);
-    hidden = activation == "relu" ? hidden.relu_() : at::silu_(hidden);
-    at::Tensor z = at::linear(hidden, w2, b2);
-    z = gate == "sigmoid" ? z.sigmoid_() : at::hardsigmoid_(z);
+    const at::Tensor z =
+        weights.gate_by_gemm(sums / static_cast<double>(pixels), activation, gate);
     return se_channel_affine_cpu(x, z, c10::nullopt);
   }
   at::Tensor scale = at::empty({batch, channels}, sums.options());
   if (scale.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_se_inference", [&] {
-      const se::ImageExcitation<scalar_t> excite{
-          w1.const_data_ptr<scalar_t>(), b1 ? b1->const_data_ptr<scalar_t>() : nullptr,
-          w2.const_data_ptr<scalar_t>(), b2 ? b2->const_data_ptr<scalar_t>() : nullptr,
-          reduced, channels, activation == "silu", gate == "sigmoid",
-          static_cast<scalar_t>(1.0 / static_cast<double>(pixels))};
+      const se::ImageExcitation<scalar_t> excite = weights.by_image<scalar_t>(
+          activation == "silu", gate == "sigmoid",
+          static_cast<scalar_t>(1.0 / static_cast<double>(pixels)));
       const scalar_t* sum_data = sums.const_data_ptr<scalar_t>();
       scalar_t* scale_data = scale.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
