@@ -32,7 +32,8 @@ from torch import nn
 
 from mobilefuse import _batch_norm_train as batch_norm_train
 from mobilefuse import ops
-from mobilefuse._onednn import conv2d_epilogue
+from mobilefuse._call_memo import CallMemo
+from mobilefuse._onednn import conv2d_epilogue, epilogue_call
 from mobilefuse._swap import origin_class
 from mobilefuse.backends import run_on_backend
 
@@ -89,9 +90,11 @@ class Fusion:
         self.backend = backend
         # The last folded weight and bias, reused while no input tensor changed (inference).
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        # The convolution's last built inference call (see mobilefuse._call_memo).
+        self.memo = CallMemo()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": None}
+        return {**self.__dict__, "_cache": None, "memo": CallMemo()}
 
     def active(self) -> bool:
         """Whether the convolution runs the fused form now (the BatchNorm is in eval mode)."""
@@ -220,20 +223,32 @@ class FoldedConv2d(nn.Conv2d):
     Same parameters and ``state_dict`` keys as the convolution it replaces. While its
     :class:`Fusion` is active it runs the vendor convolution with the folded weight and bias and
     the fused activation (a oneDNN post-op in CPU inference, else in place when no gradient is
-    recorded); otherwise it is a plain ``nn.Conv2d``.
+    recorded); otherwise it is a plain ``nn.Conv2d``. With no gradient recorded it replays the
+    oneDNN call it built for the last input of the same shape (:mod:`mobilefuse._call_memo`).
     """
 
     fusion: Fusion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution, with BatchNorm and activation folded in while the fusion is active."""
-        if not self.fusion.active():
+        fusion = self.fusion
+        if not fusion.active():
             return super().forward(x)
-        weight, bias = self.fusion.fold(self.weight, self.bias)
+        weight, bias = fusion.fold(self.weight, self.bias)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            return ops.activate_fresh(self._conv_forward(x, weight, bias), self.fusion.activation)
-        return conv2d_epilogue(x, weight, bias, self.stride, self.padding, self.dilation,
-                               self.groups, self.fusion.activation)
+            return ops.activate_fresh(self._conv_forward(x, weight, bias), fusion.activation)
+        if not ops.eager_no_grad():
+            return conv2d_epilogue(x, weight, bias, self.stride, self.padding, self.dilation,
+                                   self.groups, fusion.activation)
+        call = fusion.memo.get(x, weight, bias)
+        if call is None:
+            call = epilogue_call(x, weight, bias, self.stride, self.padding, self.dilation,
+                                 self.groups, fusion.activation)
+            if call is None:  # not oneDNN's: F.conv2d, the activation in place
+                return conv2d_epilogue(x, weight, bias, self.stride, self.padding,
+                                       self.dilation, self.groups, fusion.activation)
+            fusion.memo.put(x, weight, bias, call)
+        return call(x)
 
     def extra_repr(self) -> str:
         """nn.Conv2d's description plus what is folded into it."""

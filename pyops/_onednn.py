@@ -28,6 +28,7 @@ counter; they run unpacked.
 from __future__ import annotations
 
 import functools
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,16 +101,37 @@ def is_pointwise(weight: torch.Tensor, stride: _Pair, padding: _Pair, groups: in
             and tuple(stride) == (1, 1) and tuple(padding) == (0, 0))
 
 
+@functools.cache
+def mkl_on_intel() -> bool:
+    """Whether torch's matrix products run on MKL on an Intel CPU, where MKL takes its tuned
+    code paths (on other vendors' CPUs it runs slower generic ones)."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass
+    return "GenuineIntel" in platform.processor()
+
+
 def gemm_runs(rows: int, c_in: int, c_out: int) -> bool:
     """Whether a 1x1 convolution over ``rows`` pixels (N*H*W) runs as MKL's GEMM
     (``torch.addmm`` on the transposed weight, the activation in place after it) rather than
     oneDNN's linear op with post-ops: small products over few rows, where the linear op's fixed
-    cost dominates. Side by side on a 2-core Xeon, float32, one image, GEMM over oneDNN: at 7x7
-    (49 rows) 1.07-1.38x for C 160-1200 <-> 960-1152 (up to 12 M multiply-adds), but
-    0.82-0.84x for ResNet-50's 512 <-> 2048 (51 M); at 14x14 (196 rows) 1.08-1.43x where the
-    channels shrink (480 -> 80, 672 -> 112), 0.90-0.95x where they grow; at 392 rows (eight
-    images at 7x7, 1152 -> 320) 0.93-0.95x."""
-    if rows * c_in * c_out > 2**24:
+    cost dominates.
+
+    Side by side, float32, one image, GEMM over oneDNN: on a 2-core Xeon at 7x7 (49 rows)
+    1.07-1.38x for C 160-1200 <-> 960-1152 (up to 12 M multiply-adds), but 0.82-0.84x for
+    ResNet-50's 512 <-> 2048 (51 M); at 14x14 (196 rows) 1.08-1.43x where the channels shrink
+    (480 -> 80, 672 -> 112), 0.90-0.95x where they grow; at 392 rows (eight images at 7x7,
+    1152 -> 320) 0.93-0.95x. On a 2-core AMD EPYC (Zen 5), where MKL is not tuned, the GEMM
+    wins only up to about 1 M multiply-adds (1.1-1.9x), and loses beyond (0.70-0.96x at
+    1.6-3.2 M, 0.41-0.56x at 6-12 M)."""
+    limit = 2**24 if mkl_on_intel() else 2**20
+    if rows * c_in * c_out > limit:
         return False
     return rows <= 64 or (rows <= 256 and c_in >= c_out)
 
@@ -202,6 +224,44 @@ def _adds(x: torch.Tensor, weight: torch.Tensor, stride: _Pair, padding: _Pair,
             and residual.is_contiguous(memory_format=torch.channels_last))
 
 
+@dataclass
+class SpatialConv:
+    """A convolution of channels_last inputs of one shape: oneDNN's convolution on the weight
+    reordered for that shape, its activation a post-op."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    groups: int
+    post_op: str
+    scalars: list[float]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(conv2d(x))`` for a channels_last-contiguous ``x`` of the built shape."""
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            self.post_op, self.scalars, None)
+
+
+def epilogue_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride: _Pair = (1, 1), padding: _Pair = (0, 0), dilation: _Pair = (1, 1),
+                  groups: int = 1, activation: str | None = None
+                  ) -> PointwiseConv | SpatialConv | None:
+    """The oneDNN call computing ``act(conv2d(x, weight, bias, ...))`` for inputs shaped,
+    laid out and typed as ``x``, or None where :func:`serves` says oneDNN does not run it.
+    ``padding`` is a pair of ints."""
+    if not serves(x, weight, activation):
+        return None
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if is_pointwise(weight, stride, padding, groups):
+        return PointwiseConv.build(weight, bias, x.shape, activation)
+    post_op, scalars = POST_OPS[activation]
+    return SpatialConv(packed_weight(weight, x.shape, stride, padding, dilation, groups), bias,
+                       list(stride), list(padding), list(dilation), groups, post_op, scalars)
+
+
 def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     stride: _Pair = (1, 1), padding: _Pair = (0, 0), dilation: _Pair = (1, 1),
                     groups: int = 1, activation: str | None = None,
@@ -214,24 +274,21 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """
     from mobilefuse import ops  # imported here: ops imports this module
 
-    fused = serves(x, weight, activation) and (residual is None or _adds(x, weight, stride,
-                                                                        padding, activation,
-                                                                        residual))
-    if not fused:
-        y = ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
-                               activation)
-        if residual is None:
-            return y
-        return y.add_(residual) if ops.eager_no_grad() else y + residual
-    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-    if is_pointwise(weight, stride, padding, groups):
-        call = PointwiseConv.build(weight, bias, x.shape, activation)
-        return call(x) if residual is None else call.add(x, residual)
-    w = packed_weight(weight, x.shape, stride, padding, dilation, groups)
-    if residual is not None:
+    if residual is None:
+        call = epilogue_call(x, weight, bias, stride, padding, dilation, groups, activation)
+        if call is not None:
+            return call(x)
+    elif serves(x, weight, activation) and _adds(x, weight, stride, padding, activation,
+                                                 residual):
+        stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+        if is_pointwise(weight, stride, padding, groups):
+            return PointwiseConv.build(weight, bias, x.shape, activation).add(x, residual)
+        w = packed_weight(weight, x.shape, stride, padding, dilation, groups)
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, residual, w, bias, list(padding), list(stride), list(dilation), groups, "add",
             1.0, None, [], None)
-    attr, scalars = POST_OPS[activation]
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, w, bias, list(padding), list(stride), list(dilation), groups, attr, scalars, None)
+    y = ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
+                           activation)
+    if residual is None:
+        return y
+    return y.add_(residual) if ops.eager_no_grad() else y + residual

@@ -125,15 +125,27 @@ class DepthwiseConv2d(nn.Conv2d):
         """Depthwise convolution, bias and activation in one kernel.
 
         When :func:`mobilefuse.accelerate` linked a following BatchNorm/activation and that
-        fusion is active (eval mode), they are folded in here as well.
+        fusion is active (eval mode), they are folded in here as well; with no gradient
+        recorded (and backend ``"auto"``, no autocast) the call built for the last input of the
+        same shape is replayed (:mod:`mobilefuse._call_memo`).
         """
         weight, bias, activation = self.weight, self.bias, self.activation
         fusion = self.fusion
-        if fusion is not None and fusion.active():
-            weight, bias = fusion.fold(weight, bias)
-            activation = fusion.activation
-        return run_on_backend(self.backend, ops.depthwise_conv2d, x, weight, bias, self.stride,
-                           self.padding, self.dilation, activation)
+        if fusion is None or not fusion.active():
+            return run_on_backend(self.backend, ops.depthwise_conv2d, x, weight, bias,
+                                  self.stride, self.padding, self.dilation, activation)
+        weight, bias = fusion.fold(weight, bias)
+        if (self.backend != "auto" or not ops.eager_no_grad()
+                or autocast_dtype(x.device) is not None):
+            return run_on_backend(self.backend, ops.depthwise_conv2d, x, weight, bias,
+                                  self.stride, self.padding, self.dilation, fusion.activation)
+        # Inference: replay the call built for the last input like x (mobilefuse._call_memo).
+        call = fusion.memo.get(x, weight, bias)
+        if call is None:
+            call = ops.depthwise_call(x, weight, bias, self.stride, self.padding, self.dilation,
+                                      fusion.activation)
+            fusion.memo.put(x, weight, bias, call)
+        return call(x)
 
     def extra_repr(self) -> str:
         """nn.Conv2d's description plus what is fused into it."""

@@ -15,6 +15,7 @@ from conftest import (
     make_input,
     on_backend,
     poison_for,
+    profiled_calls,
 )
 
 import mobilefuse
@@ -110,3 +111,22 @@ def test_backward_with_grad_in_another_layout(backend, device):
     (gx,) = torch.autograd.grad(out, x, grad)
     gref = ref.hardswish_backward(grad.double(), x.detach().double())
     assert_close_to_reference(gx, gref, BACKWARD_TOL[torch.float32], "hardswish backward")
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+def test_auto_runs_pytorchs_kernel_on_cpu(name, grad):
+    """Backend "auto" leaves CPU activations to PyTorch's kernel (cheaper per call, as fast in
+    bulk), named mobilefuse::<op> in the trace; backend "cpu" runs mobilefuse's."""
+    op, ref_op, _ = ACTIVATIONS[name]
+    x = make_input((2, 7, 5, 3), torch.float32, "cpu", "channels_last").requires_grad_(grad)
+    outs = []
+    calls = profiled_calls(lambda: outs.append(op(x)))
+    assert calls[f"aten::{name}"] == 1 and calls[f"mobilefuse::{name}"] == 1
+    with on_backend("cpu"):
+        kernel_calls = profiled_calls(lambda: outs.append(op(x)))
+    assert kernel_calls[f"aten::{name}"] == 0 and kernel_calls[f"mobilefuse::{name}"] == 1
+    for out in outs:
+        _expected_layout(x, out)
+        assert_close_to_reference(out, ref_op(x.detach().double()), FORWARD_TOL[torch.float32],
+                                  f"{name} on auto and cpu")

@@ -4,6 +4,8 @@ float64 reference; and the cache of reordered weights."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,6 +127,29 @@ def test_pointwise_runs_as_linear_and_others_as_convolution():
     assert outs[0].is_contiguous(memory_format=CL)
     assert_close_scaled(outs[0], _reference(x[:1], pointwise, None, 1, 0, 1, "silu"),
                         torch.float32)
+
+
+@pytest.mark.parametrize("intel", [True, False], ids=["mkl-on-intel", "other-cpu"])
+def test_gemm_route_limit_follows_the_cpu(monkeypatch, intel):
+    """MKL's GEMM takes products up to 16 M multiply-adds on Intel CPUs, 1 M elsewhere."""
+    monkeypatch.setattr(_onednn, "mkl_on_intel", lambda: intel)
+    assert _onednn.gemm_runs(49, 64, 64) and _onednn.gemm_runs(196, 128, 32)
+    assert _onednn.gemm_runs(49, 160, 960) is intel  # 7.5 M multiply-adds
+    assert _onednn.gemm_runs(196, 480, 80) is intel  # 7.5 M, channels shrinking
+    assert not _onednn.gemm_runs(196, 80, 480)  # channels growing over 196 rows
+    assert not _onednn.gemm_runs(49, 512, 2048)  # 51 M
+    assert not _onednn.gemm_runs(392, 64, 32)  # over 256 rows
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads Linux's /proc/cpuinfo")
+def test_mkl_on_intel_reads_the_cpu_vendor():
+    expected = False
+    if torch.backends.mkl.is_available():
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            vendors = {line.split(":")[1].strip() for line in cpuinfo
+                       if line.startswith("vendor_id")}
+        expected = vendors == {"GenuineIntel"}
+    assert _onednn.mkl_on_intel() is expected
 
 
 def test_reordered_weight_follows_the_input_shape(pointwise_route):
