@@ -106,7 +106,9 @@ def impl_names(op: str, device: torch.device, compile: bool = True) -> list[str]
     """The implementations timed for ``op`` on ``device``, in table order."""
     names = [MOBILEFUSE]
     backends = fused_backends(device)
-    if len(backends) > 1:  # e.g. CUDA C++ and Triton on a GPU: show each, not only the winner
+    # Each kernel, not only the winner: CUDA C++ and Triton on a GPU; on CPU the activations'
+    # C++ kernel, which "auto" leaves to PyTorch's (mobilefuse.ops._activation_backend).
+    if len(backends) > 1 or (op in ACTIVATIONS and device.type == "cpu" and backends):
         names += [f"{MOBILEFUSE}[{name}]" for name in backends]
     names.append(EAGER)
     if op == "channel_shuffle":
