@@ -68,7 +68,7 @@ def _activation_backend(op: str, x: torch.Tensor) -> str:
     """The backend that runs a standalone activation on ``x``: the chosen one, except that
     ``"auto"`` leaves CPU tensors to PyTorch's own kernel (the reference, named ``mobilefuse::<op>``
     under a profiler). A pass over memory with nothing to fuse gains nothing from a kernel of
-    ours there, and PyTorch's costs less per call: on a 2-core Xeon, side by side, its
+    ours there, and PyTorch's costs less per call: on a 2-core AMD EPYC, side by side, its
     hard-swish took 0.5-0.9x the time of mobilefuse's (float32 at batch 1 3.7 vs 7.0 us,
     1.6 M values 195 vs 211 us, bfloat16 0.65x), hard-sigmoid 0.5-1.04x, and so did their
     backward passes. Fused into a convolution's epilogue the activation costs no pass at all."""
