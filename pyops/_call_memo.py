@@ -57,3 +57,13 @@ class CallMemo:
         not be seen."""
         if not weight.is_inference():
             self._entry = (weight, bias, _state(x, weight), call)
+
+    def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            build: Callable[[], Call]) -> torch.Tensor:
+        """The kept call on ``x`` where it was built for these tensors, else ``build()``'s call,
+        kept. Only where no gradient is recorded and no ``torch.compile`` trace runs."""
+        call = self.get(x, weight, bias)
+        if call is None:
+            call = build()
+            self.put(x, weight, bias, call)
+        return call(x)

@@ -224,7 +224,7 @@ class FoldedConv2d(nn.Conv2d):
     :class:`Fusion` is active it runs the vendor convolution with the folded weight and bias and
     the fused activation (a oneDNN post-op in CPU inference, else in place when no gradient is
     recorded); otherwise it is a plain ``nn.Conv2d``. With no gradient recorded it replays the
-    oneDNN call it built for the last input of the same shape (:mod:`mobilefuse._call_memo`).
+    call it built for the last input of the same shape (:mod:`mobilefuse._call_memo`).
     """
 
     fusion: Fusion
@@ -240,15 +240,9 @@ class FoldedConv2d(nn.Conv2d):
         if not ops.eager_no_grad():
             return conv2d_epilogue(x, weight, bias, self.stride, self.padding, self.dilation,
                                    self.groups, fusion.activation)
-        call = fusion.memo.get(x, weight, bias)
-        if call is None:
-            call = epilogue_call(x, weight, bias, self.stride, self.padding, self.dilation,
-                                 self.groups, fusion.activation)
-            if call is None:  # not oneDNN's: F.conv2d, the activation in place
-                return conv2d_epilogue(x, weight, bias, self.stride, self.padding,
-                                       self.dilation, self.groups, fusion.activation)
-            fusion.memo.put(x, weight, bias, call)
-        return call(x)
+        return fusion.memo.run(x, weight, bias, lambda: epilogue_call(
+            x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+            fusion.activation))
 
     def extra_repr(self) -> str:
         """nn.Conv2d's description plus what is folded into it."""

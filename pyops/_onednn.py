@@ -248,18 +248,24 @@ class SpatialConv:
 def epilogue_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   stride: _Pair = (1, 1), padding: _Pair = (0, 0), dilation: _Pair = (1, 1),
                   groups: int = 1, activation: str | None = None
-                  ) -> PointwiseConv | SpatialConv | None:
-    """The oneDNN call computing ``act(conv2d(x, weight, bias, ...))`` for inputs shaped,
-    laid out and typed as ``x``, or None where :func:`serves` says oneDNN does not run it.
-    ``padding`` is a pair of ints."""
-    if not serves(x, weight, activation):
-        return None
-    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-    if is_pointwise(weight, stride, padding, groups):
-        return PointwiseConv.build(weight, bias, x.shape, activation)
-    post_op, scalars = POST_OPS[activation]
-    return SpatialConv(packed_weight(weight, x.shape, stride, padding, dilation, groups), bias,
-                       list(stride), list(padding), list(dilation), groups, post_op, scalars)
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The call computing ``act(conv2d(x, weight, bias, ...))`` for inputs shaped, laid out and
+    typed as ``x``: the oneDNN call where :func:`serves` says so, else ``F.conv2d`` with the
+    activation after it (in place when no gradient is recorded). ``padding`` is a pair of ints."""
+    if serves(x, weight, activation):
+        stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+        if is_pointwise(weight, stride, padding, groups):
+            return PointwiseConv.build(weight, bias, x.shape, activation)
+        post_op, scalars = POST_OPS[activation]
+        return SpatialConv(packed_weight(weight, x.shape, stride, padding, dilation, groups),
+                           bias, list(stride), list(padding), list(dilation), groups, post_op,
+                           scalars)
+    from mobilefuse import ops  # imported here: ops imports this module
+
+    def conv_then_activate(x: torch.Tensor) -> torch.Tensor:
+        return ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
+                                  activation)
+    return conv_then_activate
 
 
 def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -275,11 +281,8 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     from mobilefuse import ops  # imported here: ops imports this module
 
     if residual is None:
-        call = epilogue_call(x, weight, bias, stride, padding, dilation, groups, activation)
-        if call is not None:
-            return call(x)
-    elif serves(x, weight, activation) and _adds(x, weight, stride, padding, activation,
-                                                 residual):
+        return epilogue_call(x, weight, bias, stride, padding, dilation, groups, activation)(x)
+    if serves(x, weight, activation) and _adds(x, weight, stride, padding, activation, residual):
         stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
         if is_pointwise(weight, stride, padding, groups):
             return PointwiseConv.build(weight, bias, x.shape, activation).add(x, residual)
@@ -289,6 +292,4 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             1.0, None, [], None)
     y = ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
                            activation)
-    if residual is None:
-        return y
     return y.add_(residual) if ops.eager_no_grad() else y + residual

@@ -131,21 +131,15 @@ class DepthwiseConv2d(nn.Conv2d):
         """
         weight, bias, activation = self.weight, self.bias, self.activation
         fusion = self.fusion
-        if fusion is None or not fusion.active():
-            return run_on_backend(self.backend, ops.depthwise_conv2d, x, weight, bias,
-                                  self.stride, self.padding, self.dilation, activation)
-        weight, bias = fusion.fold(weight, bias)
-        if (self.backend != "auto" or not ops.eager_no_grad()
-                or autocast_dtype(x.device) is not None):
-            return run_on_backend(self.backend, ops.depthwise_conv2d, x, weight, bias,
-                                  self.stride, self.padding, self.dilation, fusion.activation)
-        # Inference: replay the call built for the last input like x (mobilefuse._call_memo).
-        call = fusion.memo.get(x, weight, bias)
-        if call is None:
-            call = ops.depthwise_call(x, weight, bias, self.stride, self.padding, self.dilation,
-                                      fusion.activation)
-            fusion.memo.put(x, weight, bias, call)
-        return call(x)
+        if fusion is not None and fusion.active():
+            weight, bias = fusion.fold(weight, bias)
+            activation = fusion.activation
+            if (self.backend == "auto" and ops.eager_no_grad()
+                    and autocast_dtype(x.device) is None):
+                return fusion.memo.run(x, weight, bias, lambda: ops.depthwise_call(
+                    x, weight, bias, self.stride, self.padding, self.dilation, activation))
+        return run_on_backend(self.backend, ops.depthwise_conv2d, x, weight, bias, self.stride,
+                              self.padding, self.dilation, activation)
 
     def extra_repr(self) -> str:
         """nn.Conv2d's description plus what is fused into it."""
