@@ -285,6 +285,43 @@ def test_large_kernels_take_onednn_forward_only_without_gradient(kernel, stride,
         assert_close_to_reference(run(), expected, FORWARD_TOL[torch.float32], "cpu backend")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_silu_is_accurate_per_element_over_the_float_range(layout, dtype):
+    # The CPU kernels compute SiLU with their own exponential (exp's under- and overflow
+    # included): check it value by value, not only against the largest output as the tolerance
+    # table does. A 3x3 kernel that is 1 at its centre and 0 elsewhere passes each input through
+    # unchanged as the pre-activation, and its input gradient is SiLU's derivative there.
+    gen = torch.Generator().manual_seed(11)
+    values = torch.cat([torch.linspace(-100, 100, 8400, dtype=torch.float64),
+                        torch.randn(2000, generator=gen, dtype=torch.float64) * 3,
+                        torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30, 88.7, -88.7,
+                                      87.3, -87.3, 103.9, -103.9], dtype=torch.float64)])
+    values = values[torch.randperm(values.numel(), generator=gen)]
+    x = values[:2 * 19 * 16 * 17].to(dtype).reshape(2, 19, 16, 17)  # 19: a partial vector
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(19, 1, 3, 3, dtype=dtype)
+    w[:, :, 1, 1] = 1
+    x.requires_grad_(True)
+    with on_backend("cpu"):
+        out = mobilefuse.ops.depthwise_conv2d(x, w, None, 1, 1, activation="silu")
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    z = x.detach().double()
+    sig = torch.sigmoid(z)
+    # (what, result, float64 value, bound on |error| / (|value| + floor)): relative to each
+    # value down to 1e-6 (SiLU of z < -16 is smaller), and the derivative, which crosses 0,
+    # relative to its own range (about 1).
+    checks = (("silu", out.detach(), z * sig, 1e-6, 1e-6),
+              ("silu'", grad, sig * (1 + z * (1 - sig)), 2e-6, 1.0))
+    for name, got, ref, bound, floor in checks:
+        got = got.double()
+        assert torch.isfinite(got).all(), f"{name} {layout} {dtype}: a non-finite value"
+        err = ((got - ref).abs() / (ref.abs() + floor)).max().item()
+        bound = 1e-12 if dtype == torch.float64 else bound
+        assert err <= bound, f"{name} {layout} {dtype}: relative error {err:.2e} > {bound:.0e}"
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_CASES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("stride", [1, 2])
