@@ -41,29 +41,19 @@ class CallMemo:
     def __init__(self) -> None:
         self._entry: tuple[torch.Tensor, torch.Tensor | None, tuple, Call] | None = None
 
-    def get(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-            ) -> Call | None:
-        """The call built for these tensors, or None. Call only where no gradient is recorded
-        and no ``torch.compile`` trace runs."""
-        entry = self._entry
-        if entry is None or entry[0] is not weight or entry[1] is not bias:
-            return None
-        return entry[3] if _state(x, weight) == entry[2] else None
-
-    def put(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            call: Call) -> None:
-        """Keep ``call``, built for ``x``, ``weight`` and ``bias``. A weight without a version
-        counter (made under ``torch.inference_mode``) is not kept: its in-place changes could
-        not be seen."""
-        if not weight.is_inference():
-            self._entry = (weight, bias, _state(x, weight), call)
-
     def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             build: Callable[[], Call]) -> torch.Tensor:
         """The kept call on ``x`` where it was built for these tensors, else ``build()``'s call,
-        kept. Only where no gradient is recorded and no ``torch.compile`` trace runs."""
-        call = self.get(x, weight, bias)
-        if call is None:
-            call = build()
-            self.put(x, weight, bias, call)
+        kept. Only where no gradient is recorded and no ``torch.compile`` trace runs. A weight
+        without a version counter (made under ``torch.inference_mode``) is not kept: its
+        in-place changes could not be seen."""
+        if weight.is_inference():
+            return build()(x)
+        state = _state(x, weight)
+        entry = self._entry
+        if (entry is not None and entry[0] is weight and entry[1] is bias
+                and entry[2] == state):
+            return entry[3](x)
+        call = build()
+        self._entry = (weight, bias, state, call)
         return call(x)

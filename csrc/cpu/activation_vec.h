@@ -91,8 +91,10 @@ MOBILEFUSE_ALWAYS_INLINE Vec act_backward(Act act, Vec g, Vec z) {
   const Vec zero(0), three(3), neg_three(-3), six(6), one(1), half(0.5);
   switch (act) {
     case Act::kNone: return g;
-    case Act::kRelu: return Vec::blendv(zero, g, z > zero);
-    case Act::kRelu6: return Vec::blendv(zero, g, (z > zero) & (z < six));
+    // A bitwise and, not a blend: GCC turns blendv(0, g, mask) with g fresh from memory into
+    // a zero-masking load, which made BatchNorm + ReLU's backward 1.5x slower on Zen 5.
+    case Act::kRelu: return g & (z > zero);
+    case Act::kRelu6: return g & ((z > zero) & (z < six));
     case Act::kHardSwish: {
       Vec inside = g * (z * Vec(1.0 / 3.0) + half);
       return Vec::blendv(Vec::blendv(inside, g, z >= three), zero, z <= neg_three);
