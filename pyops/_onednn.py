@@ -244,6 +244,26 @@ class SpatialConv:
             x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
             self.post_op, self.scalars, None)
 
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``conv2d(x) + residual`` (both channels_last-contiguous; built without an
+        activation), the add as oneDNN's binary post-op."""
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, self.weight, self.bias, self.padding, self.stride, self.dilation,
+            self.groups, "add", 1.0, None, [], None)
+
+
+def _onednn_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 stride: _Pair, padding: _Pair, dilation: _Pair, groups: int,
+                 activation: str | None) -> PointwiseConv | SpatialConv:
+    """oneDNN's call for inputs like ``x``, where :func:`serves` said it serves them: the
+    linear op for a 1x1 convolution, else the convolution on the weight reordered for x's shape."""
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if is_pointwise(weight, stride, padding, groups):
+        return PointwiseConv.build(weight, bias, x.shape, activation)
+    post_op, scalars = POST_OPS[activation]
+    return SpatialConv(packed_weight(weight, x.shape, stride, padding, dilation, groups), bias,
+                       list(stride), list(padding), list(dilation), groups, post_op, scalars)
+
 
 def epilogue_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   stride: _Pair = (1, 1), padding: _Pair = (0, 0), dilation: _Pair = (1, 1),
@@ -253,13 +273,7 @@ def epilogue_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     typed as ``x``: the oneDNN call where :func:`serves` says so, else ``F.conv2d`` with the
     activation after it (in place when no gradient is recorded). ``padding`` is a pair of ints."""
     if serves(x, weight, activation):
-        stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-        if is_pointwise(weight, stride, padding, groups):
-            return PointwiseConv.build(weight, bias, x.shape, activation)
-        post_op, scalars = POST_OPS[activation]
-        return SpatialConv(packed_weight(weight, x.shape, stride, padding, dilation, groups),
-                           bias, list(stride), list(padding), list(dilation), groups, post_op,
-                           scalars)
+        return _onednn_call(x, weight, bias, stride, padding, dilation, groups, activation)
     from mobilefuse import ops  # imported here: ops imports this module
 
     def conv_then_activate(x: torch.Tensor) -> torch.Tensor:
@@ -283,13 +297,8 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if residual is None:
         return epilogue_call(x, weight, bias, stride, padding, dilation, groups, activation)(x)
     if serves(x, weight, activation) and _adds(x, weight, stride, padding, activation, residual):
-        stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-        if is_pointwise(weight, stride, padding, groups):
-            return PointwiseConv.build(weight, bias, x.shape, activation).add(x, residual)
-        w = packed_weight(weight, x.shape, stride, padding, dilation, groups)
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, w, bias, list(padding), list(stride), list(dilation), groups, "add",
-            1.0, None, [], None)
+        return _onednn_call(x, weight, bias, stride, padding, dilation, groups,
+                            activation).add(x, residual)
     y = ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
                            activation)
     return y.add_(residual) if ops.eager_no_grad() else y + residual

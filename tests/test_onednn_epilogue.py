@@ -80,6 +80,18 @@ def test_residual_add_post_op_matches_float64(shape, pointwise_route):
     assert_close_scaled(y, _reference(x, weight, bias, 1, 0, 1, None, residual), torch.float32)
 
 
+def test_residual_add_post_op_of_a_grouped_1x1_matches_float64():
+    # A grouped 1x1 (ShuffleNetV1) runs as oneDNN's convolution with its binary add.
+    x = _random((2, 12, 5, 7)).to(memory_format=CL)
+    weight, bias = _random((12, 4, 1, 1)), _random((12,))
+    residual = _random((2, 12, 5, 7), 4.0).to(memory_format=CL)
+    with torch.no_grad():
+        assert isinstance(_onednn.epilogue_call(x, weight, bias, groups=3), _onednn.SpatialConv)
+        y = _onednn.conv2d_epilogue(x, weight, bias, groups=3, residual=residual)
+    assert y.is_contiguous(memory_format=CL)
+    assert_close_scaled(y, _reference(x, weight, bias, 1, 0, 3, None, residual), torch.float32)
+
+
 @pytest.mark.parametrize("activation", ["relu6", "silu"])
 def test_residual_after_an_activation_is_added_after_it(activation, pointwise_route):
     # oneDNN would add before the activation, so this runs the unfused route.
