@@ -60,10 +60,12 @@ def test_squeeze_excite_matches_reference(backend, device):
         inputs = {"x": data.draw(tensors(shape, dtype, device, layout, scale=2.0), "x"),
                   **data.draw(_se_weights(shape[1], dtype, device), "weights")}
         options = {k: data.draw(v, k) for k, v in SE_OPTIONS.items()}
+        # A reduce weight's gradient sums gate gradients times pooled values over the batch,
+        # which can cancel: errors scale by the size of the sums (magnitude), as the block's.
         check_against_reference(
             "squeeze_excite", lambda **t: mobilefuse.ops.squeeze_excite(**t, **options),
             lambda **t: reference.squeeze_excite(**t, **options), inputs, backend,
-            tuple(inputs), what=f"{shape} {dtype} {layout} {options}")
+            tuple(inputs), magnitude=True, what=f"{shape} {dtype} {layout} {options}")
 
     run_property(prop, backend, device)
 

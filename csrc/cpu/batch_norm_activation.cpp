@@ -40,8 +40,8 @@ void gradient_sums(const T* grad, const T* x, const T* scale, const T* shift, co
                    double* sum_g, double* sum_gx, const Shape& s, Act act, ImageAffine<T> pre);
 template <typename T>
 void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, const T* alpha,
-                    const T* beta, const T* gamma, T* out, const Shape& s, Act act,
-                    ImageAffine<T> pre);
+                    const T* beta, const T* mean, const T* gamma, T* out, const Shape& s,
+                    Act act, ImageAffine<T> pre);
 template <typename T>
 void statistics(const T* x, double* mean, double* m2, const Shape& s);
 }  // namespace batch_norm::AVX512
@@ -133,15 +133,15 @@ void run_gradient_sums(const T* grad, const T* x, const T* scale, const T* shift
 
 template <typename T>
 void run_input_gradient(const T* grad, const T* x, const T* scale, const T* shift,
-                        const T* alpha, const T* beta, const T* gamma, T* out,
+                        const T* alpha, const T* beta, const T* mean, const T* gamma, T* out,
                         const batch_norm::Shape& s, Act act, ImageAffine<T> pre) {
 #ifdef MOBILEFUSE_AVX512_KERNELS
   if (use_avx512()) {
-    return batch_norm::AVX512::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s,
-                                              act, pre);
+    return batch_norm::AVX512::input_gradient(grad, x, scale, shift, alpha, beta, mean, gamma,
+                                              out, s, act, pre);
   }
 #endif
-  batch_norm::input_gradient(grad, x, scale, shift, alpha, beta, gamma, out, s, act, pre);
+  batch_norm::input_gradient(grad, x, scale, shift, alpha, beta, mean, gamma, out, s, act, pre);
 }
 
 // An optional per-(n, c) array of the image's batch and channel count, in the accumulate type.
@@ -315,11 +315,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cp
         const double b = -k * inv[c] * inv[c] * sum_gx[c] / m;
         alpha[c] = static_cast<T>(k);
         beta[c] = static_cast<T>(b);
-        gamma[c] = static_cast<T>(-k * sum_g[c] / m - b * mu[c]);
+        gamma[c] = static_cast<T>(-k * sum_g[c] / m);
       }
       grad_x = at::empty_like(p.x);
       if (grad_x.numel() > 0) {
-        run_input_gradient(gp, xp, scale.data(), shift.data(), alpha.data(), beta.data(),
+        run_input_gradient(gp, xp, scale.data(), shift.data(), alpha.data(), beta.data(), mu,
                            gamma.data(), grad_x.mutable_data_ptr<T>(), p.shape(), act, pre);
       }
     }

@@ -22,11 +22,12 @@ template void gradient_sums<double>(const double*, const double*, const double*,
                                     const double*, double*, double*, const Shape&, Act,
                                     ImageAffine<double>);
 template void input_gradient<float>(const float*, const float*, const float*, const float*,
-                                    const float*, const float*, const float*, float*,
-                                    const Shape&, Act, ImageAffine<float>);
+                                    const float*, const float*, const float*, const float*,
+                                    float*, const Shape&, Act, ImageAffine<float>);
 template void input_gradient<double>(const double*, const double*, const double*,
                                      const double*, const double*, const double*, const double*,
-                                     double*, const Shape&, Act, ImageAffine<double>);
+                                     const double*, double*, const Shape&, Act,
+                                     ImageAffine<double>);
 
 template void statistics<float>(const float*, double*, double*, const Shape&);
 template void statistics<double>(const double*, double*, double*, const Shape&);

@@ -417,19 +417,21 @@ void statistics(const T* x, double* mean, double* m2, const Shape& s) {
   });
 }
 
-// out = g * alpha + x * beta + gamma per channel: BatchNorm's input gradient, the batch
-// statistics' terms folded into beta and gamma.
+// out = g * alpha + (x - mean) * beta + gamma per channel: BatchNorm's input gradient, the
+// batch statistics' terms in beta and gamma. The mean comes off x first: where it is large
+// against the spread, x * beta and mean * beta are both far larger than their difference, and
+// folding mean * beta into gamma would leave the result float rounding of those terms.
 template <typename T>
 void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, const T* alpha,
-                    const T* beta, const T* gamma, T* out, const Shape& s, Act act,
-                    ImageAffine<T> pre) {
+                    const T* beta, const T* mean, const T* gamma, T* out, const Shape& s,
+                    Act act, ImageAffine<T> pre) {
   using Vec = at::vec::Vectorized<T>;
   const int64_t length = s.run_length();
   const bool pl = s.channels_last;
   for_each_run(s, act, [&](auto a, int64_t r, int64_t c) {
     constexpr Act kAct = decltype(a)::value;
     const Constant<T> k{scale + c, pl}, b{shift + c, pl}, al{alpha + c, pl}, be{beta + c, pl},
-        ga{gamma + c, pl};
+        mu{mean + c, pl}, ga{gamma + c, pl};
     const T* xr = x + r * length;
     const T* gr = grad + r * length;
     T* outr = out + r * length;
@@ -438,7 +440,8 @@ void input_gradient(const T* grad, const T* x, const T* scale, const T* shift, c
         const Vec xv = Vec::loadu(xr + j, lanes);
         const Vec g = activation_gradient<T, kAct>(mapped(Vec::loadu(gr + j, lanes), j, lanes),
                                                    xv, k, b, j, lanes);
-        (g * al.at(j, lanes) + xv * be.at(j, lanes) + ga.at(j, lanes)).store(outr + j, lanes);
+        (g * al.at(j, lanes) + (xv - mu.at(j, lanes)) * be.at(j, lanes) + ga.at(j, lanes))
+            .store(outr + j, lanes);
       });
     };
     if (pre) {
