@@ -127,6 +127,41 @@ def randomize_batchnorm(model: torch.nn.Module) -> None:
                 m.running_var.uniform_(0.5, 1.5)
 
 
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Running statistics and affine parameters of every BatchNorm drawn from ``seed``, away
+    from their defaults, so normalizing, folding and the running update are really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+
+
+@contextmanager
+def counting_fused_batch_norm() -> Iterator[list[int]]:
+    """Count the forwards of the fused training BatchNorm (``calls[0]``), so a test fails if
+    the route it means to test is not the one that ran."""
+    from mobilefuse._batch_norm_train import BatchNormActivationFunction
+
+    calls = [0]
+    original = BatchNormActivationFunction.forward
+
+    def counting(*args: object) -> torch.Tensor:
+        calls[0] += 1
+        return original(*args)
+
+    BatchNormActivationFunction.forward = staticmethod(counting)
+    try:
+        yield calls
+    finally:
+        BatchNormActivationFunction.forward = staticmethod(original)
+
+
 def assert_step_matches_float64(fast: torch.nn.Module, reference: torch.nn.Module,
                                 x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
     """One forward and backward of float32 ``fast`` on ``x`` (a leaf that requires grad)

@@ -13,11 +13,11 @@ from conftest import (
     FORWARD_TOL,
     assert_close_to_reference,
     assert_step_matches_float64,
+    counting_fused_batch_norm,
 )
 from torch import nn
 
 import mobilefuse
-from mobilefuse._batch_norm_train import BatchNormActivationFunction
 from mobilefuse._fusion import FoldedBatchNorm2d
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU,
@@ -43,20 +43,9 @@ def _run(act: type[nn.Module] | None, groups: int = 1, momentum: float | None = 
 
 def _calls_fused(model: nn.Module, x: torch.Tensor) -> int:
     """How many times the fused training op runs in one forward of ``model``."""
-    count = 0
-    original = BatchNormActivationFunction.forward
-
-    def counting(*args):
-        nonlocal count
-        count += 1
-        return original(*args)
-
-    BatchNormActivationFunction.forward = staticmethod(counting)
-    try:
+    with counting_fused_batch_norm() as calls:
         model(x)
-    finally:
-        BatchNormActivationFunction.forward = staticmethod(original)
-    return count
+    return calls[0]
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS), ids=str)

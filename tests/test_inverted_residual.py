@@ -18,6 +18,7 @@ from conftest import (
     assert_close_to_reference,
     make_input,
     on_backend,
+    randomize_norms,
 )
 from torch import nn
 from vision_models import timm_or_skip, torchvision_or_skip
@@ -172,18 +173,6 @@ def test_bad_inputs_name_the_argument(changes, error, match):
         _bad_call(**changes)
 
 
-def _randomize_norms(model: nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
-
-
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -212,7 +201,7 @@ def _compare_train_step(fused: nn.Module, plain: nn.Module, x: torch.Tensor, tol
 def _module(seed: int, **kwargs: object) -> mobilefuse.nn.InvertedResidual:
     torch.manual_seed(seed)
     block = mobilefuse.nn.InvertedResidual(**kwargs).double()
-    _randomize_norms(block, seed)
+    randomize_norms(block, seed)
     return block
 
 
@@ -365,7 +354,7 @@ def _vision_models() -> list[tuple[str, nn.Module]]:
 def test_accelerate_swaps_every_block_of_torchvision_timm_and_zoo(index):
     name, model = _vision_models()[index]
     model = model.double()
-    _randomize_norms(model)
+    randomize_norms(model)
     fast = mobilefuse.accelerate(model)
     blocks = [m for m in fast.modules() if isinstance(m, mobilefuse.nn.InvertedResidual)]
     expected = {"zoo mobilenet_v2": 17, "zoo efficientnet_b0": 16, "tv mobilenet_v2": 17,

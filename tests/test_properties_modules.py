@@ -8,18 +8,21 @@ twin that runs the layers one after the other, as eager PyTorch does."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
-from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference
+from conftest import (
+    BACKWARD_TOL,
+    FORWARD_TOL,
+    assert_close_to_reference,
+    counting_fused_batch_norm,
+    randomize_norms,
+)
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from property_check import EXAMPLES_CHECKED, SIZES, run_property
 from torch import nn
 
 import mobilefuse
-from mobilefuse._batch_norm_train import BatchNormActivationFunction
 
 # From 2: a one-element filter before a training BatchNorm has a zero gradient (see below).
 CHANNELS = st.sampled_from([2, 3, 5, 8, 13, 16, 17, 24])
@@ -44,27 +47,6 @@ MIN_VALUES_PER_CHANNEL = 8
 UNIT_ROUNDOFF = 2.0 ** -24
 PERTURBED_RUNS = 2
 ROUNDING_STEPS = 32.0
-
-
-def _randomize(model: nn.Module, seed: int) -> None:
-    """Weights from ``seed``; BatchNorm affine parameters and running statistics away from
-    their defaults, so normalizing, folding and the running update are really tested."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen)
-                                    * fan_in ** -0.5)
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.3)
-            elif isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                if module.affine:
-                    module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                    module.bias.copy_(torch.rand(n, generator=gen) - 0.5)
 
 
 def _input(shape: tuple[int, ...], layout: torch.memory_format, seed: int) -> torch.Tensor:
@@ -117,7 +99,8 @@ def _assert_results(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
         assert (value is None) == (expected is None), f"{name} {what}"
         if value is None:
             continue
-        assert value.dtype == torch.float32 or value.dtype == expected.dtype, f"{name} {what}"
+        kind = torch.float32 if expected.is_floating_point() else expected.dtype
+        assert value.dtype == kind, f"{name} {what}"
         if not value.is_floating_point():
             assert torch.equal(value, expected), f"{name} {what}"
             continue
@@ -143,24 +126,6 @@ def _assert_train_step(fast: nn.Module, twin: nn.Module, x: torch.Tensor,
     return perturbed
 
 
-@contextmanager
-def _counting_fused_batch_norm() -> Iterator[list[int]]:
-    """Count the fused training BatchNorm's forwards, so a property fails if the route it
-    means to test is not the one that ran."""
-    calls = [0]
-    original = BatchNormActivationFunction.forward
-
-    def counting(*args: object) -> torch.Tensor:
-        calls[0] += 1
-        return original(*args)
-
-    BatchNormActivationFunction.forward = staticmethod(counting)
-    try:
-        yield calls
-    finally:
-        BatchNormActivationFunction.forward = staticmethod(original)
-
-
 def test_batch_norm_activation_training_matches_float64():
     @given(data=st.data())
     def prop(data: st.DataObject) -> None:
@@ -175,16 +140,17 @@ def test_batch_norm_activation_training_matches_float64():
         affine = data.draw(st.booleans(), "affine")
         layout = data.draw(MODULE_LAYOUTS, "layout")
         seed = data.draw(st.integers(0, 2**31 - 1), "seed")
+        torch.manual_seed(seed)  # the layers' own initialization, repeatable from the draw
         layers = [nn.Conv2d(c, c, kernel, padding=kernel // 2, groups=groups, bias=False),
                   nn.BatchNorm2d(c, momentum=momentum, affine=affine)]
         if activation is not None:
             layers.append(ACTIVATIONS[activation]())
         twin = nn.Sequential(*layers).double().train()
-        _randomize(twin, seed)
+        randomize_norms(twin, seed)
         fast = mobilefuse.accelerate(copy.deepcopy(twin).float())
         what = (f"{(n, c, h, w)} k={kernel} groups={groups} {activation} momentum={momentum} "
                 f"affine={affine} {layout}")
-        with _counting_fused_batch_norm() as calls:
+        with counting_fused_batch_norm() as calls:
             _assert_train_step(fast, twin, _input((n, c, h, w), layout, seed), layout, seed,
                                what)
         assert calls[0] == 1, f"the fused training BatchNorm ran {calls[0]} times: {what}"
@@ -219,8 +185,9 @@ def test_inverted_residual_module_matches_its_float64_layers():
         kwargs, shape = data.draw(_blocks(), "block")
         layout = data.draw(MODULE_LAYOUTS, "layout")
         seed = data.draw(st.integers(0, 2**31 - 1), "seed")
+        torch.manual_seed(seed)  # the layers' own initialization, repeatable from the draw
         twin = mobilefuse.nn.InvertedResidual(**kwargs).double()
-        _randomize(twin, seed)
+        randomize_norms(twin, seed)
         fast = copy.deepcopy(twin).float()
         twin.forward = twin._forward_layers  # the layers one after the other, as eager runs
         what = f"{shape} {kwargs} {layout}"
