@@ -118,15 +118,6 @@ def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, tol: float, 
                         f"got {out[index].item()!r}, reference {ref[index].item()!r}")
 
 
-def randomize_batchnorm(model: torch.nn.Module) -> None:
-    """Running statistics away from their (0, 1) defaults, so folding them is really tested."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
-
-
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
     """Running statistics and affine parameters of every BatchNorm drawn from ``seed``, away
     from their defaults, so normalizing, folding and the running update are really tested."""

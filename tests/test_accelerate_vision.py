@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FORWARD_TOL, assert_close_to_reference, randomize_batchnorm
+from conftest import FORWARD_TOL, assert_close_to_reference, randomize_norms
 from test_accelerate import assert_step_matches
 from torch import nn
 from vision_models import timm_or_skip, torchvision_or_skip
@@ -34,7 +34,7 @@ CASES = [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM]
 @pytest.mark.parametrize("source,name", CASES, ids=[f"{s}-{n}" for s, n in CASES])
 def test_eval_outputs_and_state_match(source, name):
     model = build(source, name).eval()
-    randomize_batchnorm(model)
+    randomize_norms(model)
     reference = copy.deepcopy(model).double()
     fast = mobilefuse.accelerate(model)
     assert list(fast.state_dict()) == list(model.state_dict())
@@ -94,7 +94,7 @@ def assert_eval_matches_and_restores(fast: nn.Module, model: nn.Module,
 @pytest.mark.parametrize("name", TIMM_OTHER)
 def test_other_timm_nets_keep_their_outputs(name):
     model = build("timm", name).eval()
-    randomize_batchnorm(model)
+    randomize_norms(model)
     reference = copy.deepcopy(model).double()
     fast = mobilefuse.accelerate(model)
     assert list(fast.state_dict()) == list(model.state_dict())
@@ -151,7 +151,7 @@ def _mixed_block(timm) -> nn.Module:
 def test_batchnorm_after_a_mixed_conv_folds_into_each_of_its_convolutions():
     timm = timm_or_skip()
     model = _mixed_block(timm).eval()
-    randomize_batchnorm(model)
+    randomize_norms(model)
     reference = copy.deepcopy(model).double()
     fast = mobilefuse.accelerate(model)
     assert list(fast.state_dict()) == list(model.state_dict())

@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import FORWARD_TOL, assert_close_to_reference, randomize_batchnorm
+from conftest import FORWARD_TOL, assert_close_to_reference, randomize_norms
 from torch import nn
 
 import mobilefuse
@@ -26,7 +26,7 @@ def _model() -> nn.Sequential:
         nn.Conv2d(5, 12, 1, bias=False), nn.BatchNorm2d(12), nn.Hardswish(),
         nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False), nn.BatchNorm2d(12), nn.ReLU6(),
         nn.Conv2d(12, 7, 3, stride=2, padding=1), nn.BatchNorm2d(7))
-    randomize_batchnorm(model)
+    randomize_norms(model)
     return model.eval()
 
 

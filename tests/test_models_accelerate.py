@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference, randomize_batchnorm
+from conftest import BACKWARD_TOL, FORWARD_TOL, assert_close_to_reference, randomize_norms
 from test_accelerate import assert_grads_close
 from torch import nn
 
@@ -43,7 +43,7 @@ LARGER = sorted(set(models.list_models()) - {name for name, _ in NUMERIC}
 def build(name: str, **kwargs: object) -> nn.Module:
     torch.manual_seed(0)
     model = models.create_model(name, num_classes=10, **kwargs)
-    randomize_batchnorm(model)
+    randomize_norms(model)
     return model
 
 

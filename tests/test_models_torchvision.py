@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close_to_reference, randomize_batchnorm
+from conftest import assert_close_to_reference, randomize_norms
 from torch import nn
 from vision_models import torchvision_or_skip
 
@@ -55,7 +55,7 @@ def test_loads_strictly_and_gives_the_same_outputs(name: str, tmp_path) -> None:
     """torchvision's weights (saved to a file) load strictly; outputs agree in float64."""
     torch.manual_seed(0)
     theirs = torchvision_model(name, num_classes=10).eval()
-    randomize_batchnorm(theirs)
+    randomize_norms(theirs)
     torch.save(theirs.state_dict(), tmp_path / f"{name}.pth")
     ours = models.load_weights(models.create_model(name, num_classes=10), tmp_path / f"{name}.pth")
     ours.eval()

@@ -47,6 +47,15 @@ MIN_VALUES_PER_CHANNEL = 8
 UNIT_ROUNDOFF = 2.0 ** -24
 PERTURBED_RUNS = 2
 ROUNDING_STEPS = 32.0
+# Where an activation's slope jumps. A pre-activation closer to one than float32 rounding
+# reaches may land on its other side in any float32 computation, eager's included, and that
+# element's gradient then differs by the whole jump (of order 1, far past any tolerance), so
+# a draw is skipped where a float64 pre-activation lies within KINK_MARGIN times eager
+# float32's error on that map of a kink: 3.4% of 1,372 blocks and 0.1% of 1,075 BatchNorm +
+# activation draws (ad-hoc).
+KINKS = {nn.ReLU: (0.0,), nn.ReLU6: (0.0, 6.0), nn.Hardswish: (-3.0, 3.0), nn.SiLU: (),
+         nn.Hardsigmoid: (-3.0, 3.0), nn.Sigmoid: ()}
+KINK_MARGIN = 16.0
 
 
 def _randomize_convs(model: nn.Module, seed: int) -> None:
@@ -62,6 +71,53 @@ def _randomize_convs(model: nn.Module, seed: int) -> None:
                                     * fan_in ** -0.5)
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.3)
+
+
+def _pre_activations(model: nn.Module, x: torch.Tensor
+                     ) -> list[tuple[tuple[float, ...], torch.Tensor]]:
+    """Each activation's input in a training forward of a copy of ``model`` (layer by layer)
+    on ``x``, with the points where that activation's slope jumps. Squeeze-excite modules
+    apply theirs inside one op, so their reduce and expand outputs are computed here."""
+    model = copy.deepcopy(model).train()
+    seen: list[tuple[tuple[float, ...], torch.Tensor]] = []
+
+    def activation_input(module: nn.Module, args: tuple) -> None:
+        seen.append((KINKS[type(module)], args[0].detach()))
+
+    def squeeze_excite_inputs(module: mobilefuse.nn.SqueezeExcite, args: tuple) -> None:
+        reduce = module._modules[module.reduce_name]
+        expand = module._modules[module.expand_name]
+        act, gate = module._modules["activation"], module._modules["scale_activation"]
+        squeezed = reduce(args[0].mean((2, 3), keepdim=True))
+        seen.append((KINKS[type(act)], squeezed.detach()))
+        seen.append((KINKS[type(gate)], expand(act(squeezed)).detach()))
+
+    squeeze_excites = [m for m in model.modules() if isinstance(m, mobilefuse.nn.SqueezeExcite)]
+    inside = {id(child) for m in squeeze_excites for child in m.children()}
+    for module in squeeze_excites:
+        module.register_forward_pre_hook(squeeze_excite_inputs)
+    for module in model.modules():
+        if type(module) in KINKS and id(module) not in inside:
+            module.register_forward_pre_hook(activation_input)
+    if isinstance(model, mobilefuse.nn.InvertedResidual):
+        model.forward = model._forward_layers
+    with torch.no_grad():
+        model(x)
+    return seen
+
+
+def _clear_of_kinks(twin: nn.Module, x: torch.Tensor) -> bool:
+    """Whether every float64 pre-activation of ``twin`` on ``x`` lies further than
+    KINK_MARGIN times eager float32's error on its map from its activation's kinks."""
+    exact = _pre_activations(twin, x.double())
+    rounded = _pre_activations(copy.deepcopy(twin).float(), x.float())
+    for (kinks, want), (_, got) in zip(exact, rounded, strict=True):
+        if not kinks or not want.numel():
+            continue
+        margin = KINK_MARGIN * float((got.double() - want).abs().max())
+        if min(float((want - kink).abs().min()) for kink in kinks) <= margin:
+            return False
+    return True
 
 
 def _input(shape: tuple[int, ...], layout: torch.memory_format, seed: int) -> torch.Tensor:
@@ -162,12 +218,13 @@ def test_batch_norm_activation_training_matches_float64():
         twin = nn.Sequential(*layers).double().train()
         _randomize_convs(twin, seed)
         randomize_norms(twin, seed)
+        x = _input((n, c, h, w), layout, seed)
+        assume(_clear_of_kinks(twin, x))
         fast = mobilefuse.accelerate(copy.deepcopy(twin).float())
         what = (f"{(n, c, h, w)} k={kernel} groups={groups} {activation} momentum={momentum} "
                 f"affine={affine} {layout}")
         with counting_fused_batch_norm() as calls:
-            _assert_train_step(fast, twin, _input((n, c, h, w), layout, seed), layout, seed,
-                               what)
+            _assert_train_step(fast, twin, x, layout, seed, what)
         assert calls[0] == 1, f"the fused training BatchNorm ran {calls[0]} times: {what}"
         EXAMPLES_CHECKED["BatchNorm + activation (training)", "cpu", "cpu"] += 1
 
@@ -203,10 +260,11 @@ def test_inverted_residual_module_matches_its_float64_layers():
         twin = mobilefuse.nn.InvertedResidual(**kwargs).double()
         _randomize_convs(twin, seed)
         randomize_norms(twin, seed)
+        x = _input(shape, layout, seed)
+        assume(_clear_of_kinks(twin, x))
         fast = copy.deepcopy(twin).float()
         twin.forward = twin._forward_layers  # the layers one after the other, as eager runs
         what = f"{shape} {kwargs} {layout}"
-        x = _input(shape, layout, seed)
 
         fast.train(), twin.train()
         assert fast._route(x) == "train", what

@@ -12,7 +12,7 @@ from conftest import (
     FORWARD_TOL,
     assert_close_to_reference,
     profiled_calls,
-    randomize_batchnorm,
+    randomize_norms,
 )
 from torch import nn
 
@@ -88,7 +88,7 @@ def _stage(*units: nn.Module) -> tuple[nn.Sequential, nn.Module]:
     """An accelerated nn.Sequential of ``units`` (eval mode) and its float64 twin."""
     torch.manual_seed(0)
     plain = nn.Sequential(*units).eval()
-    randomize_batchnorm(plain)
+    randomize_norms(plain)
     return mobilefuse.accelerate(plain), copy.deepcopy(plain).double()
 
 
@@ -184,7 +184,7 @@ def test_sequential_without_two_linkable_units_stays():
 def test_accelerate_swaps_shufflenet_stages_and_restore_gives_them_back():
     torch.manual_seed(0)
     model = shufflenet_v2_x0_5(num_classes=10).eval()
-    randomize_batchnorm(model)
+    randomize_norms(model)
     reference = copy.deepcopy(model).double()
     keys = list(model.state_dict())
     fast = mobilefuse.accelerate(model)

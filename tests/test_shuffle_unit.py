@@ -11,7 +11,7 @@ from conftest import (
     FORWARD_TOL,
     assert_close_to_reference,
     assert_step_matches_float64,
-    randomize_batchnorm,
+    randomize_norms,
 )
 from torch import nn
 
@@ -22,7 +22,7 @@ from mobilefuse.models.shufflenet import ShuffleV2Unit
 def _unit(in_channels: int, out_channels: int, stride: int) -> ShuffleV2Unit:
     torch.manual_seed(0)
     unit = ShuffleV2Unit(in_channels, out_channels, stride, nn.BatchNorm2d, nn.ReLU)
-    randomize_batchnorm(unit)
+    randomize_norms(unit)
     return unit
 
 
