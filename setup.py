@@ -25,9 +25,10 @@ CPU_SOURCES = ["csrc/registration.cpp", "csrc/depthwise_autograd.cpp", "csrc/cpu
                "csrc/cpu/channel_shuffle.cpp", "csrc/cpu/concat_shuffle.cpp",
                "csrc/cpu/max_pool.cpp", "csrc/cpu/depthwise_conv.cpp",
                "csrc/cpu/squeeze_excite.cpp", "csrc/cpu/depthwise_squeeze_excite.cpp",
-               "csrc/cpu/batch_norm_activation.cpp"]
+               "csrc/cpu/expand_depthwise.cpp", "csrc/cpu/batch_norm_activation.cpp"]
 # Compiled with AVX512_FLAGS on top of the extension's flags, in "avx512" builds only.
-AVX512_SOURCES = ["csrc/cpu/depthwise_conv_avx512.cpp", "csrc/cpu/batch_norm_activation_avx512.cpp"]
+AVX512_SOURCES = ["csrc/cpu/depthwise_conv_avx512.cpp", "csrc/cpu/batch_norm_activation_avx512.cpp",
+                  "csrc/cpu/expand_depthwise_avx512.cpp"]
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                 "-UCPU_CAPABILITY", "-UCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX512",
                 "-DCPU_CAPABILITY_AVX512"]

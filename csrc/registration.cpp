@@ -73,6 +73,14 @@ TORCH_LIBRARY(mobilefuse, m) {
   m.def("depthwise_squeeze_excite(Tensor x, Tensor weight, Tensor? bias, int[2] stride, "
         "int[2] padding, int[2] dilation, str activation, Tensor w_reduce, Tensor? b_reduce, "
         "Tensor w_expand, Tensor? b_expand, str se_activation, str gate) -> Tensor");
+  // Inference only (no autograd): depthwise_squeeze_excite's result on
+  // act_e(conv1x1(x, expand_weight (C, C_in[, 1, 1]), expand_bias)) with the expanded map kept
+  // in cache row by row, never written; the squeeze-and-excitation optional (no w_reduce and
+  // w_expand: none). CPU.
+  m.def("expand_depthwise(Tensor x, Tensor expand_weight, Tensor? expand_bias, "
+        "str expand_activation, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, str activation, Tensor? w_reduce, Tensor? b_reduce, Tensor? w_expand, "
+        "Tensor? b_expand, str se_activation, str gate) -> Tensor");
 }
 
 namespace {

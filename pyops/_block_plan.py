@@ -29,6 +29,7 @@ from torch import nn
 from mobilefuse._block_args import OP as INVERTED_RESIDUAL
 from mobilefuse._block_layout import BlockLayout, Stage
 from mobilefuse._conv_args import check_depthwise_args
+from mobilefuse._expand_fusion import expansion_fuses
 from mobilefuse._onednn import PointwiseConv, ops_present
 from mobilefuse._ranges import op_range
 from mobilefuse._se_args import check_squeeze_excite_args
@@ -239,6 +240,14 @@ def build_plan(block: nn.Module, x: torch.Tensor) -> InferencePlan | None:
         depthwise, depthwise_args = torch.ops.mobilefuse.depthwise_squeeze_excite, (
             dw_w, dw_b, *geometry, se_args.w_reduce, b_reduce, se_args.w_expand, b_expand,
             se_args.activation, se_args.gate)
+    if expand_w is not None and expansion_fuses(tuple(x.shape), mid):
+        # The expansion runs inside the depthwise op, its output kept in cache row by row.
+        se_tail = (depthwise_args[6:] if se is not None
+                   else (None, None, None, None, "relu", "sigmoid"))
+        depthwise, depthwise_args = torch.ops.mobilefuse.expand_depthwise, (
+            expand_w, expand_b, layout.expand.activation or "none", dw_w, dw_b, *geometry,
+            *se_tail)
+        expand_w = None
     expand = None if expand_w is None else _pointwise_call(
         expand_w, expand_b, tuple(x.shape), layout.expand.activation)
     project = _pointwise_call(project_w, project_b, (n, mid, *out_hw),

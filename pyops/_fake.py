@@ -154,6 +154,36 @@ def depthwise_squeeze_excite_fake(x: torch.Tensor, weight: torch.Tensor,
     return depthwise_conv2d_fake(x, weight, bias, stride, padding, dilation, activation)
 
 
+def expand_depthwise_fake(x: torch.Tensor, expand_weight: torch.Tensor,
+                          expand_bias: torch.Tensor | None, expand_activation: str,
+                          weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
+                          padding: list[int], dilation: list[int], activation: str,
+                          w_reduce: torch.Tensor | None, b_reduce: torch.Tensor | None,
+                          w_expand: torch.Tensor | None, b_expand: torch.Tensor | None,
+                          se_activation: str, gate: str) -> torch.Tensor:
+    """Output of ``expand_depthwise``: the depthwise convolution's on the expanded map."""
+    torch._check(x.dim() == 4, lambda: f"x must have rank 4, got {x.dim()}")
+    torch._check(expand_weight.dim() in (2, 4) and expand_weight.shape[1] == x.shape[1],
+                 lambda: f"expand_weight must be (C, {x.shape[1]}) or (C, {x.shape[1]}, 1, 1), "
+                         f"got {tuple(expand_weight.shape)}")
+    for name, t in (("expand_weight", expand_weight), ("expand_bias", expand_bias),
+                    ("weight", weight), ("bias", bias), ("w_reduce", w_reduce),
+                    ("b_reduce", b_reduce), ("w_expand", w_expand), ("b_expand", b_expand)):
+        torch._check(t is None or (t.device == x.device and t.dtype == x.dtype),
+                     lambda name=name, t=t: f"expand_depthwise: {name} must match x's dtype "
+                                            f"and device ({x.dtype} on {x.device}), got "
+                                            f"{t.dtype} on {t.device}")
+    hidden = x.new_empty(()).expand(x.shape[0], expand_weight.shape[0], *x.shape[2:])
+    if w_reduce is not None and w_expand is not None:
+        out = depthwise_squeeze_excite_fake(hidden, weight, bias, stride, padding, dilation,
+                                            activation, w_reduce, b_reduce, w_expand, b_expand,
+                                            se_activation, gate)
+    else:
+        out = depthwise_conv2d_fake(hidden, weight, bias, stride, padding, dilation, activation)
+    return torch.empty(out.shape, dtype=x.dtype, device=x.device,
+                       memory_format=memory_format_of(x))
+
+
 def batch_norm_activation_fake(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
                                weight: torch.Tensor | None, bias: torch.Tensor | None,
                                activation: str, out_scale: torch.Tensor | None = None

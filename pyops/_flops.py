@@ -53,6 +53,16 @@ def _depthwise_squeeze_excite(x: Shape, weight: Shape, *args: Any, out_shape: Sh
     return depthwise_flops(out_shape, weight) + excitation_flops(x, args[5])
 
 
+def _expand_depthwise(x: Shape, expand_weight: Shape, *args: Any, out_shape: Shape,
+                      **__: Any) -> int:
+    # (x, expand_weight, expand_bias, expand_activation, weight, bias, stride, padding,
+    # dilation, activation, w_reduce, ...): the 1x1 expansion over every input pixel, the
+    # depthwise convolution, and the excitation where w_reduce is given.
+    expansion = 2 * x[0] * x[2] * x[3] * expand_weight[0] * expand_weight[1]
+    se = 0 if args[8] is None else excitation_flops(out_shape, args[8])
+    return expansion + depthwise_flops(out_shape, args[2]) + se
+
+
 def _onednn_convolution(*args: Any, out_shape: Shape, **__: Any) -> int:
     # torch.ops.mkldnn._convolution_pointwise: (X, W, ...) has 10 arguments, its .binary
     # overload (X, other, W, ...) 13. Counted as aten.convolution counts a convolution.
@@ -77,6 +87,7 @@ _FORMULAS: dict[str, Callable[..., int]] = {
     "se_inference": _squeeze_excite,
     "squeeze_excite_backward": _squeeze_excite_backward,
     "depthwise_squeeze_excite": _depthwise_squeeze_excite,
+    "expand_depthwise": _expand_depthwise,
 }
 
 

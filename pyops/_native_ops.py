@@ -23,6 +23,7 @@ from mobilefuse._fake import (
     depthwise_conv2d_backward_fake,
     depthwise_conv2d_fake,
     depthwise_squeeze_excite_fake,
+    expand_depthwise_fake,
     max_pool2d_fake,
     se_channel_affine_fake,
     se_channel_sum_fake,
@@ -58,6 +59,8 @@ def _register() -> None:
     # Inference only: the fused block calls it when no gradient is recorded.
     torch.library.register_fake("mobilefuse::depthwise_squeeze_excite")(
         depthwise_squeeze_excite_fake)
+    # Inference only: the fused block's CPU plan calls it when no gradient is recorded.
+    torch.library.register_fake("mobilefuse::expand_depthwise")(expand_depthwise_fake)
     # Inference only: mobilefuse.nn.MaxPool2d calls it when no gradient is recorded.
     torch.library.register_fake("mobilefuse::max_pool2d")(max_pool2d_fake)
     # Inference only: mobilefuse.nn.ShuffleStage calls it when no gradient is recorded.

@@ -26,6 +26,7 @@ from mobilefuse._checks import (
 )
 from mobilefuse._conv_args import OP as DEPTHWISE
 from mobilefuse._conv_args import check_depthwise_args, vendor_forward_faster
+from mobilefuse._expand_fusion import expansion_fuses
 from mobilefuse._onednn import conv2d_epilogue
 from mobilefuse._ranges import in_op_range, op_range
 from mobilefuse._se_args import OP as SQUEEZE_EXCITE
@@ -413,6 +414,36 @@ def _depthwise_squeeze_excite(h: torch.Tensor, dw_weight: torch.Tensor,
         se.gate)
 
 
+def _expand_depthwise(x: torch.Tensor, expand_weight: torch.Tensor,
+                      expand_bias: torch.Tensor | None, dw_weight: torch.Tensor,
+                      dw_bias: torch.Tensor | None, args: BlockArgs,
+                      se_weights: SEWeights | None, se_activation: str, se_gate: str
+                      ) -> torch.Tensor | None:
+    """The expansion, the depthwise convolution and the squeeze-and-excitation (if any) as one
+    C++ inference op, the expanded map kept in cache row by row; None where that op does not
+    serve (gradients recorded, a trace, not a float32 channels_last CPU tensor, a convolution
+    the depthwise kernels do not take) or does not pay (see :func:`expansion_fuses`)."""
+    if not (eager_no_grad() and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and expansion_fuses(tuple(x.shape), expand_weight.shape[0])):
+        return None
+    hidden = x.new_empty(()).expand(x.shape[0], expand_weight.shape[0], *x.shape[2:])
+    dw = check_depthwise_args(hidden, dw_weight, dw_bias, args.stride, args.padding,
+                              args.dilation, args.activations[1])
+    if dw.kernel_gap is not None or select_backend(DEPTHWISE, x.device, x.dtype) != "cpu":
+        return None
+    se_args: tuple = (None, None, None, None, "relu", "sigmoid")
+    if se_weights is not None:
+        if select_backend(SQUEEZE_EXCITE, x.device, x.dtype) != "cpu":
+            return None
+        se = check_squeeze_excite_args(hidden, *se_weights, se_activation, se_gate)
+        se_args = (se.w_reduce, se_weights[1], se.w_expand, se_weights[3], se.activation,
+                   se.gate)
+    return torch.ops.mobilefuse.expand_depthwise(
+        x, expand_weight, expand_bias, args.activations[0] or "none", dw_weight, dw_bias,
+        list(dw.stride), list(dw.padding), list(dw.dilation), dw.activation, *se_args)
+
+
 def _run_block(x: torch.Tensor, expand_weight: torch.Tensor | None,
                expand_bias: torch.Tensor | None, dw_weight: torch.Tensor,
                dw_bias: torch.Tensor | None, project_weight: torch.Tensor,
@@ -425,6 +456,12 @@ def _run_block(x: torch.Tensor, expand_weight: torch.Tensor | None,
             se_weights, args.stride, args.padding, args.dilation, args.activations, se_activation,
             se_gate, args.project_activation, args.residual)
     h = x
+    fused = None if expand_weight is None else _expand_depthwise(
+        x, expand_weight, expand_bias, dw_weight, dw_bias, args, se_weights, se_activation,
+        se_gate)
+    if fused is not None:
+        return _pointwise(fused, project_weight, project_bias, args.project_activation,
+                          x if args.residual else None)
     if expand_weight is not None:
         h = _pointwise(h, expand_weight, expand_bias, args.activations[0])
     fused = None if se_weights is None else _depthwise_squeeze_excite(

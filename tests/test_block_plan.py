@@ -100,6 +100,26 @@ def test_plan_serves_and_matches_the_layers(kwargs):
         assert torch.equal(block._forward_folded(x), second)
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"in_channels": 16, "out_channels": 16, "kernel_size": 3, "expand_ratio": 4.0,
+     "activation": "relu6"},
+    {"in_channels": 16, "out_channels": 24, "kernel_size": 5, "stride": 2, "expand_ratio": 4.0,
+     "activation": "silu", "se_channels": 4, "se_activation": "silu", "se_gate": "sigmoid"},
+])
+def test_large_expanded_maps_plan_the_fused_expansion(kwargs):
+    # 64 expanded channels of 64x65 pixels are over 1 MiB an image: the plan runs the expansion
+    # inside the depthwise op (expand_depthwise), as the general path does, with the same bits.
+    block = _block(4, **kwargs)
+    x = _input(block, (2, 64, 65))
+    first = _check(block, x, "first call")
+    plan = _plan(block)
+    assert plan is not None and plan.expand is None
+    assert plan.depthwise is torch.ops.mobilefuse.expand_depthwise
+    assert torch.equal(first, _check(block, x, "replayed"))
+    with torch.no_grad():
+        assert torch.equal(block._forward_folded(x), first)
+
+
 def test_zoo_mobilenet_v3_blocks_plan_and_match():
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small").eval()

@@ -147,3 +147,18 @@ def test_accelerated_model_counts_the_same_flops(name: str) -> None:
         eager = sum(_flops(lambda: model(x)).values())
         fused = sum(_flops(lambda: mobilefuse.accelerate(model)(x)).values())
     assert eager > 0 and fused == eager
+
+
+def test_fused_expansion_counts_the_same_flops() -> None:
+    # At 128x128 EfficientNet-B0's first 96-channel expansion (64x64) is over 1 MiB an image:
+    # that block runs expand_depthwise, which counts the expansion, depthwise and SE FLOPs.
+    from mobilefuse.models import create_model
+
+    model = create_model("efficientnet_b0", num_classes=10).eval()
+    x = torch.randn(1, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        eager = sum(_flops(lambda: model(x)).values())
+        fused = _flops(lambda: mobilefuse.accelerate(model)(x))
+    assert fused.get("mobilefuse.expand_depthwise", 0) > 0
+    assert sum(fused.values()) == eager

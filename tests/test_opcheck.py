@@ -119,6 +119,27 @@ def test_depthwise_squeeze_excite_op():
                               (x, w, b, *conv, w1, b1, w2, b2, act, gate), test_utils=utils)
 
 
+def test_expand_depthwise_op():
+    # Inference only (no autograd): schema and fake tensor, with and without the SE.
+    utils = ("test_schema", "test_faketensor")
+    for (x, w, b, *conv), (_, w1, b1, w2, b2, act, gate) in zip(
+            _depthwise_samples("cpu"), _se_samples("cpu"), strict=True):
+        dtype, c = x.dtype, x.shape[1]
+        x_in = torch.randn(x.shape[0], 5, *x.shape[2:], dtype=dtype).contiguous(
+            memory_format=torch.channels_last if x.is_contiguous(
+                memory_format=torch.channels_last) else torch.contiguous_format)
+        ew, eb = torch.randn(c, 5, 1, 1, dtype=dtype), torch.randn(c, dtype=dtype)
+        w1, w2 = torch.randn(3, c, dtype=dtype), torch.randn(c, 3, dtype=dtype)
+        b1 = None if b1 is None else torch.randn(3, dtype=dtype)
+        b2 = None if b2 is None else torch.randn(c, dtype=dtype)
+        torch.library.opcheck(_op("expand_depthwise"),
+                              (x_in, ew, eb, "hardswish", w, b, *conv, w1, b1, w2, b2, act,
+                               gate), test_utils=utils)
+        torch.library.opcheck(_op("expand_depthwise"),
+                              (x_in, ew, None, "relu", w, b, *conv, None, None, None, None,
+                               "relu", "sigmoid"), test_utils=utils)
+
+
 def test_se_inference_op():
     # Inference only (no autograd): schema and fake tensor.
     utils = ("test_schema", "test_faketensor")

@@ -1,0 +1,196 @@
+// Inference form of an inverted residual block's first half on CPU:
+// squeeze_excite(act(depthwise_conv2d(act_e(conv1x1(x, expand_weight, expand_bias))))), the
+// squeeze-and-excitation optional, with the expanded activation kept to a ring of rows in
+// cache (expand_depthwise_kernels.h) instead of written to memory and read back. With two
+// images or more per thread each image is expanded, convolved, excited and gated by one
+// thread in a row; otherwise bands of rows spread over the threads (each band expands the
+// rows it reads, the few rows bands share once per band) and the excitation runs through
+// torch after. No autograd: the fused block calls it only when no gradient is recorded.
+// Float16/bfloat16 compute in float32, like the depthwise op.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../layout.h"
+#include "cpu_capability.h"
+#include "depthwise_entry.h"
+#include "expand_depthwise_kernels.h"
+#include "se_excitation.h"
+
+namespace mobilefuse {
+namespace depthwise {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+// Defined in expand_depthwise_avx512.cpp, compiled with AVX-512 enabled.
+namespace AVX512 {
+template <typename T>
+void expand_forward_nhwc(const T* x, const Expansion<T>& e, const T* w_taps, const T* bias,
+                         T* out, const Geometry& g, Act act, int64_t bands, T* sums,
+                         const std::function<void(int64_t)>& after);
+}  // namespace AVX512
+#endif
+}  // namespace depthwise
+
+namespace {
+
+using depthwise::Act;
+using depthwise::Expansion;
+using depthwise::Geometry;
+
+// Expanded channels are padded to a multiple of this many values: whole vectors of every ISA
+// the kernels are built for (16 floats with AVX-512, 8 with AVX2; fewer doubles).
+constexpr int64_t kChannelPad = 16;
+
+template <typename T>
+void run_expand_forward(const T* x, const Expansion<T>& e, const T* w_taps, const T* bias,
+                        T* out, const Geometry& g, Act act, int64_t bands, T* sums,
+                        const std::function<void(int64_t)>& after) {
+#ifdef MOBILEFUSE_AVX512_KERNELS
+  if (use_avx512()) {
+    return depthwise::AVX512::expand_forward_nhwc(x, e, w_taps, bias, out, g, act, bands, sums,
+                                                  after);
+  }
+#endif
+  depthwise::expand_forward_nhwc(x, e, w_taps, bias, out, g, act, bands, sums, after);
+}
+
+// expand_weight (C, C_in) or (C, C_in, 1, 1) and expand_bias (C,): x's dtype and device.
+void check_expansion(const char* op, const at::Tensor& x, const at::Tensor& expand_weight,
+                     const std::optional<at::Tensor>& expand_bias) {
+  const bool shaped = (expand_weight.dim() == 2 ||
+                       (expand_weight.dim() == 4 && expand_weight.size(2) == 1 &&
+                        expand_weight.size(3) == 1)) &&
+                      expand_weight.size(1) == x.size(1) && expand_weight.size(0) >= 1;
+  TORCH_CHECK(shaped, op, ": expand_weight must have shape (C, C_in) or (C, C_in, 1, 1) with "
+              "C_in=", x.size(1), ", got ", expand_weight.sizes());
+  TORCH_CHECK(expand_weight.scalar_type() == x.scalar_type() &&
+                  expand_weight.device() == x.device(),
+              op, ": expand_weight must match x's dtype and device");
+  if (expand_bias.has_value()) {
+    TORCH_CHECK(expand_bias->dim() == 1 && expand_bias->size(0) == expand_weight.size(0), op,
+                ": expand_bias must have shape (C,) with C=", expand_weight.size(0), ", got ",
+                expand_bias->sizes());
+    TORCH_CHECK(expand_bias->scalar_type() == x.scalar_type() &&
+                    expand_bias->device() == x.device(),
+                op, ": expand_bias must match x's dtype and device");
+  }
+}
+
+// The activation named `arg` of `op`, with an error naming both for an unknown name.
+Act parse_named_activation(const char* op, const char* arg, c10::string_view name) {
+  TORCH_CHECK(name == "none" || name == "relu" || name == "relu6" || name == "hardswish" ||
+                  name == "silu",
+              op, ": ", arg, " must be none, relu, relu6, hardswish or silu, got ", name);
+  return depthwise::parse_activation(name);
+}
+
+// The expansion's weight as (C_in, c_pad) and its bias as (c_pad), zeros past C.
+template <typename T>
+void pack_expansion(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                    int64_t c_pad, std::vector<T>& w_out, std::vector<T>& b_out) {
+  const int64_t C = weight.size(0), c_in = weight.size(1);
+  const at::Tensor w = weight.reshape({C, c_in}).contiguous();
+  const T* wp = w.const_data_ptr<T>();
+  w_out.assign(c_in * c_pad, T(0));
+  b_out.assign(c_pad, T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = 0; k < c_in; ++k) w_out[k * c_pad + c] = wp[c * c_in + k];
+  }
+  if (bias.has_value()) {
+    const at::Tensor b = bias->contiguous();
+    std::copy(b.const_data_ptr<T>(), b.const_data_ptr<T>() + C, b_out.begin());
+  }
+}
+
+at::Tensor expand_depthwise_cpu(
+    const at::Tensor& x, const at::Tensor& expand_weight,
+    const std::optional<at::Tensor>& expand_bias, c10::string_view expand_activation,
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation,
+    const std::optional<at::Tensor>& w_reduce, const std::optional<at::Tensor>& b_reduce,
+    const std::optional<at::Tensor>& w_expand, const std::optional<at::Tensor>& b_expand,
+    c10::string_view se_activation, c10::string_view gate) {
+  const char* op = "expand_depthwise";
+  TORCH_CHECK(x.dim() == 4, op, ": x must have rank 4 (N, C_in, H, W), got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
+              ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+  check_expansion(op, x, expand_weight, expand_bias);
+  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
+  const int64_t C = expand_weight.size(0);
+  // The expanded map's shape, without data, for the depthwise and SE argument checks.
+  const at::Tensor hidden =
+      at::empty({1}, x.options()).expand({x.size(0), C, x.size(2), x.size(3)});
+  depthwise::check_args(op, hidden, weight, bias, stride, padding, dilation);
+  const bool se = w_reduce.has_value();
+  TORCH_CHECK(se == w_expand.has_value(), op,
+              ": give both w_reduce and w_expand (squeeze-and-excitation) or neither");
+  TORCH_CHECK(se || (!b_reduce.has_value() && !b_expand.has_value()), op,
+              ": b_reduce and b_expand need w_reduce and w_expand");
+  const Act expand_act = parse_named_activation(op, "expand_activation", expand_activation);
+  const Act act = parse_named_activation(op, "activation", activation);
+  const Geometry g = depthwise::make_geometry(hidden, weight, stride, padding, dilation);
+  const at::ScalarType ct = accumulate_type(x);
+  std::optional<se::ExcitationWeights> excitation;
+  if (se) {
+    se::check_se_weights(op, hidden, *w_reduce, b_reduce, *w_expand, b_expand);
+    se::check_se_options(op, "se_activation", se_activation, gate);
+    excitation.emplace(*w_reduce, b_reduce, *w_expand, b_expand, ct);
+  }
+  const at::Tensor xc = x.to(ct).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor w = depthwise::weight_by_tap(weight.to(ct));
+  const at::Tensor b = bias.has_value() ? bias->to(ct).contiguous() : at::Tensor();
+  at::Tensor out = at::empty({g.batch, C, g.out_h, g.out_w}, xc.options(),
+                             at::MemoryFormat::ChannelsLast);
+  if (out.numel() == 0) return out.to(x.scalar_type()).contiguous(kernel_format(x));
+  const std::optional<at::Tensor> eb =
+      expand_bias.has_value() ? std::optional<at::Tensor>(expand_bias->to(ct)) : std::nullopt;
+  const int64_t threads = at::get_num_threads(), pixels = g.out_h * g.out_w;
+  // Bands only where whole images leave threads idle (as the depthwise forward splits).
+  const int64_t bands = g.batch >= 2 * threads
+                            ? 1
+                            : std::clamp<int64_t>((4 * threads + g.batch - 1) / g.batch, 1,
+                                                  g.out_h);
+  // Image by image, the gate applied from cache, as depthwise_squeeze_excite decides.
+  const bool by_image = se && bands == 1 && w_reduce->size(0) <= pixels;
+  at::Tensor sums = se ? at::empty({g.batch, bands, C}, xc.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_expand_depthwise", [&] {
+    const int64_t c_pad = (C + kChannelPad - 1) / kChannelPad * kChannelPad;
+    std::vector<scalar_t> packed_w, packed_b;
+    pack_expansion<scalar_t>(expand_weight.to(ct), eb, c_pad, packed_w, packed_b);
+    const Expansion<scalar_t> e{packed_w.data(), packed_b.data(), x.size(1), c_pad, expand_act};
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    scalar_t* sums_data = se ? sums.mutable_data_ptr<scalar_t>() : nullptr;
+    std::function<void(int64_t)> after;
+    std::optional<se::ImageExcitation<scalar_t>> excite;
+    if (by_image) {
+      excite.emplace(excitation->by_image<scalar_t>(
+          se_activation == "silu", gate == "sigmoid",
+          static_cast<scalar_t>(1.0 / static_cast<double>(pixels))));
+      after = [&](int64_t n) {
+        std::vector<scalar_t> scratch(excite->R + excite->C);
+        (*excite)(out_data + n * pixels * C, pixels, sums_data + n * C, scratch.data(),
+                  scratch.data() + excite->R);
+      };
+    }
+    run_expand_forward<scalar_t>(xc.const_data_ptr<scalar_t>(), e, w.const_data_ptr<scalar_t>(),
+                                 b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out_data,
+                                 g, act, bands, sums_data, after);
+  });
+  if (se && !by_image) {
+    // The bands' sums added in band order (the same bits run to run), then the excitation.
+    const at::Tensor pooled = sums.sum(1).div_(static_cast<double>(pixels));
+    const at::Tensor z = excitation->gate_by_gemm(pooled, se_activation, gate);
+    out.mul_(z.view({g.batch, C, 1, 1}));
+  }
+  return out.to(x.scalar_type()).contiguous(kernel_format(x));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilefuse, CPU, m) {
+  m.impl("expand_depthwise", &expand_depthwise_cpu);
+}
+
+}  // namespace mobilefuse
