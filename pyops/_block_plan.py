@@ -29,7 +29,7 @@ from torch import nn
 from mobilefuse._block_args import OP as INVERTED_RESIDUAL
 from mobilefuse._block_layout import BlockLayout, Stage
 from mobilefuse._conv_args import check_depthwise_args
-from mobilefuse._expand_fusion import expansion_fuses
+from mobilefuse._expand_fusion import NO_SE_ARGS, expansion_fuses
 from mobilefuse._onednn import PointwiseConv, ops_present
 from mobilefuse._ranges import op_range
 from mobilefuse._se_args import check_squeeze_excite_args
@@ -230,24 +230,25 @@ def build_plan(block: nn.Module, x: torch.Tensor) -> InferencePlan | None:
         (height, width), dw_w.shape[2:], dw.stride, dw.padding, dw.dilation, strict=True))
     geometry = [list(dw.stride), list(dw.padding), list(dw.dilation), dw.activation]
     dw_w = _by_tap(dw_w)
-    if se is None:
-        depthwise, depthwise_args = torch.ops.mobilefuse.depthwise_conv2d, (
-            dw_w, dw_b, *geometry)
-    else:
+    se_call: tuple = ()
+    if se is not None:
         (w_reduce, b_reduce, w_expand, b_expand), (se_act, se_gate) = se
         se_args = check_squeeze_excite_args(x.new_empty(()).expand(n, mid, *out_hw), w_reduce,
                                             b_reduce, w_expand, b_expand, se_act, se_gate)
-        depthwise, depthwise_args = torch.ops.mobilefuse.depthwise_squeeze_excite, (
-            dw_w, dw_b, *geometry, se_args.w_reduce, b_reduce, se_args.w_expand, b_expand,
-            se_args.activation, se_args.gate)
+        se_call = (se_args.w_reduce, b_reduce, se_args.w_expand, b_expand, se_args.activation,
+                   se_args.gate)
     if expand_w is not None and expansion_fuses(tuple(x.shape), mid):
         # The expansion runs inside the depthwise op, its output kept in cache row by row.
-        se_tail = (depthwise_args[6:] if se is not None
-                   else (None, None, None, None, "relu", "sigmoid"))
         depthwise, depthwise_args = torch.ops.mobilefuse.expand_depthwise, (
             expand_w, expand_b, layout.expand.activation or "none", dw_w, dw_b, *geometry,
-            *se_tail)
+            *(se_call or NO_SE_ARGS))
         expand_w = None
+    elif se_call:
+        depthwise, depthwise_args = torch.ops.mobilefuse.depthwise_squeeze_excite, (
+            dw_w, dw_b, *geometry, *se_call)
+    else:
+        depthwise, depthwise_args = torch.ops.mobilefuse.depthwise_conv2d, (
+            dw_w, dw_b, *geometry)
     expand = None if expand_w is None else _pointwise_call(
         expand_w, expand_b, tuple(x.shape), layout.expand.activation)
     project = _pointwise_call(project_w, project_b, (n, mid, *out_hw),

@@ -22,6 +22,9 @@ from __future__ import annotations
 MIN_EXPANDED_BYTES = 1 << 19
 # Input channels up to which it runs: the blocks it takes have 16-40; with 160-192 it lost.
 MAX_IN_CHANNELS = 64
+# expand_depthwise's squeeze-and-excitation arguments for a block without one (the two
+# option strings are valid names the op checks, then ignores).
+NO_SE_ARGS = (None, None, None, None, "relu", "sigmoid")
 
 
 def expansion_fuses(x_shape: tuple[int, ...], mid: int) -> bool:

@@ -26,7 +26,7 @@ from mobilefuse._checks import (
 )
 from mobilefuse._conv_args import OP as DEPTHWISE
 from mobilefuse._conv_args import check_depthwise_args, vendor_forward_faster
-from mobilefuse._expand_fusion import expansion_fuses
+from mobilefuse._expand_fusion import NO_SE_ARGS, expansion_fuses
 from mobilefuse._onednn import conv2d_epilogue
 from mobilefuse._ranges import in_op_range, op_range
 from mobilefuse._se_args import OP as SQUEEZE_EXCITE
@@ -432,7 +432,7 @@ def _expand_depthwise(x: torch.Tensor, expand_weight: torch.Tensor,
                               args.dilation, args.activations[1])
     if dw.kernel_gap is not None or select_backend(DEPTHWISE, x.device, x.dtype) != "cpu":
         return None
-    se_args: tuple = (None, None, None, None, "relu", "sigmoid")
+    se_args: tuple = NO_SE_ARGS
     if se_weights is not None:
         if select_backend(SQUEEZE_EXCITE, x.device, x.dtype) != "cpu":
             return None

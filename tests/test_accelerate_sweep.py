@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
+from conftest import load_benchmark_script
 from vision_models import timm_or_skip
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accelerate_sweep.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("accelerate_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sweep_checks_and_times_a_timm_model(tmp_path, monkeypatch, capsys):
     timm_or_skip()
-    sweep = _load_script()
+    sweep = load_benchmark_script("accelerate_sweep")
     out = tmp_path / "sweep.json"
     monkeypatch.setattr(sys, "argv", ["accelerate_sweep.py", "--models", "timm:lcnet_050",
                                       "--batch", "1", "--size", "64", "--reps", "2",

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark_script
 
 from mobilefuse import _onednn
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "expand_fusion_blocks.py"
 
 pytestmark = pytest.mark.skipif(not _onednn.ops_present(), reason="torch built without oneDNN")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("expand_fusion_blocks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_times_both_routes_of_each_block(tmp_path, monkeypatch, capsys):
-    script = _load_script()
+    script = load_benchmark_script("expand_fusion_blocks")
     out = tmp_path / "blocks.json"
     monkeypatch.setattr(sys, "argv", ["expand_fusion_blocks.py", "--models",
                                       "mobilenet_v3_small", "--batch", "1", "--size", "64",

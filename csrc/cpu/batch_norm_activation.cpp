@@ -247,7 +247,7 @@ at::Tensor batch_norm_activation_cpu(const at::Tensor& x, const at::Tensor& mean
                                      c10::string_view activation,
                                      const std::optional<at::Tensor>& out_scale) {
   const char* op = "batch_norm_activation";
-  const Act act = depthwise::parse_activation(activation);
+  const Act act = depthwise::parse_activation(op, "activation", activation);
   const Problem p = prepare(op, x, mean, invstd, weight, bias);
   const at::Tensor gate = per_image(op, "out_scale", out_scale, p);
   at::Tensor out = at::empty_like(p.x);
@@ -270,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_activation_backward_cp
     std::array<bool, 3> output_mask, const std::optional<at::Tensor>& grad_scale,
     const std::optional<at::Tensor>& grad_shift) {
   const char* op = "batch_norm_activation_backward";
-  const Act act = depthwise::parse_activation(activation);
+  const Act act = depthwise::parse_activation(op, "activation", activation);
   check_same_device_dtype_shape(op, grad_out, x);
   const Problem p = prepare(op, x, mean, invstd, weight, bias);
   TORCH_CHECK(grad_scale.has_value() || !grad_shift.has_value(), op,

@@ -82,14 +82,13 @@ template void run_forward_nhwc<float>(const float*, const float*, const float*, 
 template void run_forward_nhwc<double>(const double*, const double*, const double*, double*,
                                        const Geometry&, Act, double*);
 
-Act parse_activation(c10::string_view name) {
+Act parse_activation(const char* op, const char* arg, c10::string_view name) {
   if (name == "none") return Act::kNone;
   if (name == "relu") return Act::kRelu;
   if (name == "relu6") return Act::kRelu6;
   if (name == "hardswish") return Act::kHardSwish;
   if (name == "silu") return Act::kSilu;
-  TORCH_CHECK(false, "depthwise_conv2d: activation must be none, relu, relu6, hardswish or silu, "
-              "got ", name);
+  TORCH_CHECK(false, op, ": ", arg, " must be none, relu, relu6, hardswish or silu, got ", name);
 }
 
 void check_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
@@ -215,7 +214,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
                                 c10::string_view activation) {
   check_args("depthwise_conv2d", x, weight, bias, stride, padding, dilation);
   TORCH_CHECK(x.device().is_cpu(), "depthwise_conv2d: expected CPU tensors, got ", x.device());
-  const Act act = parse_activation(activation);
+  const Act act = parse_activation("depthwise_conv2d", "activation", activation);
   const Geometry g = make_geometry(x, weight, stride, padding, dilation);
   const at::MemoryFormat fmt = kernel_format(x);
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
@@ -245,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
   const char* op = "depthwise_conv2d_backward";
   check_args(op, x, weight, bias, stride, padding, dilation);
   TORCH_CHECK(x.device().is_cpu() && grad_out.device().is_cpu(), op, ": expected CPU tensors");
-  const Act act = parse_activation(activation);
+  const Act act = parse_activation(op, "activation", activation);
   const Geometry g = make_geometry(x, weight, stride, padding, dilation);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({g.batch, g.channels, g.out_h, g.out_w}), op,
               ": grad_out has shape ", grad_out.sizes(), ", expected the output's");

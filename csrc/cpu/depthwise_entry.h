@@ -12,8 +12,9 @@
 namespace mobilefuse {
 namespace depthwise {
 
-// "none", "relu", "relu6", "hardswish" or "silu"; an error names `op` otherwise.
-Act parse_activation(c10::string_view name);
+// "none", "relu", "relu6", "hardswish" or "silu"; otherwise an error naming `op` and its
+// argument `arg`.
+Act parse_activation(const char* op, const char* arg, c10::string_view name);
 
 // The checks every depthwise op makes on x, weight, bias, stride, padding and dilation.
 void check_args(const char* op, const at::Tensor& x, const at::Tensor& weight,

@@ -696,51 +696,50 @@ void forward_row_pair(const T* const* in_rows, T* orow0, T* orow1, const T* w_ta
       });
 }
 
-// Output row oh of one NHWC image xn into orow, channels [c_lo, c_hi). [ow_lo, ow_hi) are
-// the interior columns of g.
-template <typename T, typename K, Act kAct>
-void forward_nhwc_output_row(const T* xn, T* orow, const T* w_taps, const T* bias,
-                             const Geometry& g, int64_t oh, int64_t ow_lo, int64_t ow_hi,
-                             int64_t c_lo, int64_t c_hi, RowScratch<T>& s) {
-  const int64_t C = g.channels;
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t ih = oh * g.sh - g.ph + i * g.dh;
-    s.rows[i] = ih >= 0 && ih < g.height ? xn + ih * g.width * C : nullptr;
-  }
-  forward_row<T, K, kAct>(s.rows.data(), orow, w_taps, bias, g, c_lo, c_hi, ow_lo, ow_hi,
-                          s.taps);
-}
-
-// Output rows [oh_lo, oh_hi) of one NHWC image xn (output image on), channels
-// [c_lo, c_hi), in pairs where the kernel computes two rows per pass; after(oh) runs as each
-// row is written.
-template <typename T, typename K, Act kAct, typename After>
-void forward_nhwc_output_rows(const T* xn, T* on, const T* w_taps, const T* bias,
-                              const Geometry& g, int64_t oh_lo, int64_t oh_hi, int64_t ow_lo,
-                              int64_t ow_hi, int64_t c_lo, int64_t c_hi, RowScratch<T>& s,
-                              After after) {
-  const int64_t C = g.channels, row = g.out_w * C;
+// Output rows [oh_lo, oh_hi) of one NHWC image (output image on), channels [c_lo, c_hi) in
+// tiles of `tile` within each row (or pair of rows), in pairs where the kernel computes two
+// rows per pass; row_at(ih) is input row ih (null outside the image), asked for in rising
+// order; after(oh) runs as each row is written. [ow_lo, ow_hi) are the interior columns of g.
+template <typename T, typename K, Act kAct, typename RowAt, typename After>
+void forward_rows(RowAt&& row_at, T* on, const T* w_taps, const T* bias, const Geometry& g,
+                  int64_t oh_lo, int64_t oh_hi, int64_t ow_lo, int64_t ow_hi, int64_t c_lo,
+                  int64_t c_hi, int64_t tile, RowScratch<T>& s, After after) {
+  const int64_t row = g.out_w * g.channels;
   int64_t oh = oh_lo;
   if constexpr (kRowPairs<K>) {
     if (g.sh == K::sw && g.dh == 1) {
       for (; oh + 2 <= oh_hi; oh += 2) {
         const T* rows[K::kh + K::sw];
-        for (int i = 0; i < K::kh + K::sw; ++i) {
-          const int64_t ih = oh * K::sw - g.ph + i;
-          rows[i] = ih >= 0 && ih < g.height ? xn + ih * g.width * C : nullptr;
+        for (int i = 0; i < K::kh + K::sw; ++i) rows[i] = row_at(oh * K::sw - g.ph + i);
+        for (int64_t t = c_lo; t < c_hi; t += tile) {
+          forward_row_pair<T, K, kAct>(rows, on + oh * row, on + (oh + 1) * row, w_taps, bias,
+                                       g, t, std::min(c_hi, t + tile), ow_lo, ow_hi);
         }
-        forward_row_pair<T, K, kAct>(rows, on + oh * row, on + (oh + 1) * row, w_taps, bias, g,
-                                     c_lo, c_hi, ow_lo, ow_hi);
         after(oh);
         after(oh + 1);
       }
     }
   }
   for (; oh < oh_hi; ++oh) {
-    forward_nhwc_output_row<T, K, kAct>(xn, on + oh * row, w_taps, bias, g, oh, ow_lo, ow_hi,
-                                        c_lo, c_hi, s);
+    for (int64_t i = 0; i < g.kh; ++i) s.rows[i] = row_at(oh * g.sh - g.ph + i * g.dh);
+    for (int64_t t = c_lo; t < c_hi; t += tile) {
+      forward_row<T, K, kAct>(s.rows.data(), on + oh * row, w_taps, bias, g, t,
+                              std::min(c_hi, t + tile), ow_lo, ow_hi, s.taps);
+    }
     after(oh);
   }
+}
+
+// forward_rows on the rows of one NHWC image xn, channels [c_lo, c_hi) as one tile.
+template <typename T, typename K, Act kAct, typename After>
+void forward_nhwc_output_rows(const T* xn, T* on, const T* w_taps, const T* bias,
+                              const Geometry& g, int64_t oh_lo, int64_t oh_hi, int64_t ow_lo,
+                              int64_t ow_hi, int64_t c_lo, int64_t c_hi, RowScratch<T>& s,
+                              After after) {
+  const int64_t image_row = g.width * g.channels;
+  forward_rows<T, K, kAct>(
+      [&](int64_t ih) { return ih >= 0 && ih < g.height ? xn + ih * image_row : nullptr; }, on,
+      w_taps, bias, g, oh_lo, oh_hi, ow_lo, ow_hi, c_lo, c_hi, c_hi - c_lo, s, after);
 }
 
 // Channels per task of the NHWC kernels: every channel, unless kh input rows of them (and,

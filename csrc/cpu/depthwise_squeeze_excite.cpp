@@ -40,7 +40,7 @@ at::Tensor depthwise_squeeze_excite_cpu(
   TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got ", x.device());
   check_se_weights(op, x, w_reduce, b_reduce, w_expand, b_expand);
   se::check_se_options(op, "se_activation", se_activation, gate);
-  const Act act = depthwise::parse_activation(activation);
+  const Act act = depthwise::parse_activation(op, "activation", activation);
   const Geometry g = depthwise::make_geometry(x, weight, stride, padding, dilation);
   const at::ScalarType ct = accumulate_type(x);
   const at::Tensor xc = x.to(ct).contiguous(at::MemoryFormat::ChannelsLast);

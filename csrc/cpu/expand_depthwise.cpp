@@ -78,14 +78,6 @@ void check_expansion(const char* op, const at::Tensor& x, const at::Tensor& expa
   }
 }
 
-// The activation named `arg` of `op`, with an error naming both for an unknown name.
-Act parse_named_activation(const char* op, const char* arg, c10::string_view name) {
-  TORCH_CHECK(name == "none" || name == "relu" || name == "relu6" || name == "hardswish" ||
-                  name == "silu",
-              op, ": ", arg, " must be none, relu, relu6, hardswish or silu, got ", name);
-  return depthwise::parse_activation(name);
-}
-
 // The expansion's weight as (C_in, c_pad) and its bias as (c_pad), zeros past C.
 template <typename T>
 void pack_expansion(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -128,8 +120,8 @@ at::Tensor expand_depthwise_cpu(
               ": give both w_reduce and w_expand (squeeze-and-excitation) or neither");
   TORCH_CHECK(se || (!b_reduce.has_value() && !b_expand.has_value()), op,
               ": b_reduce and b_expand need w_reduce and w_expand");
-  const Act expand_act = parse_named_activation(op, "expand_activation", expand_activation);
-  const Act act = parse_named_activation(op, "activation", activation);
+  const Act expand_act = depthwise::parse_activation(op, "expand_activation", expand_activation);
+  const Act act = depthwise::parse_activation(op, "activation", activation);
   const Geometry g = depthwise::make_geometry(hidden, weight, stride, padding, dilation);
   const at::ScalarType ct = accumulate_type(x);
   std::optional<se::ExcitationWeights> excitation;

@@ -163,40 +163,6 @@ class ExpandedRing {
   const T* x_ = nullptr;
 };
 
-// Output rows [oh_lo, oh_hi) of image n (output image on) from the ring, channels in tiles
-// of `tile`; after(oh) runs as each row is written.
-template <typename T, typename K, Act kAct, typename After>
-void expand_forward_rows(ExpandedRing<T>& ring, T* on, const T* w_taps, const T* bias,
-                         const Geometry& g, int64_t oh_lo, int64_t oh_hi, int64_t tile,
-                         RowScratch<T>& s, After after) {
-  int64_t ow_lo, ow_hi;
-  interior_columns(g, ow_lo, ow_hi);
-  const int64_t C = g.channels, row = g.out_w * C;
-  int64_t oh = oh_lo;
-  if constexpr (kRowPairs<K>) {
-    if (g.sh == K::sw && g.dh == 1) {
-      for (; oh + 2 <= oh_hi; oh += 2) {
-        const T* rows[K::kh + K::sw];
-        for (int i = 0; i < K::kh + K::sw; ++i) rows[i] = ring.row(oh * K::sw - g.ph + i);
-        for (int64_t c_lo = 0; c_lo < C; c_lo += tile) {
-          forward_row_pair<T, K, kAct>(rows, on + oh * row, on + (oh + 1) * row, w_taps, bias,
-                                       g, c_lo, std::min(C, c_lo + tile), ow_lo, ow_hi);
-        }
-        after(oh);
-        after(oh + 1);
-      }
-    }
-  }
-  for (; oh < oh_hi; ++oh) {
-    for (int64_t i = 0; i < g.kh; ++i) s.rows[i] = ring.row(oh * g.sh - g.ph + i * g.dh);
-    for (int64_t c_lo = 0; c_lo < C; c_lo += tile) {
-      forward_row<T, K, kAct>(s.rows.data(), on + oh * row, w_taps, bias, g, c_lo,
-                              std::min(C, c_lo + tile), ow_lo, ow_hi, s.taps);
-    }
-    after(oh);
-  }
-}
-
 // act(depthwise(act_e(conv1x1(x)))) for NHWC x of C_in channels; g is the depthwise
 // convolution's geometry (g.channels: the expanded C). Each task is one band of output rows
 // of one image, `bands` per image. With `sums` (N * bands * C values), block (n, b) holds the
@@ -207,6 +173,8 @@ void expand_forward_nhwc(const T* x, const Expansion<T>& e, const T* w_taps, con
                          T* out, const Geometry& g, Act act, int64_t bands, T* sums,
                          const std::function<void(int64_t)>& after) {
   const int64_t tile = forward_tile_channels<T>(g), C = g.channels, row = g.out_w * C;
+  int64_t ow_lo, ow_hi;
+  interior_columns(g, ow_lo, ow_hi);
   with_fixed<T>(g, act, [&](auto k, auto a) {
     at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
       RowScratch<T> scratch(g);
@@ -217,9 +185,11 @@ void expand_forward_nhwc(const T* x, const Expansion<T>& e, const T* w_taps, con
         T* band_sums = sums ? sums + task * C : nullptr;
         if (band_sums) std::fill(band_sums, band_sums + C, T(0));
         ring.start(x + n * g.height * g.width * e.c_in);
-        expand_forward_rows<T, decltype(k), decltype(a)::value>(
-            ring, on, w_taps, bias, g, b * g.out_h / bands, (b + 1) * g.out_h / bands, tile,
-            scratch, [&](int64_t oh) {
+        // Every channel of a row (pair) in tiles, so its ring rows serve all of them.
+        forward_rows<T, decltype(k), decltype(a)::value>(
+            [&](int64_t ih) { return ring.row(ih); }, on, w_taps, bias, g,
+            b * g.out_h / bands, (b + 1) * g.out_h / bands, ow_lo, ow_hi, 0, C, tile, scratch,
+            [&](int64_t oh) {
               if (band_sums) add_row_sums(on + oh * row, g.out_w, C, 0, C, band_sums);
             });
         if (bands == 1 && after) after(n);
