@@ -30,7 +30,7 @@ def _planned(block: nn.Module, x: torch.Tensor, fuse: bool) -> nn.Module:
     """An accelerated copy of ``block`` whose inference plan, built now for ``x``, fuses the
     expansion or not."""
     saved = _block_plan.expansion_fuses
-    _block_plan.expansion_fuses = lambda x_shape, mid: fuse
+    _block_plan.expansion_fuses = lambda x_shape: fuse
     try:
         fast = mobilefuse.accelerate(copy.deepcopy(block))
         fast(x)
@@ -69,7 +69,7 @@ def measure(name: str, batch: int, reps: int, size: int = 224) -> list[dict]:
                         raise t
                 unfused, fused = (t.median_ms for t in timings)
                 rows.append({"model": name, "block": path, "input": list(h.shape), "mid": mid,
-                             "rule_fuses": expansion_fuses(tuple(h.shape), mid),
+                             "rule_fuses": expansion_fuses(tuple(h.shape)),
                              "unfused_ms": unfused, "fused_ms": fused,
                              "speedup": unfused / fused})
                 print(f"{name} {path} {tuple(h.shape)} -> {mid}: unfused {unfused:.3f} ms, "

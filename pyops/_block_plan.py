@@ -237,7 +237,7 @@ def build_plan(block: nn.Module, x: torch.Tensor) -> InferencePlan | None:
                                             b_reduce, w_expand, b_expand, se_act, se_gate)
         se_call = (se_args.w_reduce, b_reduce, se_args.w_expand, b_expand, se_args.activation,
                    se_args.gate)
-    if expand_w is not None and expansion_fuses(tuple(x.shape), mid):
+    if expand_w is not None and expansion_fuses(tuple(x.shape)):
         # The expansion runs inside the depthwise op, its output kept in cache row by row.
         depthwise, depthwise_args = torch.ops.mobilefuse.expand_depthwise, (
             expand_w, expand_b, layout.expand.activation or "none", dw_w, dw_b, *geometry,

@@ -425,7 +425,7 @@ def _expand_depthwise(x: torch.Tensor, expand_weight: torch.Tensor,
     the depthwise kernels do not take) or does not pay (see :func:`expansion_fuses`)."""
     if not (eager_no_grad() and x.device.type == "cpu" and x.dtype == torch.float32
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and expansion_fuses(tuple(x.shape), expand_weight.shape[0])):
+            and expansion_fuses(tuple(x.shape))):
         return None
     hidden = x.new_empty(()).expand(x.shape[0], expand_weight.shape[0], *x.shape[2:])
     dw = check_depthwise_args(hidden, dw_weight, dw_bias, args.stride, args.padding,

@@ -166,17 +166,24 @@ def _se_block():
     return mobilefuse.models.create_model("mobilenet_v3_large").features[4].eval()
 
 
-def _fused_calls(fn) -> tuple[torch.Tensor, int]:
-    """fn()'s result and how many times it called the fused depthwise + SE op."""
+def _fused_calls(fn, op: str) -> tuple[torch.Tensor, int]:
+    """fn()'s result and how many times it called the fused op ``mobilefuse::<op>``."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out = fn()
-    calls = sum(e.count for e in prof.key_averages()
-                if e.key == "mobilefuse::depthwise_squeeze_excite")
+    calls = sum(e.count for e in prof.key_averages() if e.key == f"mobilefuse::{op}")
     return out, calls
 
 
+@pytest.mark.parametrize("expansion_fuses", [True, False])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_block_inference_takes_the_fused_route_where_it_serves(channels_last):
+def test_block_inference_takes_the_fused_route_where_it_serves(channels_last, expansion_fuses,
+                                                               monkeypatch):
+    # 24 input channels: the expansion rule takes the block, whose expansion, depthwise and SE
+    # then run as one op; where the rule leaves it, the depthwise conv and SE are one op.
+    if not expansion_fuses:
+        for module in (mobilefuse._block_plan, mobilefuse.ops):
+            monkeypatch.setattr(module, "expansion_fuses", lambda x_shape: False)
+    op = "expand_depthwise" if expansion_fuses else "depthwise_squeeze_excite"
     block = _se_block()
     x = torch.randn(2, 24, 13, 11)
     if channels_last:
@@ -186,10 +193,10 @@ def test_block_inference_takes_the_fused_route_where_it_serves(channels_last):
     fast = mobilefuse.accelerate(block.float())
     for call in range(2):  # the general path, then the cached plan
         with torch.no_grad():
-            out, calls = _fused_calls(lambda: fast(x))
+            out, calls = _fused_calls(lambda: fast(x), op)
         assert calls == int(channels_last), f"call {call}"
         assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "block")
     # With gradients recorded the autograd route runs and gives the same numbers.
-    again, calls = _fused_calls(lambda: fast(x.clone().requires_grad_()))
+    again, calls = _fused_calls(lambda: fast(x.clone().requires_grad_()), op)
     assert calls == 0
     assert_close_to_reference(again, expected, FORWARD_TOL[torch.float32], "block (grad)")

@@ -102,16 +102,58 @@ def test_matches_float64_reference(seed, dtype, layout):
 
 
 @pytest.mark.parametrize("batch", [1, 2, 4, 5])
-def test_images_and_bands_match_float64_reference(batch):
-    # Two images or more per thread: each image is expanded, convolved (and excited) on one
-    # thread; fewer: bands of rows spread over the threads, each expanding the rows it reads.
+def test_images_groups_and_bands_match_float64_reference(batch):
+    # Images that keep the threads busy run whole, one thread each; otherwise each image
+    # splits into channel groups or bands of rows, so the tasks are a multiple of the threads.
     for seed in range(4):
         args = _case(random.Random(1000 * batch + seed), torch.float32, "channels_last", batch)
         expected = _expected(args)
-        for threads, out in zip((1, 2), results_at_thread_counts(lambda a=args: _op(*a), (1, 2)),
+        counts = (1, 2, 3, 4)
+        for threads, out in zip(counts, results_at_thread_counts(lambda a=args: _op(*a), counts),
                                 strict=True):
             assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32],
                                       f"batch {batch}, {threads} threads, seed {seed}")
+
+
+@pytest.mark.parametrize("shape, c, threads", [
+    ((1, 16, 40, 44), 24, 2),   # tall map: two bands, which expand 4 of 40 rows twice
+    ((1, 16, 7, 7), 100, 2),    # 7x7: bands would expand every row twice; two channel groups
+    ((1, 8, 9, 10), 40, 3),     # three groups: 16, 16 and 8 channels
+    ((1, 8, 9, 9), 17, 4),      # two 16-channel units for four threads: 2 groups x 2 bands
+    ((3, 8, 14, 14), 100, 2),   # three images on two threads: each in two groups
+])
+@pytest.mark.parametrize("se", [False, True])
+def test_channel_groups_and_bands_match_float64_reference(shape, c, threads, se):
+    gen = torch.Generator().manual_seed(c + threads)
+    x = torch.randn(*shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    c_in = shape[1]
+    ew, eb = torch.randn(c, c_in, generator=gen) / c_in ** 0.5, torch.randn(c, generator=gen)
+    w, b = torch.randn(c, 1, 3, 3, generator=gen) / 3, torch.randn(c, generator=gen)
+    excite = _se_weights(c, 5, torch.float32, gen) if se else (None,) * 4
+    args = (x, ew, eb, "relu6", w, b, [1, 1], [1, 1], [1, 1], "hardswish", *excite, "silu",
+            "hardsigmoid")
+    first, second = results_at_thread_counts(lambda: _op(*args), (threads, threads))
+    assert torch.equal(first, second)
+    assert_close_to_reference(first, _expected(args), FORWARD_TOL[torch.float32],
+                              f"{shape} -> {c} on {threads} threads")
+
+
+@pytest.mark.parametrize("c_in", [63, 64, 65, 130, 192])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_input_channel_chunks_match_float64_reference(c_in, batch):
+    # The expansion sums 64 input channels at a time, storing partial sums in between: one
+    # chunk, one and a bit, three chunks; 100 channels end in a partial vector.
+    gen = torch.Generator().manual_seed(c_in)
+    x = torch.randn(batch, c_in, 9, 11, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    ew, eb = torch.randn(100, c_in, 1, 1, generator=gen) / c_in ** 0.5, torch.randn(100)
+    w, b = torch.randn(100, 1, 5, 5, generator=gen) / 5, torch.randn(100, generator=gen)
+    se = _se_weights(100, 8, torch.float32, gen)
+    args = (x, ew, eb, "silu", w, b, [1, 1], [2, 2], [1, 1], "relu", *se, "relu", "sigmoid")
+    for threads, out in zip((1, 2), results_at_thread_counts(lambda: _op(*args), (1, 2)),
+                            strict=True):
+        assert_close_to_reference(out, _expected(args), FORWARD_TOL[torch.float32],
+                                  f"C_in={c_in}, {threads} threads")
 
 
 @pytest.mark.parametrize("c", [96, 100, 144, 200])
@@ -141,7 +183,8 @@ def test_dilated_taps_match_float64_reference(dilation, stride):
 
 
 def test_bands_give_the_same_bits_run_to_run():
-    # One image over two threads goes in bands, whose pool sums are added in band order.
+    # One tall image over two threads goes in two bands, whose pool sums are added in band
+    # order.
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(1, 16, 57, 43, generator=gen).contiguous(memory_format=torch.channels_last)
     ew, w = torch.randn(40, 16, generator=gen) / 4, torch.randn(40, 1, 5, 5, generator=gen)
@@ -228,6 +271,9 @@ import test_expand_depthwise as t
 for seed in range(12):
     args = t._case(random.Random(seed), torch.float32, "channels_last", batch=seed % 5 + 1)
     t._check(args, torch.float32, f"seed {seed}")
+t.test_input_channel_chunks_match_float64_reference(130, 1)
+t.test_channel_groups_and_bands_match_float64_reference((1, 16, 7, 7), 100, 2, True)
+t.test_channel_groups_and_bands_match_float64_reference((1, 8, 9, 9), 17, 4, False)
 print(torch.backends.cpu.get_cpu_capability())
 """
 

@@ -1,17 +1,18 @@
 // Inference form of an inverted residual block's first half on CPU:
 // squeeze_excite(act(depthwise_conv2d(act_e(conv1x1(x, expand_weight, expand_bias))))), the
 // squeeze-and-excitation optional, with the expanded activation kept to a ring of rows in
-// cache (expand_depthwise_kernels.h) instead of written to memory and read back. With two
-// images or more per thread each image is expanded, convolved, excited and gated by one
-// thread in a row; otherwise bands of rows spread over the threads (each band expands the
-// rows it reads, the few rows bands share once per band) and the excitation runs through
-// torch after. No autograd: the fused block calls it only when no gradient is recorded.
-// Float16/bfloat16 compute in float32, like the depthwise op.
+// cache (expand_depthwise_kernels.h) instead of written to memory and read back. With enough
+// images to balance the threads each image is expanded, convolved, excited and gated by one
+// thread in a row; otherwise each image splits into bands of rows (each expanding the few rows
+// bands share) or channel groups, and the excitation runs through torch after. No autograd:
+// the fused block calls it only when no gradient is recorded. Float16/bfloat16 compute in
+// float32, like the depthwise op.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "../layout.h"
@@ -27,8 +28,8 @@ namespace depthwise {
 namespace AVX512 {
 template <typename T>
 void expand_forward_nhwc(const T* x, const Expansion<T>& e, const T* w_taps, const T* bias,
-                         T* out, const Geometry& g, Act act, int64_t bands, T* sums,
-                         const std::function<void(int64_t)>& after);
+                         T* out, const Geometry& g, Act act, int64_t groups, int64_t bands,
+                         T* sums, const std::function<void(int64_t)>& after);
 }  // namespace AVX512
 #endif
 }  // namespace depthwise
@@ -39,21 +40,40 @@ using depthwise::Act;
 using depthwise::Expansion;
 using depthwise::Geometry;
 
-// Expanded channels are padded to a multiple of this many values: whole vectors of every ISA
-// the kernels are built for (16 floats with AVX-512, 8 with AVX2; fewer doubles).
-constexpr int64_t kChannelPad = 16;
+// How many channel groups or row bands split each image's work into tasks: whole images where
+// they keep the threads 90% busy, otherwise each image in the fewest parts that make the tasks
+// a multiple of the threads. Bands where the rows they expand twice (those they share, rounded
+// to the ring's fills) add at most 30%; channel groups, which repeat no work, otherwise.
+// (Groups split every pixel's cache lines between threads and read the input once each: at
+// batch 1 on two threads, 1.2-1.9x slower than two bands on the 112x112 to 28x28 maps; on the
+// 14x14 and 7x7 maps, where two bands expand 1.4-2x the rows, 1.1-1.4x faster.)
+struct Split {
+  int64_t groups, bands;
+};
+
+Split split_images(const Geometry& g, int64_t threads) {
+  const int64_t rounds = (g.batch + threads - 1) / threads;
+  if (10 * g.batch >= 9 * rounds * threads) return {1, 1};
+  const int64_t parts = threads / std::gcd(g.batch, threads);
+  const int64_t bands = std::min(parts, g.out_h);
+  if (10 * depthwise::band_expanded_rows(g, bands) <= 13 * g.height) return {1, bands};
+  const int64_t units = (g.channels + depthwise::kGroupAlign - 1) / depthwise::kGroupAlign;
+  const int64_t groups = std::min(parts, units);
+  return {groups, std::clamp<int64_t>((parts + groups - 1) / groups, 1, g.out_h)};
+}
 
 template <typename T>
 void run_expand_forward(const T* x, const Expansion<T>& e, const T* w_taps, const T* bias,
-                        T* out, const Geometry& g, Act act, int64_t bands, T* sums,
+                        T* out, const Geometry& g, Act act, const Split& split, T* sums,
                         const std::function<void(int64_t)>& after) {
 #ifdef MOBILEFUSE_AVX512_KERNELS
   if (use_avx512()) {
-    return depthwise::AVX512::expand_forward_nhwc(x, e, w_taps, bias, out, g, act, bands, sums,
-                                                  after);
+    return depthwise::AVX512::expand_forward_nhwc(x, e, w_taps, bias, out, g, act, split.groups,
+                                                  split.bands, sums, after);
   }
 #endif
-  depthwise::expand_forward_nhwc(x, e, w_taps, bias, out, g, act, bands, sums, after);
+  depthwise::expand_forward_nhwc(x, e, w_taps, bias, out, g, act, split.groups, split.bands,
+                                 sums, after);
 }
 
 // expand_weight (C, C_in) or (C, C_in, 1, 1) and expand_bias (C,): x's dtype and device.
@@ -75,24 +95,6 @@ void check_expansion(const char* op, const at::Tensor& x, const at::Tensor& expa
     TORCH_CHECK(expand_bias->scalar_type() == x.scalar_type() &&
                     expand_bias->device() == x.device(),
                 op, ": expand_bias must match x's dtype and device");
-  }
-}
-
-// The expansion's weight as (C_in, c_pad) and its bias as (c_pad), zeros past C.
-template <typename T>
-void pack_expansion(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                    int64_t c_pad, std::vector<T>& w_out, std::vector<T>& b_out) {
-  const int64_t C = weight.size(0), c_in = weight.size(1);
-  const at::Tensor w = weight.reshape({C, c_in}).contiguous();
-  const T* wp = w.const_data_ptr<T>();
-  w_out.assign(c_in * c_pad, T(0));
-  b_out.assign(c_pad, T(0));
-  for (int64_t c = 0; c < C; ++c) {
-    for (int64_t k = 0; k < c_in; ++k) w_out[k * c_pad + c] = wp[c * c_in + k];
-  }
-  if (bias.has_value()) {
-    const at::Tensor b = bias->contiguous();
-    std::copy(b.const_data_ptr<T>(), b.const_data_ptr<T>() + C, b_out.begin());
   }
 }
 
@@ -137,21 +139,19 @@ at::Tensor expand_depthwise_cpu(
                              at::MemoryFormat::ChannelsLast);
   if (out.numel() == 0) return out.to(x.scalar_type()).contiguous(kernel_format(x));
   const std::optional<at::Tensor> eb =
-      expand_bias.has_value() ? std::optional<at::Tensor>(expand_bias->to(ct)) : std::nullopt;
-  const int64_t threads = at::get_num_threads(), pixels = g.out_h * g.out_w;
-  // Bands only where whole images leave threads idle (as the depthwise forward splits).
-  const int64_t bands = g.batch >= 2 * threads
-                            ? 1
-                            : std::clamp<int64_t>((4 * threads + g.batch - 1) / g.batch, 1,
-                                                  g.out_h);
+      expand_bias.has_value() ? std::optional<at::Tensor>(expand_bias->to(ct).contiguous())
+                              : std::nullopt;
+  const int64_t pixels = g.out_h * g.out_w;
+  const Split split = split_images(g, at::get_num_threads());
   // Image by image, the gate applied from cache, as depthwise_squeeze_excite decides.
-  const bool by_image = se && bands == 1 && w_reduce->size(0) <= pixels;
-  at::Tensor sums = se ? at::empty({g.batch, bands, C}, xc.options()) : at::Tensor();
+  const bool by_image =
+      se && split.groups == 1 && split.bands == 1 && w_reduce->size(0) <= pixels;
+  at::Tensor sums = se ? at::empty({g.batch, split.bands, C}, xc.options()) : at::Tensor();
+  const at::Tensor ew = expand_weight.to(ct).reshape({C, x.size(1)}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(ct, "mobilefuse_expand_depthwise", [&] {
-    const int64_t c_pad = (C + kChannelPad - 1) / kChannelPad * kChannelPad;
-    std::vector<scalar_t> packed_w, packed_b;
-    pack_expansion<scalar_t>(expand_weight.to(ct), eb, c_pad, packed_w, packed_b);
-    const Expansion<scalar_t> e{packed_w.data(), packed_b.data(), x.size(1), c_pad, expand_act};
+    const Expansion<scalar_t> e{ew.const_data_ptr<scalar_t>(),
+                                eb.has_value() ? eb->const_data_ptr<scalar_t>() : nullptr,
+                                x.size(1), expand_act};
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     scalar_t* sums_data = se ? sums.mutable_data_ptr<scalar_t>() : nullptr;
     std::function<void(int64_t)> after;
@@ -168,7 +168,7 @@ at::Tensor expand_depthwise_cpu(
     }
     run_expand_forward<scalar_t>(xc.const_data_ptr<scalar_t>(), e, w.const_data_ptr<scalar_t>(),
                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out_data,
-                                 g, act, bands, sums_data, after);
+                                 g, act, split, sums_data, after);
   });
   if (se && !by_image) {
     // The bands' sums added in band order (the same bits run to run), then the excitation.

@@ -13,10 +13,10 @@ namespace AVX512 {
 
 template void expand_forward_nhwc<float>(const float*, const Expansion<float>&, const float*,
                                          const float*, float*, const Geometry&, Act, int64_t,
-                                         float*, const std::function<void(int64_t)>&);
+                                         int64_t, float*, const std::function<void(int64_t)>&);
 template void expand_forward_nhwc<double>(const double*, const Expansion<double>&,
                                           const double*, const double*, double*,
-                                          const Geometry&, Act, int64_t, double*,
+                                          const Geometry&, Act, int64_t, int64_t, double*,
                                           const std::function<void(int64_t)>&);
 
 }  // namespace AVX512
