@@ -232,11 +232,9 @@ def build_plan(block: nn.Module, x: torch.Tensor) -> InferencePlan | None:
     dw_w = _by_tap(dw_w)
     se_call: tuple = ()
     if se is not None:
-        (w_reduce, b_reduce, w_expand, b_expand), (se_act, se_gate) = se
-        se_args = check_squeeze_excite_args(x.new_empty(()).expand(n, mid, *out_hw), w_reduce,
-                                            b_reduce, w_expand, b_expand, se_act, se_gate)
-        se_call = (se_args.w_reduce, b_reduce, se_args.w_expand, b_expand, se_args.activation,
-                   se_args.gate)
+        se_weights, (se_act, se_gate) = se
+        se_call = check_squeeze_excite_args(x.new_empty(()).expand(n, mid, *out_hw), *se_weights,
+                                            se_act, se_gate).op_args
     if expand_w is not None and expansion_fuses(tuple(x.shape)):
         # The expansion runs inside the depthwise op, its output kept in cache row by row.
         depthwise, depthwise_args = torch.ops.mobilefuse.expand_depthwise, (

@@ -20,12 +20,22 @@ SE_GATES: tuple[str, ...] = ("sigmoid", "hardsigmoid")
 
 @dataclass(frozen=True)
 class SqueezeExciteArgs:
-    """The weights as matrices (``(R, C)`` and ``(C, R)``) and the validated option names."""
+    """The weights as matrices (``(R, C)`` and ``(C, R)``), the biases as given and the
+    validated option names."""
 
     w_reduce: torch.Tensor
     w_expand: torch.Tensor
     activation: str
     gate: str
+    b_reduce: torch.Tensor | None = None
+    b_expand: torch.Tensor | None = None
+
+    @property
+    def op_args(self) -> tuple:
+        """``(w_reduce, b_reduce, w_expand, b_expand, activation, gate)``: the arguments that
+        follow the activation map in every native op with a squeeze-and-excitation."""
+        return (self.w_reduce, self.b_reduce, self.w_expand, self.b_expand, self.activation,
+                self.gate)
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
@@ -38,7 +48,7 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
 def check_squeeze_excite_args(x: object, w_reduce: object, b_reduce: object, w_expand: object,
                               b_expand: object, activation: object,
                               gate: object) -> SqueezeExciteArgs:
-    """Validate a squeeze_excite call; return the weights as matrices."""
+    """Validate a squeeze_excite call; return the weights as matrices, with the biases."""
     x = check_float_tensor(OP, "x", x)
     if x.dim() != 4:
         raise ValueError(f"mobilefuse.{OP}: x must have rank 4 (N, C, H, W), got shape "
@@ -54,4 +64,5 @@ def check_squeeze_excite_args(x: object, w_reduce: object, b_reduce: object, w_e
             tensors[name] = check_vector(OP, name, bias, size)
     check_like_x(OP, tensors)
     return SqueezeExciteArgs(w1, w2, _choice("activation", activation, SE_ACTIVATIONS),
-                             _choice("gate", gate, SE_GATES))
+                             _choice("gate", gate, SE_GATES), tensors.get("b_reduce"),
+                             tensors.get("b_expand"))

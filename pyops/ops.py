@@ -267,8 +267,7 @@ def squeeze_excite(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tens
         with op_range(SQUEEZE_EXCITE):
             return reference.squeeze_excite(x, w_reduce, b_reduce, w_expand, b_expand,
                                             args.activation, args.gate)
-    call = (_kernel_layout(x), args.w_reduce, b_reduce, args.w_expand, b_expand,
-            args.activation, args.gate)
+    call = (_kernel_layout(x), *args.op_args)
     if eager_no_grad():  # nothing to record: no custom op's dispatch, one C++ call on CPU
         with op_range(SQUEEZE_EXCITE):
             if backend == "cpu":
@@ -410,8 +409,7 @@ def _depthwise_squeeze_excite(h: torch.Tensor, dw_weight: torch.Tensor,
         return None
     return torch.ops.mobilefuse.depthwise_squeeze_excite(
         h, dw_weight, dw_bias, list(dw.stride), list(dw.padding), list(dw.dilation),
-        dw.activation, se.w_reduce, se_weights[1], se.w_expand, se_weights[3], se.activation,
-        se.gate)
+        dw.activation, *se.op_args)
 
 
 def _expand_depthwise(x: torch.Tensor, expand_weight: torch.Tensor,
@@ -436,9 +434,8 @@ def _expand_depthwise(x: torch.Tensor, expand_weight: torch.Tensor,
     if se_weights is not None:
         if select_backend(SQUEEZE_EXCITE, x.device, x.dtype) != "cpu":
             return None
-        se = check_squeeze_excite_args(hidden, *se_weights, se_activation, se_gate)
-        se_args = (se.w_reduce, se_weights[1], se.w_expand, se_weights[3], se.activation,
-                   se.gate)
+        se_args = check_squeeze_excite_args(hidden, *se_weights, se_activation,
+                                            se_gate).op_args
     return torch.ops.mobilefuse.expand_depthwise(
         x, expand_weight, expand_bias, args.activations[0] or "none", dw_weight, dw_bias,
         list(dw.stride), list(dw.padding), list(dw.dilation), dw.activation, *se_args)

@@ -57,8 +57,7 @@ Split split_images(const Geometry& g, int64_t threads) {
   const int64_t parts = threads / std::gcd(g.batch, threads);
   const int64_t bands = std::min(parts, g.out_h);
   if (10 * depthwise::band_expanded_rows(g, bands) <= 13 * g.height) return {1, bands};
-  const int64_t units = (g.channels + depthwise::kGroupAlign - 1) / depthwise::kGroupAlign;
-  const int64_t groups = std::min(parts, units);
+  const int64_t groups = std::min(parts, depthwise::group_units(g.channels));
   return {groups, std::clamp<int64_t>((parts + groups - 1) / groups, 1, g.out_h)};
 }
 

@@ -44,9 +44,12 @@ struct Expansion {
 // kernels are built for (16 floats with AVX-512, 8 with AVX2; fewer doubles).
 constexpr int64_t kGroupAlign = 16;
 
+// The kGroupAlign-channel units C channels split into: at most this many groups.
+inline int64_t group_units(int64_t C) { return (C + kGroupAlign - 1) / kGroupAlign; }
+
 // Channels [lo, hi) of group i of `groups` over C channels.
 inline void group_channels(int64_t C, int64_t groups, int64_t i, int64_t& lo, int64_t& hi) {
-  const int64_t units = (C + kGroupAlign - 1) / kGroupAlign;
+  const int64_t units = group_units(C);
   lo = std::min(C, i * units / groups * kGroupAlign);
   hi = std::min(C, (i + 1) * units / groups * kGroupAlign);
 }
