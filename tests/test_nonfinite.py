@@ -69,6 +69,29 @@ def test_depthwise_conv2d(backend, device, activation, layout):
     _assert_same_nonfinite(out, ref, f"depthwise {activation} {layout}")
 
 
+# Pre-activations the epilogue's clamps meet: NaN, the infinities, the kinks and far values.
+EPILOGUE_VALUES = (float("nan"), float("inf"), float("-inf"), -3.0, 3.0, 0.0, -0.0, 6.0,
+                   -1e30, 1e30, 2.5, -2.5)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 2), (3, 2)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_depthwise_epilogue_special_values(activation, kernel, stride, layout):
+    # Zero weights leave each pre-activation equal to its channel's bias, so the activation
+    # meets exactly these values; 19 channels fill whole vectors and a partial one.
+    channels = 19
+    bias = torch.tensor([EPILOGUE_VALUES[c % len(EPILOGUE_VALUES)] for c in range(channels)])
+    x = torch.randn(2, channels, 11, 9)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(channels, 1, kernel, kernel)
+    out = mobilefuse.ops.depthwise_conv2d(x, w, bias, stride, kernel // 2, activation=activation)
+    ref = reference.depthwise_conv2d(x.double(), w.double(), bias.double(), stride,
+                                     kernel // 2, 1, activation)
+    _assert_same_nonfinite(out, ref, f"depthwise epilogue {activation} k{kernel} s{stride}")
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_CASES)
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])

@@ -70,16 +70,41 @@ MOBILEFUSE_ALWAYS_INLINE at::vec::Vectorized<float> one_plus_exp_neg(
 }
 #endif
 
+// max(c, v) and min(c, v), NaN in v passing through as at::vec::maximum / minimum pass it.
+// For float lanes one instruction, which returns its second operand where either is NaN,
+// in place of at::vec's four (the compare for unordered lanes and the merge). (Channels_last
+// depthwise forward, batch 8, 2 threads on a 2-core Zen 5, two builds alternating: 1.02-1.11x
+// on the ReLU, ReLU6 and hardswish layers, e.g. C672 14x14 3x3 hardswish 0.129 -> 0.116 ms;
+// the 28-layer geomean over eager 1.49-1.52x -> 1.55-1.58x.)
+template <typename Vec>
+MOBILEFUSE_ALWAYS_INLINE Vec max_of(Vec c, Vec v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<Vec, at::vec::Vectorized<float>>) return _mm512_max_ps(c, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<Vec, at::vec::Vectorized<float>>) return _mm256_max_ps(c, v);
+#endif
+  return at::vec::maximum(c, v);
+}
+
+template <typename Vec>
+MOBILEFUSE_ALWAYS_INLINE Vec min_of(Vec c, Vec v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<Vec, at::vec::Vectorized<float>>) return _mm512_min_ps(c, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<Vec, at::vec::Vectorized<float>>) return _mm256_min_ps(c, v);
+#endif
+  return at::vec::minimum(c, v);
+}
+
 // act(z), vectorized.
 template <typename Vec>
 MOBILEFUSE_ALWAYS_INLINE Vec act_forward(Act act, Vec z) {
   const Vec zero(0), three(3), six(6);
   switch (act) {
     case Act::kNone: return z;
-    case Act::kRelu: return at::vec::maximum(z, zero);
-    case Act::kRelu6: return at::vec::minimum(at::vec::maximum(z, zero), six);
-    case Act::kHardSwish:
-      return z * at::vec::minimum(at::vec::maximum(z + three, zero), six) * Vec(1.0 / 6.0);
+    case Act::kRelu: return max_of(zero, z);
+    case Act::kRelu6: return min_of(six, max_of(zero, z));
+    case Act::kHardSwish: return z * min_of(six, max_of(zero, z + three)) * Vec(1.0 / 6.0);
     case Act::kSilu: return z / one_plus_exp_neg(z);
   }
   return z;
