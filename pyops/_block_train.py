@@ -4,13 +4,15 @@ Eager autograd keeps, per block, every tensor an op needs for its backward: the 
 output, its BatchNorm's output, the activation's output, the depthwise output, its BatchNorm's
 and activation's outputs and the squeeze-and-excitation's scaled output: about seven tensors
 of the expanded width. This block keeps two of them, the expansion's and the depthwise
-convolution's raw outputs, plus the block input, the projection's raw output and per-channel
-statistics. BatchNorm-then-activation is an elementwise map once the batch statistics are
-known, so the backward recomputes it (one pass each) where it needs the activations. Keeping
-the expansion's activation for the depthwise gradient instead bought nothing: the recomputed
-map is still in cache when that gradient reads it (AMD EPYC, 2 threads, batch 8, channels_last,
-training step, interleaved: MobileNetV3-Large 78.9 -> 78.7 ms for 171 -> 241 MB kept,
-EfficientNet-B0 126.0 -> 125.4 ms for 252 -> 361 MB; eager keeps 353 and 706 MB). On CPU
+convolution's raw outputs, plus the block input, the projection's raw output, per-channel
+statistics and the squeeze-and-excitation's per-(n, c) excitation (tiny: recomputing it cost
+the backward two GEMMs and the custom op's dispatch). BatchNorm-then-activation is an
+elementwise map once the batch statistics are known, so the backward recomputes it (one pass
+each) where it needs the activations. Keeping the expansion's activation for the depthwise
+gradient instead bought nothing: the recomputed map is still in cache when that gradient
+reads it (AMD EPYC, 2 threads, batch 8, channels_last, training step, interleaved:
+MobileNetV3-Large 78.9 -> 78.7 ms for 171 -> 241 MB kept, EfficientNet-B0 126.0 -> 125.4 ms
+for 252 -> 361 MB; eager keeps 353 and 706 MB). On CPU
 that map is one op forward (mobilefuse::batch_norm_activation) and BatchNorm's gradient takes
 the activation's derivative in the same two passes (batch_norm_activation_backward); the batch
 statistics take one read (batch_norm_statistics).
@@ -36,10 +38,9 @@ from mobilefuse._squeeze_excite import (
     channel_affine,
     channel_sum,
     excitation_backward,
-    excite,
     gate_gradient_from_output,
     squeeze_excite_backward_op,
-    squeeze_excite_op,
+    squeeze_excite_parts,
 )
 from mobilefuse.kernels.layout import memory_format_of
 from mobilefuse.ops import INPLACE_ACTIVATIONS
@@ -193,6 +194,7 @@ def _matrix(w: torch.Tensor) -> torch.Tensor:
 
 def _se_stage_backward_cpu(plan: TrainPlan, grad: torch.Tensor, d: torch.Tensor,
                            stats2: tuple[torch.Tensor, torch.Tensor], pooled: torch.Tensor,
+                           excitation: tuple[torch.Tensor, ...],
                            params: list[torch.Tensor | None], needs: tuple[bool, ...],
                            grads: list[torch.Tensor | None]) -> torch.Tensor:
     """Backward from the projection's output gradient to the depthwise output ``d`` of a
@@ -200,10 +202,11 @@ def _se_stage_backward_cpu(plan: TrainPlan, grad: torch.Tensor, d: torch.Tensor,
     projection conv). The projection's input is recomputed gated (BatchNorm, activation and
     the gate in one pass); the gate's gradient comes from sums of grad times that gated input;
     the gate and the pool's gradient are applied to the incoming gradient inside BatchNorm's
-    backward: neither the ungated activation nor its gradient is written."""
+    backward: neither the ungated activation nor its gradient is written. ``excitation``: the
+    forward's (pre-activation, hidden, pre-gate, gate)."""
     (_, _, _, _, _, _, g2, b2, wr, br, wx, bx, wp, bp, _, _) = params
     norm2, act2 = plan.norms[1], plan.activations[1]
-    pre, hidden, z_gate, gate = excite(pooled, _matrix(wr), br, _matrix(wx), bx, *plan.se)
+    pre, hidden, z_gate, gate = excitation
     z = torch.ops.mobilefuse.batch_norm_activation(d, *stats2, norm2.weight, norm2.bias,
                                                    act2 or "none", gate)
     grad, grads[12], grads[13] = _conv1x1_backward(grad, z, wp, bp, (True, needs[12], needs[13]))
@@ -250,17 +253,19 @@ class BlockTrainFunction(torch.autograd.Function):
         del a1
         stats2 = batch_statistics(plan.backend, norm2, d)
         a2 = _forward_norm_act(plan.backend, d, norm2, stats2, act2)
-        pooled = None
+        pooled, excitation = None, (None,) * 4
         if plan.se is not None:
-            a2, pooled = squeeze_excite_op(a2, _matrix(wr), br, _matrix(wx), bx, *plan.se,
-                                           plan.backend)
+            # The op's passes without its custom-op dispatch (no autograd here), keeping the
+            # excitation's (N, C) tensors: recomputed, they cost the backward two GEMMs.
+            a2, pooled, excitation = squeeze_excite_parts(a2, _matrix(wr), br, _matrix(wx), bx,
+                                                          *plan.se, plan.backend)
         p = F.conv2d(a2, wp, bp)
         del a2
         stats3 = batch_statistics(plan.backend, norm3, p)
         out = _forward_norm_act(plan.backend, p, norm3, stats3, act3)
         ctx.plan = plan
         ctx.stats = (stats1, stats2, stats3)
-        ctx.save_for_backward(x, None if we is None else e, d, p, pooled, *params)
+        ctx.save_for_backward(x, None if we is None else e, d, p, pooled, *excitation, *params)
         return out
 
     @staticmethod
@@ -268,7 +273,8 @@ class BlockTrainFunction(torch.autograd.Function):
     @in_op_range("inverted_residual_backward")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         plan = ctx.plan
-        (x, e, d, p, pooled, *params) = ctx.saved_tensors
+        (x, e, d, p, pooled, *rest) = ctx.saved_tensors
+        excitation, params = tuple(rest[:4]), rest[4:]
         (we, be, g1, b1, wd, bd, g2, b2, wr, br, wx, bx, wp, bp, g3, b3) = params
         needs = ctx.needs_input_grad[2:]
         (stats1, stats2, stats3) = ctx.stats
@@ -280,14 +286,14 @@ class BlockTrainFunction(torch.autograd.Function):
         grad, grads[14], grads[15] = _norm_act_backward(backend, grad, p, norm3, *stats3, act3,
                                                         needs[14] or needs[15])
         if plan.se is not None and backend == "cpu":
-            grad = _se_stage_backward_cpu(plan, grad, d, stats2, pooled, params, needs, grads)
+            grad = _se_stage_backward_cpu(plan, grad, d, stats2, pooled, excitation, params,
+                                          needs, grads)
         else:
             # The depthwise stage's output, recomputed: BatchNorm, then the activation.
             a2, h2 = _norm_act(backend, d, norm2, *stats2, act2)
             z = a2
             if plan.se is not None:
-                gate = excite(pooled, _matrix(wr), br, _matrix(wx), bx, *plan.se)[3]
-                z = channel_affine(backend, a2, gate, None)
+                z = channel_affine(backend, a2, excitation[3], None)
             grad, grads[12], grads[13] = _conv1x1_backward(grad, z, wp, bp,
                                                            (True, needs[12], needs[13]))
             del z

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from mobilefuse import _batch_norm_train as batch_norm_train
+from mobilefuse import _pointwise_stride as pointwise_stride
 from mobilefuse import ops
 from mobilefuse._call_memo import CallMemo
 from mobilefuse._onednn import conv2d_epilogue, epilogue_call
@@ -233,7 +234,10 @@ class FoldedConv2d(nn.Conv2d):
         """The convolution, with BatchNorm and activation folded in while the fusion is active."""
         fusion = self.fusion
         if not fusion.active():
-            return super().forward(x)
+            if self.padding_mode != "zeros":
+                return super().forward(x)
+            return pointwise_stride.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                                           self.dilation, self.groups)
         weight, bias = fusion.fold(self.weight, self.bias)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             return ops.activate_fresh(self._conv_forward(x, weight, bias), fusion.activation)

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
+
+from mobilefuse import _pointwise_stride as pointwise_stride
 
 # Our activation names -> (oneDNN post-op attribute, its scalars), as torch.ops.mkldnn names them.
 POST_OPS: dict[str | None, tuple[str, list[float]]] = {
@@ -277,7 +278,8 @@ def epilogue_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     from mobilefuse import ops  # imported here: ops imports this module
 
     def conv_then_activate(x: torch.Tensor) -> torch.Tensor:
-        return ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
+        return ops.activate_fresh(pointwise_stride.conv2d(x, weight, bias, stride, padding,
+                                                          dilation, groups),
                                   activation)
     return conv_then_activate
 
@@ -299,6 +301,6 @@ def conv2d_epilogue(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if serves(x, weight, activation) and _adds(x, weight, stride, padding, activation, residual):
         return _onednn_call(x, weight, bias, stride, padding, dilation, groups,
                             activation).add(x, residual)
-    y = ops.activate_fresh(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
-                           activation)
+    y = ops.activate_fresh(
+        pointwise_stride.conv2d(x, weight, bias, stride, padding, dilation, groups), activation)
     return y.add_(residual) if ops.eager_no_grad() else y + residual

@@ -79,9 +79,21 @@ def squeeze_excite_forward(x: torch.Tensor, w_reduce: torch.Tensor,
     :func:`squeeze_excite_op`, which calls without a gradient may run directly: the custom
     op's own dispatch costs ~30 us a call, as much as the whole layer at batch 1 (on CPU such
     calls run ``mobilefuse::se_inference`` instead, the whole layer in one C++ call)."""
+    out, pooled, _ = squeeze_excite_parts(x, w_reduce, b_reduce, w_expand, b_expand,
+                                          activation, gate, backend)
+    return out, pooled
+
+
+def squeeze_excite_parts(x: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor | None,
+                         w_expand: torch.Tensor, b_expand: torch.Tensor | None, activation: str,
+                         gate: str, backend: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(``x * gate``, pooled means, the excitation's four (N, C) tensors as :func:`excite`
+    returns them): the forward's passes with what a caller that keeps the excitation for its
+    backward needs."""
     pooled = channel_sum(backend, x, None) / max(_spatial(x), 1)
-    s = excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate)[3]
-    return channel_affine(backend, x, s, None), pooled
+    excitation = excite(pooled, w_reduce, b_reduce, w_expand, b_expand, activation, gate)
+    return channel_affine(backend, x, excitation[3], None), pooled, excitation
 
 
 @torch.library.custom_op("mobilefuse::squeeze_excite", mutates_args=())

@@ -21,6 +21,7 @@ from conftest import (
     randomize_norms,
 )
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from vision_models import timm_or_skip, torchvision_or_skip
 
 import mobilefuse
@@ -283,6 +284,40 @@ def test_training_keeps_two_expanded_tensors():
     ours = _expanded_saved(block, x, 48)
     eager = _expanded_saved(plain, x, 48)
     assert len(ours) == 2 and len(eager) >= 5, (len(ours), len(eager))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_backward_reuses_the_excitation(dtype):
+    # The SE's (N, C) excitation is kept from the forward: the backward runs no linear layer
+    # (its GEMMs are the excitation's gradients only) and matches the layers' gradients.
+    block = _module(5, in_channels=8, out_channels=8, kernel_size=3, activation="hardswish",
+                    se_channels=4).to(dtype).train()
+    plain = copy.deepcopy(block)
+    plain.forward = plain._forward_layers
+    x = torch.randn(3, 8, 9, 7, dtype=dtype)
+    grad = torch.randn(3, 8, 9, 7, dtype=dtype)
+    assert block._route(x) == "train"
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    out = block(x.requires_grad_())
+    with Count() as backward_ops:
+        out.backward(grad)
+    assert backward_ops.names and not {"addmm", "linear"} & set(backward_ops.names), \
+        backward_ops.names
+    xr = x.detach().clone().requires_grad_()
+    plain(xr).backward(grad)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(x.grad, xr.grad, **tol)
+    for (name, a), (_, b) in zip(block.named_parameters(), plain.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, **tol, msg=name)
 
 
 def test_training_on_one_value_per_channel_raises_as_eager():
