@@ -3,8 +3,9 @@
 # then the profiles (per-layer tables, roofline, ncu counters of the depthwise and block
 # kernels); logs and result files go to $OUT (default ./gpu-out).
 # Usage on the GPU machine, from the repository root:
-#   bash benchmarks/gpu_session.sh [build] [tests] [bench] [profile] [large] [sanitizer]
-#   (default: the first four; large: the >2^31-element tests on cpu and cuda, which need more
+#   bash benchmarks/gpu_session.sh [build] [tests] [bench] [profile] [batch128] [large] [sanitizer]
+#   (default: the first four; batch128: the depthwise layers at batch 128, float32 and
+#   bfloat16, the size the GPU targets name; large: the >2^31-element tests on cpu and cuda, which need more
 #   host memory than the CPU machines have; sanitizer: compute-sanitizer over the CUDA cases)
 # Each stage but build needs the build from an earlier call or stage on the same machine.
 set -uo pipefail
@@ -31,6 +32,11 @@ fi
 if want bench; then
   # --quick keeps the depthwise section to 7 of its 28 layers, inside one 10-minute command.
   python -m mobilefuse.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -80
+fi
+if want batch128; then
+  # The runner again, its depthwise layers at the GPU targets' batch, in both timed dtypes.
+  python -m mobilefuse.bench --quick --dw-batch 128 --dtype float32 --dtype bfloat16 \
+    --out "$OUT/batch128" 2>&1 | tee "$OUT/bench-batch128.log" | tail -60
 fi
 if want profile; then
   for mode in "" "--train"; do

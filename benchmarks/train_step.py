@@ -4,8 +4,10 @@ per-layer swaps only (no fused blocks), interleaved in one process.
     python benchmarks/train_step.py --models mobilenet_v3_large,efficientnet_b0 --mode train
     python benchmarks/train_step.py --mode eval --features --reps 15   # feature extractors
 
-Prints the medians and ratios and writes them as JSON (``--out``). CPU runs reuse freed heap
-blocks (see ``mobilefuse.bench.timing.configure_allocator``), as the benchmark runner does.
+Prints the medians and ratios (and, for training, each variant's peak memory during a step
+and the activations it keeps for the backward) and writes them as JSON (``--out``). CPU runs
+reuse freed heap blocks (see ``mobilefuse.bench.timing.configure_allocator``), as the
+benchmark runner does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 import mobilefuse
 from mobilefuse.bench import report, timing
 from mobilefuse.models import create_model
+from mobilefuse.report.measure import activation_bytes, training_step_peak_bytes
 
 
 def _per_layer_only(model: nn.Module) -> nn.Module:
@@ -74,11 +77,16 @@ def measure(name: str, train: bool, batch: int, channels_last: bool, reps: int,
             step(variants[key])
             times[key].append(time.perf_counter() - start)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    return {"model": name, "mode": "train" if train else "eval", "batch": batch,
-            "layout": "channels_last" if channels_last else "NCHW",
-            "part": "features" if features else "model", "median_ms": ms,
-            "speedup_blocks": ms["eager"] / ms["blocks"],
-            "speedup_per_layer": ms["eager"] / ms["per_layer"]}
+    row = {"model": name, "mode": "train" if train else "eval", "batch": batch,
+           "layout": "channels_last" if channels_last else "NCHW",
+           "part": "features" if features else "model", "median_ms": ms,
+           "speedup_blocks": ms["eager"] / ms["blocks"],
+           "speedup_per_layer": ms["eager"] / ms["per_layer"]}
+    if train:
+        # After the timing: the profiled step's memory events would slow the steps around it.
+        row["peak_mb"] = {k: training_step_peak_bytes(m, x) / 2**20 for k, m in variants.items()}
+        row["activation_mb"] = {k: activation_bytes(m, x) / 2**20 for k, m in variants.items()}
+    return row
 
 
 def main() -> None:
@@ -104,6 +112,11 @@ def main() -> None:
         print(f"{name} {row['part']} {row['mode']} {row['layout']}: eager {ms['eager']:.1f} "
               f"ms, blocks {ms['blocks']:.1f} ms ({row['speedup_blocks']:.2f}x), per-layer "
               f"{ms['per_layer']:.1f} ms ({row['speedup_per_layer']:.2f}x)")
+        if "peak_mb" in row:
+            peak, act = row["peak_mb"], row["activation_mb"]
+            print(f"  training-step peak memory: eager {peak['eager']:.1f} MB, blocks "
+                  f"{peak['blocks']:.1f} MB ({peak['blocks'] / peak['eager'] - 1:+.0%}); saved "
+                  f"activations {act['eager']:.1f} -> {act['blocks']:.1f} MB")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"environment": report.environment(torch.device("cpu")),

@@ -6,7 +6,9 @@ and ``weight`` (C, 1, kh, kw). One set of kernels serves contiguous (NCHW) and c
 program works on a 2-D tile of (a block of pixels) x (a block of channels) whose last, fastest
 axis is the contiguous one (channels in NHWC, pixels in NCHW), so that loads coalesce either way.
 Padding is a masked load of zero; kernel taps are unrolled (``tl.static_range``). Half and
-bfloat16 inputs accumulate in float32, float64 inputs compute in float64.
+bfloat16 inputs accumulate in float32, float64 inputs compute in float64. On CUDA tensors the
+forward and the input gradient take their tile sizes from Triton's autotuner (once per shape);
+the weight gradient keeps a fixed tile so that its reduction order never changes.
 
 Backward (nothing but ``x``, ``weight`` and ``bias`` is saved; the pre-activation is recomputed):
 
@@ -37,6 +39,48 @@ _MAX_BLOCK_C_CHANNELS_LAST = 64  # NHWC: channels are the contiguous axis, take 
 _MAX_BLOCK_C_CONTIGUOUS = 16  # NCHW: pixels are the contiguous axis, few channels per tile
 _MIN_BLOCK = 2
 _NUM_WARPS = 4
+
+# On CUDA tensors the forward and the input gradient take their tile from Triton's autotuner,
+# once per shape: each output element is summed over the taps in the same order whatever the
+# tile, so the choice changes the speed, never the bits. The weight gradient keeps the fixed
+# rule (``_block_sizes``): its partial sums follow its tile, and its bits must not depend on a
+# timing. The interpreter (CPU tensors) launches the kernels with the rule's tile.
+_TUNING_KEY = ["P", "C", "H", "W", "KH", "KW", "SH", "SW", "CHANNELS_LAST"]
+_TUNED_TILES = (1024, 2048, 4096)  # elements of a (pixels x channels) tile
+_TUNED_BLOCK_C = (8, 16, 32, 64)
+_TUNED_CONFIGS = [triton.Config({"BLOCK_P": tile // block_c, "BLOCK_C": block_c},
+                                num_warps=_NUM_WARPS if tile <= 2048 else 8)
+                  for block_c in _TUNED_BLOCK_C for tile in _TUNED_TILES]
+
+
+def tuned_tiles(configs: list[triton.Config], named_args: dict, **kwargs: object
+                ) -> list[triton.Config]:
+    """The tiles worth timing for one launch: channel blocks within the layout's cap and no
+    wider than the channels, pixel blocks no longer than the pixels; the rule's tile when
+    nothing else fits."""
+    pixels, channels = named_args["P"], named_args["C"]
+    channels_last = bool(kwargs.get("CHANNELS_LAST", named_args.get("CHANNELS_LAST")))
+    cap = _MAX_BLOCK_C_CHANNELS_LAST if channels_last else _MAX_BLOCK_C_CONTIGUOUS
+    widest_c = min(cap, max(_MIN_BLOCK, triton.next_power_of_2(max(channels, 1))))
+    longest_p = max(_MIN_BLOCK, triton.next_power_of_2(max(pixels, 1)))
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_C"] <= widest_c and c.kwargs["BLOCK_P"] <= longest_p]
+    if kept:
+        return kept
+    block_p, block_c = _block_sizes(pixels, channels, channels_last)
+    return [triton.Config({"BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=_NUM_WARPS)]
+
+
+def _quick_bench(kernel_call: object, quantiles: list[float]) -> list[float]:
+    # Short timing runs (milliseconds each): a network's layers are tuned on their first calls.
+    import triton.testing
+
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+def _autotuned(kernel: triton.JITFunction) -> triton.runtime.Autotuner:
+    return triton.autotune(configs=_TUNED_CONFIGS, key=_TUNING_KEY, do_bench=_quick_bench,
+                           prune_configs_by={"early_config_prune": tuned_tiles})(kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +191,7 @@ def _activation_backward(g, z, ACT: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 
 
+@_autotuned
 @triton.jit
 def _depthwise_conv2d_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, P, C, H, W, OH, OW,
                                      sxn, sxc, sxh, sxw, son, soc, soh, sow,
@@ -219,6 +264,7 @@ def _depthwise_conv2d_backward_weight_kernel(g_ptr, x_ptr, w_ptr, b_ptr, dz_ptr,
                 tl.store(gw_row + (i * KW + j) * C, part.to(gw_ptr.dtype.element_ty), mask=c_ok)
 
 
+@_autotuned
 @triton.jit
 def _depthwise_conv2d_backward_input_kernel(dz_ptr, w_ptr, gx_ptr, P, C, H, W, OH, OW,
                                             sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
@@ -280,6 +326,20 @@ def _block_sizes(pixels: int, channels: int, channels_last: bool) -> tuple[int, 
     block_c = max(_MIN_BLOCK, min(triton.next_power_of_2(max(channels, 1)), cap))
     block_p = max(_MIN_BLOCK, min(triton.next_power_of_2(max(pixels, 1)), _TILE // block_c))
     return block_p, block_c
+
+
+def _launch_tiled(kernel: triton.runtime.Autotuner, device: torch.device, pixels: int,
+                  channels: int, channels_last: bool, *args: object, **kwargs: object) -> None:
+    """Launch an autotuned kernel on a (pixel blocks, channel blocks) grid: tuned on CUDA
+    tensors, with the rule's tile under the interpreter."""
+    def grid(meta: dict) -> tuple[int, int]:
+        return triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(channels, meta["BLOCK_C"])
+
+    if device.type == "cuda":
+        kernel[grid](*args, **kwargs)
+        return
+    block_p, block_c = _block_sizes(pixels, channels, channels_last)
+    kernel.fn[grid](*args, **kwargs, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
 
 
 def _compute_dtype(dtype: torch.dtype) -> tuple[tl.dtype, torch.dtype]:
@@ -344,14 +404,12 @@ def depthwise_conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.
     if out.numel() == 0:
         return out
     pixels = batch * out_h * out_w
-    block_p, block_c = _block_sizes(pixels, channels, channels_last)
-    grid = (triton.cdiv(pixels, block_p), triton.cdiv(channels, block_c))
-    _depthwise_conv2d_forward_kernel[grid](
+    _launch_tiled(
+        _depthwise_conv2d_forward_kernel, x.device, pixels, channels, channels_last,
         x, taps, x if bias is None else bias, out, pixels, channels, height, width, out_h,
         out_w, *x.stride(), *out.stride(), **_conv_constexprs(kernel, stride, padding, dilation),
         ACT=act, HAS_BIAS=bias is not None, CHANNELS_LAST=channels_last,
-        COMPUTE=_compute_dtype(x.dtype)[0], BLOCK_P=block_p, BLOCK_C=block_c,
-        num_warps=_NUM_WARPS)
+        COMPUTE=_compute_dtype(x.dtype)[0])
     return out
 
 
@@ -415,12 +473,11 @@ def depthwise_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: t
 
     if need_x and x.numel() > 0:
         in_pixels = batch * height * width
-        in_block_p, in_block_c = _block_sizes(in_pixels, channels, channels_last)
-        grid = (triton.cdiv(in_pixels, in_block_p), triton.cdiv(channels, in_block_c))
-        _depthwise_conv2d_backward_input_kernel[grid](
-            dz, taps, grad_x, in_pixels, channels, height, width, out_h, out_w,
+        _launch_tiled(
+            _depthwise_conv2d_backward_input_kernel, x.device, in_pixels, channels,
+            channels_last, dz, taps, grad_x, in_pixels, channels, height, width, out_h, out_w,
             *dz.stride(), *grad_x.stride(), **conv, CHANNELS_LAST=channels_last,
-            COMPUTE=compute_tl, BLOCK_P=in_block_p, BLOCK_C=in_block_c, num_warps=_NUM_WARPS)
+            COMPUTE=compute_tl)
 
     if need_w:
         # (blocks, taps, C) partials -> (taps, C) -> (C, 1, kh, kw), summed in a fixed order.

@@ -23,6 +23,11 @@ SE_LAYOUTS: dict[tuple[str, str], tuple[str, str, str, str]] = {
 }
 SE_ACTIVATION_NAMES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.SiLU: "silu"}
 SE_GATE_NAMES: dict[type[nn.Module], str] = {nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid"}
+# timm's own activation classes (timm.layers.activations) computing the same functions: its
+# "sigmoid" gate is its Sigmoid class (x.sigmoid()), and without native kernels it builds
+# HardSigmoid (relu6(x + 3) / 6) and Swish (x * x.sigmoid()). By class name, as timm is optional.
+_TIMM_ACTIVATION_NAMES = {"Swish": "silu"}
+_TIMM_GATE_NAMES = {"Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid"}
 # Children a layout may have besides its four roles, as long as they do nothing.
 _PASSIVE = {"avgpool": nn.AdaptiveAvgPool2d, "bn": nn.Identity}
 
@@ -60,10 +65,10 @@ def se_gap(module: nn.Module) -> str | None:
         return "its reduce/expand layers are not plain 1x1 convolutions"
     if expand.out_channels != reduce.in_channels or expand.in_channels != reduce.out_channels:
         return "its reduce/expand channel counts do not match"
-    if type(children.get(act_name)) not in SE_ACTIVATION_NAMES:
-        return f"activation {type(children.get(act_name)).__name__} is not ReLU or SiLU"
-    if type(children.get(gate_name)) not in SE_GATE_NAMES:
-        return f"gate {type(children.get(gate_name)).__name__} is not Hardsigmoid or Sigmoid"
+    if _role_name(children.get(act_name), SE_ACTIVATION_NAMES, _TIMM_ACTIVATION_NAMES) is None:
+        return f"activation {_class_path(children.get(act_name))} is not ReLU or SiLU"
+    if _role_name(children.get(gate_name), SE_GATE_NAMES, _TIMM_GATE_NAMES) is None:
+        return f"gate {_class_path(children.get(gate_name))} is not Hardsigmoid or Sigmoid"
     if any(has_hooks(c) for c in children.values() if c is not None):
         return "a child has hooks, which the fused op would skip"
     return None
@@ -72,7 +77,29 @@ def se_gap(module: nn.Module) -> str | None:
 def se_options(module: nn.Module) -> tuple[str, str]:
     """The (activation, gate) names of a module that ``se_gap`` accepts."""
     _, act_name, _, gate_name = se_layout(module)
-    return (SE_ACTIVATION_NAMES[type(module._modules[act_name])],
-            SE_GATE_NAMES[type(module._modules[gate_name])])
+    activation = _role_name(module._modules[act_name], SE_ACTIVATION_NAMES,
+                            _TIMM_ACTIVATION_NAMES)
+    gate = _role_name(module._modules[gate_name], SE_GATE_NAMES, _TIMM_GATE_NAMES)
+    if activation is None or gate is None:
+        raise ValueError(f"se_options: {type(module).__name__} has no fusable activation "
+                         f"and gate (see se_gap)")
+    return activation, gate
+
+
+def _role_name(child: nn.Module | None, by_type: dict[type[nn.Module], str],
+               by_timm_class: dict[str, str]) -> str | None:
+    """The op's name for ``child``'s function: by exact torch.nn type, or timm's class."""
+    kind = type(child)
+    if kind in by_type:
+        return by_type[kind]
+    if kind.__module__.startswith("timm.") and kind.__name__ in by_timm_class:
+        return by_timm_class[kind.__name__]
+    return None
+
+
+def _class_path(child: nn.Module | None) -> str:
+    kind = type(child)
+    return kind.__name__ if kind.__module__.startswith("torch.") else (
+        f"{kind.__module__}.{kind.__name__}")
 
 

@@ -182,3 +182,21 @@ def test_mixed_conv_block_trains_as_before():
     model = _mixed_block(timm).train()
     reference = copy.deepcopy(model).double()
     assert_step_matches(mobilefuse.accelerate(model), reference, torch.randn(3, 10, 14, 12))
+
+
+@pytest.mark.parametrize("rd_ratio,gate", [(0.25, "sigmoid"), (1 / 3, "hard_sigmoid")])
+def test_timm_semodule_becomes_squeeze_excite(rd_ratio, gate):
+    """timm's SEModule (its SqueezeExcite in RepViT, SE-ResNets, RegNetY), standing alone in
+    a model: served by mobilefuse.nn.SqueezeExcite with its keys, eval output and training
+    step unchanged."""
+    timm = timm_or_skip()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(5, 24, 1), timm.layers.SEModule(24, rd_ratio=rd_ratio,
+                                                                    gate_layer=gate))
+    fast = mobilefuse.accelerate(model.eval())
+    assert type(fast[1]) is mobilefuse.nn.SqueezeExcite
+    assert list(fast.state_dict()) == list(model.state_dict())
+    assert_eval_matches_and_restores(fast, model, copy.deepcopy(model).double(),
+                                     torch.randn(2, 5, 9, 7), "SEModule")
+    assert_step_matches(mobilefuse.accelerate(model.train()), copy.deepcopy(model).double(),
+                        torch.randn(3, 5, 8, 11))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from mobilefuse.models.specs import unique_depthwise_layers
 TINY = ["--shape", "2", "8", "5", "7", "--reps", "3", "--no-compile", "--system-allocator",
         "--warmup", "0.01"]
 DW_LIMIT = 2
-DW_TINY = [*TINY, "--dw-models", "mobilenet_v2", "--dw-batch", "1", "--dw-limit", str(DW_LIMIT)]
+DW_BATCHES = (1, 2)
+DW_TINY = [*TINY, "--dw-models", "mobilenet_v2", "--dw-batch", *map(str, DW_BATCHES),
+           "--dw-limit", str(DW_LIMIT)]
 TOP_KEYS = {
     "device", "torch_version", "triton_version", "cuda_version", "build_info", "git_commit",
     "git_dirty", "threads", "allocator", "copy_bandwidth", "verification", "timings", "shape",
@@ -56,7 +59,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def dw_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The JSON of a tiny run with MobileNetV2's first distinct depthwise layers at batch 1."""
+    """The JSON of a tiny run with MobileNetV2's first distinct depthwise layers at batches
+    1 and 2."""
     return _run(tmp_path_factory.mktemp("bench_dw"), DW_TINY)
 
 
@@ -131,41 +135,58 @@ def test_skip_depthwise(result: dict) -> None:
 
 
 def test_depthwise_entries(dw_result: dict) -> None:
-    """Each selected layer x layout x pass x implementation is timed, with its bytes and ratios."""
+    """Each selected layer x batch x layout x pass x implementation is timed, with its bytes
+    and ratios, beside a copy of as many bytes that gives its share of copy bandwidth."""
     assert dw_result["_rc"] == 0
     device = cases.bench_device()
     layers = unique_depthwise_layers(["mobilenet_v2"])[:DW_LIMIT]
-    impls = dw.impl_names(device, compile=False)
+    impls = [*dw.impl_names(device, compile=False), cases.COPY]
     entries = dw_result["depthwise"]
-    assert len(entries) == len(layers) * len(cases.LAYOUTS) * len(dw.PASSES) * len(impls)
-    timed = {(e["layer"], e["memory_format"], e["pass"], e["impl"]): e for e in entries}
+    assert len(entries) == (len(layers) * len(DW_BATCHES) * len(cases.LAYOUTS) * len(dw.PASSES)
+                            * len(impls))
+    timed = {(e["layer"], e["batch"], e["memory_format"], e["pass"], e["impl"]): e
+             for e in entries}
     for layer in layers:
-        for layout in cases.LAYOUTS:
-            for pass_ in dw.PASSES:
-                for impl in impls:
-                    entry = timed[(layer.name, layout, pass_, impl)]
-                    assert DEPTHWISE_KEYS <= entry.keys(), entry
-                    assert "error" not in entry, entry
-                    assert entry["model"] == "mobilenet_v2" and entry["batch"] == 1
-                    assert entry["shape"] == [1, layer.channels, layer.input_size,
-                                              layer.input_size]
-                    assert entry["bytes"] == dw.moved_bytes(layer, 1, torch.float32, pass_)
-                    assert entry["median_ms"] > 0 and entry["ratio_vs_eager"] > 0
-                    assert entry["ratio_vs_compile"] is None  # --no-compile
-    assert dw_result["depthwise_settings"]["limit"] == DW_LIMIT
-    assert dw_result["depthwise_settings"]["layers"] == [dw.label(layer) for layer in layers]
+        for batch in DW_BATCHES:
+            for layout in cases.LAYOUTS:
+                for pass_ in dw.PASSES:
+                    copy = timed[(layer.name, batch, layout, pass_, cases.COPY)]
+                    assert copy["bytes"] == dw.moved_bytes(layer, batch, torch.float32, pass_)
+                    assert copy["gbps"] > 0 and "ratio_vs_eager" not in copy
+                    for impl in impls[:-1]:
+                        entry = timed[(layer.name, batch, layout, pass_, impl)]
+                        assert DEPTHWISE_KEYS <= entry.keys(), entry
+                        assert "error" not in entry, entry
+                        assert entry["model"] == "mobilenet_v2"
+                        assert entry["shape"] == [batch, layer.channels, layer.input_size,
+                                                  layer.input_size]
+                        assert entry["bytes"] == copy["bytes"]
+                        assert entry["median_ms"] > 0 and entry["ratio_vs_eager"] > 0
+                        assert entry["ratio_vs_compile"] is None  # --no-compile
+                        assert entry["frac_of_copy_bw"] == pytest.approx(
+                            entry["gbps"] / copy["gbps"])
+    settings = dw_result["depthwise_settings"]
+    assert settings["limit"] == DW_LIMIT and settings["batches"] == list(DW_BATCHES)
+    assert settings["layers"] == [dw.label(layer) for layer in layers]
 
 
 def test_depthwise_geomeans(dw_result: dict) -> None:
-    """One geometric mean per implementation but eager, layout and pass, over every layer."""
+    """One geometric mean per implementation but eager and the copy, batch, layout and pass,
+    over every layer."""
     device = cases.bench_device()
     fused = [i for i in dw.impl_names(device, compile=False) if i != cases.EAGER]
-    means = {(g["impl"], g["memory_format"], g["pass"]): g for g in dw_result["depthwise_geomeans"]}
-    assert set(means) == {(i, layout, p) for i in fused for layout in cases.LAYOUTS
-                          for p in dw.PASSES}
-    for mean in means.values():
+    means = {(g["impl"], g["batch"], g["memory_format"], g["pass"]): g
+             for g in dw_result["depthwise_geomeans"]}
+    assert set(means) == {(i, b, layout, p) for i in fused for b in DW_BATCHES
+                          for layout in cases.LAYOUTS for p in dw.PASSES}
+    for (impl, batch, layout, pass_), mean in means.items():
         assert mean["layers"] == DW_LIMIT and mean["geomean_vs_eager"] > 0
         assert mean["geomean_vs_compile"] is None
+        shares = [e["frac_of_copy_bw"] for e in dw_result["depthwise"]
+                  if (e["impl"], e["batch"], e["memory_format"], e["pass"])
+                  == (impl, batch, layout, pass_)]
+        assert mean["geomean_frac_of_copy_bw"] == pytest.approx(
+            math.prod(shares) ** (1 / len(shares)))
 
 
 def test_depthwise_bytes() -> None:
@@ -192,7 +213,7 @@ def test_quick_subset() -> None:
 
 def test_bad_depthwise_options(capsys: pytest.CaptureFixture[str]) -> None:
     """Unknown networks and non-positive sizes are usage errors."""
-    for argv in (["--dw-models", "resnet50"], ["--dw-batch", "0"], ["--dw-limit", "0"]):
+    for argv in (["--dw-models", "resnet50"], ["--dw-batch", "8", "0"], ["--dw-limit", "0"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

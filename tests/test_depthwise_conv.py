@@ -224,10 +224,23 @@ ROW_PAIR_CONFIGS = [
     _row_pair_config((2, 19, 8, 11), 3, "relu", dtype=torch.float16, kernel=7, stride=2),
 ]
 
+# The widest layers of the networks served (672-1280 channels at 7x7 and 14x14) and
+# odd widths near them, on small maps down to 1x1, in every layout and dtype.
+WIDE_CONFIGS = [
+    _channels_last_config((1, 960, 7, 7), 5, 1, 2, "hardswish", torch.float32, True),
+    {**_channels_last_config((2, 960, 1, 1), 3, 1, 1, "relu", torch.float32, False),
+     "layout": "contiguous"},
+    _channels_last_config((1, 672, 14, 13), 5, 2, 2, "silu", torch.bfloat16, True),
+    {**_channels_last_config((1, 960, 3, 5), 3, 2, 1, "relu6", torch.float16, True),
+     "layout": "contiguous"},
+    {**_channels_last_config((1, 577, 4, 4), 7, 1, 3, None, torch.float64, True),
+     "layout": "strided"},
+    _channels_last_config((2, 1280, 2, 3), 3, 1, 1, "silu", torch.float32, True),
+]
 
 CPU_CONFIG_SETS = {"random": CPU_CONFIGS, "large_nchw_planes": LARGE_PLANE_CONFIGS,
                    "channel_tiles": TILED_CONFIGS, "stride2_pairs": STRIDE2_PAIR_CONFIGS,
-                   "row_pairs": ROW_PAIR_CONFIGS}
+                   "row_pairs": ROW_PAIR_CONFIGS, "wide": WIDE_CONFIGS}
 
 
 @pytest.mark.parametrize("config_set,index", [
@@ -239,6 +252,34 @@ def test_cpu_matches_reference(config_set, index):
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CONFIGS)))
 def test_triton_interpreter_matches_reference(index):
     _check(INTERPRETER_CONFIGS[index], "triton", "cpu", index)
+
+
+@pytest.mark.parametrize("channels_last,cap", [(True, 64), (False, 16)])
+def test_triton_tiles_to_tune_fit_the_layout_and_the_problem(channels_last, cap):
+    """The tiles Triton's autotuner times on a GPU: powers of two, channel blocks within the
+    layout's cap and the channels, pixel blocks within the pixels, several for a real layer."""
+    pytest.importorskip("triton")
+    from mobilefuse.kernels import depthwise_conv as kernels
+
+    def fits(pixels: int, channels: int) -> list:
+        kept = kernels.tuned_tiles(kernels._TUNED_CONFIGS, {"P": pixels, "C": channels},
+                                   CHANNELS_LAST=channels_last)
+        assert kept, (pixels, channels)
+        for config in kept:
+            block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
+            assert block_p & (block_p - 1) == 0 and block_c & (block_c - 1) == 0, config
+            assert block_c <= cap and block_c <= max(2, 1 << (channels - 1).bit_length())
+            assert block_p <= max(2, 1 << (pixels - 1).bit_length())
+        return kept
+
+    for pixels, channels in ((1, 1), (5, 3), (49, 960), (3136, 17)):
+        fits(pixels, channels)
+    assert len(fits(8 * 56 * 56, 144)) >= 3
+    # Forward and input gradient are tuned; the weight gradient's tile is fixed (its partial
+    # sums follow the tile, and its bits must not depend on a timing).
+    assert kernels._depthwise_conv2d_forward_kernel.keys == kernels._TUNING_KEY
+    assert kernels._depthwise_conv2d_backward_input_kernel.keys == kernels._TUNING_KEY
+    assert not hasattr(kernels._depthwise_conv2d_backward_weight_kernel, "keys")
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")

@@ -2,9 +2,9 @@
 
 One or two configurations of every family on 2x3x64x64 inputs: eval mode against a float64
 copy, train mode (outputs, input and parameter gradients) against the unfused model. The larger
-EfficientNets and ResNets share those builders and are checked in eval mode on one 64x64
-image; VGG (no depthwise layers, 120 M classifier parameters) on the meta device, structure
-only.
+EfficientNets, ResNets and ShuffleNets share those builders and are checked on one 64x64 image:
+their swaps and outputs in eval mode, and outputs and input gradients in eval and train mode,
+as is VGG (no depthwise layers; its state and restore() on the meta device).
 """
 
 from __future__ import annotations
@@ -146,6 +146,33 @@ def test_larger_models_eval_outputs_and_state(name: str) -> None:
     with torch.no_grad():
         expected = model.double()(x.double())
         assert_close_to_reference(fast(x), expected, FORWARD_TOL[torch.float32], name)
+
+
+@pytest.mark.parametrize("name", LARGER + VGG)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_larger_models_outputs_and_input_gradients(name: str, train: bool) -> None:
+    """The larger variants and VGG on one 64x64 image: output and input gradient of the
+    accelerated model against the float64 model in eval mode (float32, DESIGN.md's bars), and
+    in train mode in float64 end to end (see test_train_outputs_and_gradients). Parameters are
+    frozen: their gradients are the smaller models' tests, and VGG's would take 1 GB."""
+    model = build(name).train(train)
+    model.requires_grad_(False)
+    if train:
+        model = model.double()
+    fast = mobilefuse.accelerate(model)
+    reference = model if train else copy.deepcopy(model).double()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64 if train else torch.float32)
+    results = []
+    for net, inp in ((fast, x), (reference, x.double())):
+        leaf = inp.clone().requires_grad_()
+        torch.manual_seed(1)  # the same dropout and stochastic-depth masks in both
+        out = net(leaf)
+        (grad,) = torch.autograd.grad(out, leaf, torch.linspace(-1, 1, out.numel(),
+                                                                dtype=out.dtype).view_as(out))
+        results.append((out.detach(), grad))
+    for index, what in enumerate(("output", "input gradient")):
+        tol = 1e-8 if train else (FORWARD_TOL, BACKWARD_TOL)[index][torch.float32]
+        assert_close_to_reference(results[0][index], results[1][index], tol, f"{name} {what}")
 
 
 @pytest.mark.parametrize("name", VGG)

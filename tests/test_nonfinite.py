@@ -3,12 +3,22 @@ the same elements come out NaN, +inf and -inf, and the finite ones agree."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from conftest import BACKEND_CASES, FORWARD_TOL, assert_close_to_reference, on_backend
+from conftest import (
+    BACKEND_CASES,
+    FORWARD_TOL,
+    assert_close_to_reference,
+    on_backend,
+    randomize_norms,
+)
+from torch import nn
 
 import mobilefuse
 from mobilefuse import reference
+from mobilefuse.models.shufflenet import ShuffleV2Unit
 
 ACTIVATIONS = [None, "relu", "relu6", "hardswish", "silu"]
 # numpy under the Triton interpreter says so when inf - inf makes the NaN it should make.
@@ -124,3 +134,52 @@ def test_inverted_residual(backend, device):
                                       None, weights[2].double(), None, None, 1, 1, 1,
                                       "hardswish", residual=True)
     _assert_same_nonfinite(out, ref, "inverted_residual")
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_CASES)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_concat_shuffle_moves_nonfinite_values(backend, device, layout):
+    a = _with_nonfinite((2, 5, 4, 3), device, 8).contiguous(memory_format=layout)
+    b = _with_nonfinite((2, 5, 4, 3), device, 9).contiguous(memory_format=layout)
+    with on_backend(backend):
+        out = mobilefuse.ops.concat_shuffle(a, b)
+    _assert_same_nonfinite(out, reference.concat_shuffle(a.double(), b.double()),
+                           "concat_shuffle")
+
+
+def test_concat_shuffle_chunks_move_nonfinite_values():
+    a, b = (_with_nonfinite((2, 7, 3, 5), "cpu", seed).contiguous(
+        memory_format=torch.channels_last) for seed in (10, 11))
+    first, second = torch.ops.mobilefuse.concat_shuffle_chunks(a, b)
+    want = reference.concat_shuffle(a.double(), b.double()).chunk(2, 1)
+    _assert_same_nonfinite(first, want[0], "concat_shuffle_chunks, first half")
+    _assert_same_nonfinite(second, want[1], "concat_shuffle_chunks, second half")
+
+
+@pytest.mark.parametrize("units", ["unit", "stage"])
+def test_shufflenet_units_propagate_nonfinite_values(units):
+    """Accelerated ShuffleNetV2 units (``ShuffleUnit``) and a stage of them (``ShuffleStage``,
+    its halves handed on through ``concat_shuffle_chunks``) in inference: the non-finite values
+    of the first image spread through the convolutions to the same places as in float64, and
+    the second image stays finite."""
+    torch.manual_seed(12)
+    if units == "unit":
+        plain = nn.Sequential(ShuffleV2Unit(16, 16, 1, nn.BatchNorm2d, nn.ReLU))
+    else:
+        plain = nn.Sequential(ShuffleV2Unit(8, 16, 2, nn.BatchNorm2d, nn.ReLU),
+                              *(ShuffleV2Unit(16, 16, 1, nn.BatchNorm2d, nn.ReLU)
+                                for _ in range(2)))
+    plain.eval()
+    randomize_norms(plain)
+    fast = mobilefuse.accelerate(plain)
+    expected_type = mobilefuse.nn.ShuffleUnit if units == "unit" else mobilefuse.nn.ShuffleStage
+    swapped = fast[0] if units == "unit" else fast
+    assert type(swapped) is expected_type, type(swapped)
+    x = torch.randn(2, 16 if units == "unit" else 8, 11, 9)
+    x[0] = _with_nonfinite(tuple(x.shape[1:]), "cpu", 13)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = fast(x)
+        ref = copy.deepcopy(plain).double()(x.double())
+    assert torch.isfinite(out[1]).all()
+    _assert_same_nonfinite(out, ref, f"ShuffleNetV2 {units}")

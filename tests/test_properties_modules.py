@@ -179,8 +179,12 @@ def _assert_results(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
         tol = BACKWARD_TOL if name.startswith("grad ") else FORWARD_TOL
         spread = max(float((run[name] - expected).abs().max()) if expected.numel() else 0.0
                      for run in moved)
-        assert_close_to_reference(value, expected, tol[torch.float32], f"{name} {what}",
-                                  ROUNDING_STEPS * spread / tol[torch.float32])
+        scale = ROUNDING_STEPS * spread / tol[torch.float32]
+        if name.endswith("running_mean"):
+            # A mean near zero cancels: its float32 error follows the values averaged, whose
+            # size is the standard deviation (eager float32 misses max |mean| alike).
+            scale = max(scale, float(want[name[:-len("mean")] + "var"].max()) ** 0.5)
+        assert_close_to_reference(value, expected, tol[torch.float32], f"{name} {what}", scale)
 
 
 def _assert_train_step(fast: nn.Module, twin: nn.Module, x: torch.Tensor,

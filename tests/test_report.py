@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+import mobilefuse
+from mobilefuse import models
 from mobilefuse.bench.report import environment
 from mobilefuse.report import ModelEntry, measure_models, published_top1, write_outputs
 from mobilefuse.report.measure import (
@@ -16,6 +18,7 @@ from mobilefuse.report.measure import (
     count_flops,
     count_parameters,
     inference_latencies,
+    training_step_peak_bytes,
 )
 
 
@@ -47,6 +50,30 @@ def test_parameters_and_activation_bytes():
     x = torch.randn(2, 3, 10, 10)
     # The convolution keeps its input, ReLU its output; the weights are not activations.
     assert activation_bytes(model, x) == x.nbytes + 2 * 4 * 10 * 10 * 4
+
+
+def test_training_step_peak_bytes_counts_what_the_step_allocates():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    image_out_bytes = 4 * 10 * 10 * 4
+    grad_bytes = (3 * 4 * 9 + 4) * 4
+    peaks = {n: training_step_peak_bytes(model, torch.randn(n, 3, 10, 10)) for n in (2, 8)}
+    # At least the two outputs held for the backward and the fresh parameter gradients (x was
+    # allocated before the step and is not counted; oneDNN's workspaces come on top), and
+    # the held outputs grow with the batch.
+    assert peaks[2] >= 2 * 2 * image_out_bytes + grad_bytes
+    assert peaks[8] - peaks[2] >= 2 * 6 * image_out_bytes
+    assert all(p.grad is None for p in model.parameters())  # measured on a copy
+
+
+def test_accelerated_blocks_lower_the_training_peak():
+    """A fused MBConv stage keeps fewer activations, so its training step peaks lower."""
+    torch.manual_seed(0)
+    eager = models.create_model("mobilenet_v3_small").features[:4]
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    eager_peak = training_step_peak_bytes(eager, x)
+    fast_peak = training_step_peak_bytes(mobilefuse.accelerate(eager), x)
+    assert activation_bytes(eager, x) - x.nbytes <= eager_peak  # x is held before the step
+    assert fast_peak < 0.9 * eager_peak, (fast_peak, eager_peak)
 
 
 class _Sleeps(nn.Module):

@@ -373,3 +373,21 @@ def test_compiles_fullgraph_with_the_op_in_the_graph(backend, device):
                                         None) * 2
     assert_close_to_reference(out, expected, FORWARD_TOL[torch.float32], "compiled")
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("act_layer,gate_layer,reason", [
+    (nn.GELU, nn.Sigmoid, "activation GELU is not ReLU or SiLU"),
+    (nn.ReLU, nn.Tanh, "gate Tanh is not Hardsigmoid or Sigmoid"),
+])
+def test_accelerate_keeps_squeeze_excite_it_cannot_fuse_and_says_why(act_layer, gate_layer,
+                                                                       reason):
+    from mobilefuse.models.layers import SqueezeExcitation
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), SqueezeExcitation(8, 2, act_layer, gate_layer))
+    fast = mobilefuse.accelerate(model.eval())
+    assert type(fast[1]) is SqueezeExcitation
+    rows = {row.path: row for row in mobilefuse.accelerate_report(fast, show=False).rows}
+    assert rows["1"].status == "kept" and reason in rows["1"].detail, rows["1"]
+    x = torch.randn(2, 3, 5, 4)
+    with torch.no_grad():
+        assert torch.equal(fast(x), model(x))

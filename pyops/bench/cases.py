@@ -36,6 +36,7 @@ MOBILEFUSE = "mobilefuse"
 EAGER = "eager"
 EAGER_VIEW = "eager_view_transpose"  # the x.view().transpose().reshape() idiom
 COMPILE = "torch_compile"
+COPY = "copy_"  # the dst.copy_(src) baseline of the same bytes
 
 Impl = Callable[[torch.Tensor], torch.Tensor]
 

@@ -2,7 +2,7 @@
 
     python -m mobilefuse.bench [--quick] [--shape N C H W] [--reps R] [--warmup S] [--out DIR]
                                [--dtype D ...] [--groups G] [--no-compile] [--verify-only]
-                               [--system-allocator] [--skip-depthwise] [--dw-batch N]
+                               [--system-allocator] [--skip-depthwise] [--dw-batch N [N ...]]
                                [--dw-models M,M] [--dw-limit K] [--blocks] [--block-batch N]
                                [--block-models M,M] [--block-limit K] [--block-layouts L,L]
 
@@ -30,7 +30,6 @@ from mobilefuse.bench.depthwise_section import print_depthwise, run_depthwise
 from mobilefuse.bench.summary import geomeans
 from mobilefuse.bench.verify import Check, verify_all
 
-COPY = "copy_"  # the dst.copy_(src) baseline row
 DTYPES = cases.DTYPES
 # Timed calls per measurement.
 DEFAULT_REPS: dict[tuple[str, bool], int] = {
@@ -63,8 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     depthwise = parser.add_argument_group("depthwise_conv2d on the layers of real networks")
     depthwise.add_argument("--skip-depthwise", action="store_true",
                            help="time no depthwise layer")
-    depthwise.add_argument("--dw-batch", type=int, default=dw.DEFAULT_BATCH, metavar="N",
-                           help=f"batch size (default {dw.DEFAULT_BATCH})")
+    depthwise.add_argument("--dw-batch", type=int, nargs="+", default=[dw.DEFAULT_BATCH],
+                           metavar="N", help=f"batch sizes, each timed in turn "
+                                             f"(default {dw.DEFAULT_BATCH})")
     depthwise.add_argument("--dw-models", type=_model_list, default=list(dw.MODELS),
                            metavar="M,M", help=f"networks (default {','.join(dw.MODELS)})")
     depthwise.add_argument("--dw-limit", type=int, default=None, metavar="K",
@@ -83,7 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.block_batch <= 0 or (args.block_limit is not None and args.block_limit <= 0):
         parser.error("--block-batch and --block-limit take positive ints")
-    if args.dw_batch <= 0 or (args.dw_limit is not None and args.dw_limit <= 0):
+    if min(args.dw_batch) <= 0 or (args.dw_limit is not None and args.dw_limit <= 0):
         parser.error("--dw-batch and --dw-limit take positive ints")
     if args.warmup < 0:
         parser.error("--warmup takes seconds >= 0")
@@ -142,7 +142,7 @@ def time_case(op: str, x: torch.Tensor, layout: str, args: argparse.Namespace,
     The copy baseline is taken beside the implementations, on a buffer of ``x``'s size and
     layout, so drift in a shared machine's clock or memory bandwidth hits both alike.
     """
-    copy = _entry(op, COPY, x, layout, args.groups)
+    copy = _entry(op, cases.COPY, x, layout, args.groups)
     dst = torch.empty_like(x)
     timing.measure(copy, lambda: dst.copy_(x), x.device, reps, args.warmup)
     copy_gbps = copy.get("gbps")
@@ -172,7 +172,7 @@ def _row(e: dict[str, Any]) -> list[str]:
     ratio = e.get("ratio_vs_eager")
     return [e["op"], impl, e["memory_format"], e["dtype"], report.fmt(e.get("median_ms"), ".4g"),
             spread, report.fmt(e.get("gbps"), ".1f"),
-            "100%" if e["impl"] == COPY else _percent(e.get("frac_of_copy_bw")),
+            "100%" if e["impl"] == cases.COPY else _percent(e.get("frac_of_copy_bw")),
             "" if ratio is None else f"{ratio:.2f}x", e.get("error", "")]
 
 
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "copy_bandwidth": copies, "verification": [c.to_dict() for c in checks],
         "timings": entries,
         "depthwise_settings": None if args.skip_depthwise else {
-            "models": args.dw_models, "batch": args.dw_batch, "resolution": dw.RESOLUTION,
+            "models": args.dw_models, "batches": args.dw_batch, "resolution": dw.RESOLUTION,
             "limit": args.dw_limit,
             "layers": [dw.label(layer) for layer in dw.select_layers(
                 args.dw_models, args.quick, args.dw_limit)]},

@@ -23,20 +23,24 @@ def _geomean(values: list[float]) -> float | None:
 
 
 def geomeans(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per implementation, dtype, layout and pass: the geometric means over cases (layers,
-    blocks) of the speedups over eager and over torch.compile."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    """Per implementation, dtype, batch, layout and pass: the geometric means over cases
+    (layers, blocks) of the speedups over eager and over torch.compile, and of the share of
+    copy bandwidth where the cases have one."""
+    groups: dict[tuple[str, str, int | None, str, str], list[dict[str, Any]]] = \
+        defaultdict(list)
     for e in entries:
-        if e["impl"] != cases.EAGER:
-            groups[(e["impl"], e["dtype"], e["memory_format"], e["pass"])].append(e)
+        if e["impl"] not in (cases.EAGER, cases.COPY):
+            groups[(e["impl"], e["dtype"], e.get("batch"), e["memory_format"], e["pass"])].append(e)
     summary = []
-    for (impl, dtype, layout, pass_), group in groups.items():
+    for (impl, dtype, batch, layout, pass_), group in groups.items():
         vs_eager = [e["ratio_vs_eager"] for e in group if e.get("ratio_vs_eager")]
         vs_compile = [e["ratio_vs_compile"] for e in group if e.get("ratio_vs_compile")]
+        of_copy = [e["frac_of_copy_bw"] for e in group if e.get("frac_of_copy_bw")]
         summary.append({
-            "impl": impl, "dtype": dtype, "memory_format": layout, "pass": pass_,
-            "layers": len(group), "geomean_vs_eager": _geomean(vs_eager),
+            "impl": impl, "dtype": dtype, "batch": batch, "memory_format": layout,
+            "pass": pass_, "layers": len(group), "geomean_vs_eager": _geomean(vs_eager),
             "geomean_vs_compile": None if impl == cases.COMPILE else _geomean(vs_compile),
+            "geomean_frac_of_copy_bw": _geomean(of_copy),
         })
     return summary
 

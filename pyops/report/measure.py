@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -54,6 +57,49 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
         out = model(x)
     del out
     return sum(saved.values())
+
+
+def training_step_peak_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes allocated during one training step (forward, ``.sum().backward()``) above
+    what was allocated before it: the saved activations, the parameters' gradients (made
+    afresh, as after ``zero_grad(set_to_none=True)``) and every temporary, as the allocator
+    sees them. CPU: the profiler's memory events (their running total); CUDA:
+    ``torch.cuda.max_memory_allocated``.
+
+    The step runs on a copy of ``model`` in training mode, after one unmeasured step that
+    builds whatever a module caches on its first call.
+    """
+    model = copy.deepcopy(model).train()
+
+    def step() -> None:
+        for p in model.parameters():
+            p.grad = None
+        model(x).sum().backward()
+
+    step()
+    for p in model.parameters():
+        p.grad = None
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        step()
+        torch.cuda.synchronize(x.device)
+        return torch.cuda.max_memory_allocated(x.device) - base
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    # Each allocation and free is a "[memory]" event carrying the total allocated since the
+    # profiler started.
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    if not totals:
+        raise RuntimeError("the profiler recorded no CPU memory event during the step")
+    return max(totals)
 
 
 def inference_latencies(models: Sequence[nn.Module], x: torch.Tensor, reps: int,
